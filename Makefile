@@ -1,0 +1,25 @@
+# `make run`: set up, then train RWS on the embedded digits and evaluate.  `make test`: set up, then test.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the local CPU build, where it is missing: an open range would pull CUDA.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test,bench]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/wakesleep train --algorithm rws --dataset digits --run-dir runs/digits-rws
+
+test: setup
+	WAKESLEEP_DATA_DIR=$${WAKESLEEP_DATA_DIR:-$(abspath ..)/shared/data} $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

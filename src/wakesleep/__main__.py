@@ -1,0 +1,3 @@
+from wakesleep.cli import main
+
+raise SystemExit(main())
