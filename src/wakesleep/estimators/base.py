@@ -1,0 +1,56 @@
+"""The estimator contract: one surrogate loss whose gradient is the estimator.
+
+An estimator takes a model and a data batch x [B, D] and returns an :class:`EstimatorOutput`:
+``loss`` is a scalar whose gradient with respect to each parameter group *is* that estimator's
+(negated, since optimisers descend) update for the group — θ for the generative model, φ for the
+recognition model, and the estimator's own parameters (ALWS's kernel) where it has any.  The
+trainer calls ``loss.backward()`` and steps; it knows nothing of the estimator's math.
+
+Batch reduction: losses are means over datapoints (PyTorch's convention), so learning rates do not
+depend on the batch size; the RWS paper's code sums over the minibatch instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+
+@dataclass
+class EstimatorOutput:
+    """What one estimator call returns.
+
+    Attributes:
+        loss: scalar surrogate loss (not itself a likelihood; only its gradient matters).
+        metrics: named detached scalars for logging, e.g. ``objective`` (nats per datapoint).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Estimator(nn.Module):
+    """Base class.  Subclasses implement :meth:`forward` and may hold parameters of their own."""
+
+    name: str = "estimator"
+
+    def check_model(self, model) -> None:
+        """Raise ``ValueError`` naming the fix if this estimator cannot train ``model``."""
+
+    def forward(self, model, x: Tensor) -> EstimatorOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+
+    def settings(self) -> dict:
+        """The constructor arguments, for configs and logs."""
+        return {}
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` saying it must be >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value

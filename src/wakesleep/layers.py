@@ -1,0 +1,257 @@
+"""Stochastic layers: small modules that map a parent tensor to a distribution over the next layer.
+
+Every layer offers three views of the same conditional density:
+
+- ``dist(parent)`` returns a ``torch.distributions`` object (``Independent`` with one event
+  dimension), for users and for anything that wants ``batch_shape``/``event_shape``/``support``;
+- ``log_prob(value, parent)`` and ``sample(parent)`` are fused forms of the same density for the
+  training hot path, where building a ``Distribution`` object per call costs more than the
+  arithmetic (``tests/test_layers.py`` checks that they agree with ``dist``).
+
+Shapes follow ``torch.distributions``: parents are ``[*batch, in_features]``, values
+``[*batch, out_features]``, log-densities ``[*batch]`` in nats.  Priors (top layers) have no
+parent and take the batch shape instead.
+
+Layer types: factorial Bernoulli (the sigmoid belief network layer of Neal 1992, used by
+Hinton et al. 1995 and Bornschein & Bengio 2015), diagonal Gaussian (Kingma & Welling 2014;
+Burda et al. 2016), and their priors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh) -> nn.Module:
+    """A multilayer perceptron ``in -> hidden... -> out`` with ``activation`` between layers.
+
+    With ``hidden == ()`` it is a single affine map (the sigmoid-belief-network case).
+    """
+    sizes = [in_features, *hidden, out_features]
+    mods: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        mods.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            mods.append(activation())
+    return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
+
+
+def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
+    """Σ_i log Bernoulli(value_i; σ(logits_i)) over the last dimension, broadcasting, in nats.
+
+    Uses x·l − softplus(l), which equals ``-binary_cross_entropy_with_logits`` but broadcasts
+    ``value [B, D]`` against ``logits [K, B, D]`` without materialising an expanded copy of x.
+    """
+    return (value * logits).sum(-1) - F.softplus(logits).sum(-1)
+
+
+def normal_log_prob(mean: Tensor, log_scale: Tensor, value: Tensor) -> Tensor:
+    """Σ_i log N(value_i; mean_i, exp(log_scale_i)²) over the last dimension, in nats."""
+    z = (value - mean) * torch.exp(-log_scale)
+    return -0.5 * (z * z).sum(-1) - log_scale.expand_as(z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
+
+
+class StochasticLayer(nn.Module):
+    """Base class: a conditional distribution p(value | parent) with a fixed event size.
+
+    Attributes:
+        in_features: size of the parent (0 for a prior).
+        out_features: event size of the value.
+        discrete: True when values are discrete (no reparameterised sampling).
+    """
+
+    in_features: int
+    out_features: int
+    discrete: bool = False
+
+    def dist(self, parent: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        return self.dist(parent).log_prob(value)
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        d = self.dist(parent)
+        return d.rsample() if reparameterize else d.sample()
+
+    def mean(self, parent: Tensor) -> Tensor:
+        """The conditional mean E[value | parent] (used to show samples as images)."""
+        return self.dist(parent).mean
+
+    def sample_and_log_prob(
+        self, parent: Tensor, sample_shape: tuple[int, ...] = (), reparameterize: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``value [*sample_shape, *batch, out]`` and return it with its log-density ``[*sample_shape, *batch]``.
+
+        The parent's network runs once, whatever ``sample_shape`` is (for K particles from one x).
+        Without ``reparameterize`` the value is detached and the log-density still carries the
+        gradient with respect to this layer's parameters (the score-function form RWS needs).
+        """
+        d = self.dist(parent)
+        value = d.rsample(sample_shape) if reparameterize else d.sample(sample_shape)
+        return value, d.log_prob(value)
+
+
+class BernoulliLayer(StochasticLayer):
+    """Factorial Bernoulli: p(v_i = 1 | parent) = σ(f(parent)_i), f an MLP (affine for an SBN).
+
+    Args:
+        in_features: parent size.
+        out_features: number of binary units.
+        hidden: hidden sizes of f; ``()`` gives the sigmoid belief network layer
+            σ(W parent + b) (Neal 1992; Bornschein & Bengio 2015).
+    """
+
+    discrete = True
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp(in_features, hidden, out_features)
+
+    def logits(self, parent: Tensor) -> Tensor:
+        return self.net(parent)
+
+    def dist(self, parent: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=self.logits(parent), validate_args=False), 1)
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        return bernoulli_log_prob(self.logits(parent), value)
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        return torch.bernoulli(torch.sigmoid(self.logits(parent)))
+
+    def mean(self, parent: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(parent))
+
+    def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
+        if reparameterize:
+            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        logits = self.logits(parent)
+        with torch.no_grad():
+            value = torch.bernoulli(torch.sigmoid(logits).expand(*sample_shape, *logits.shape))
+        return value, bernoulli_log_prob(logits, value)
+
+
+class GaussianLayer(StochasticLayer):
+    """Diagonal Gaussian: N(μ(parent), diag σ²), μ an MLP.
+
+    Args:
+        in_features, out_features: parent and value sizes.
+        hidden: hidden sizes of the MLP.
+        scale: ``"amortised"`` (log σ is a second output head of the MLP, as in a VAE encoder or
+            decoder) or ``"learned"`` (log σ is a free parameter vector, as in factor analysis).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (), scale: str = "amortised"):
+        super().__init__()
+        if scale not in ("amortised", "learned"):
+            raise ValueError(f"scale must be 'amortised' or 'learned', got {scale!r}")
+        self.in_features, self.out_features, self.scale = in_features, out_features, scale
+        self.net = mlp(in_features, hidden, out_features * (2 if scale == "amortised" else 1))
+        if scale == "learned":
+            self.log_scale = nn.Parameter(torch.zeros(out_features))
+
+    def params(self, parent: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log-scale), each [*batch, out_features]."""
+        h = self.net(parent)
+        if self.scale == "amortised":
+            mean, log_scale = h.chunk(2, dim=-1)
+            return mean, log_scale
+        return h, self.log_scale.expand_as(h)
+
+    def dist(self, parent: Tensor) -> Distribution:
+        mean, log_scale = self.params(parent)
+        return Independent(Normal(mean, log_scale.exp(), validate_args=False), 1)
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        mean, log_scale = self.params(parent)
+        return normal_log_prob(mean, log_scale, value)
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        mean, log_scale = self.params(parent)
+        eps = torch.randn_like(mean)
+        if not reparameterize:
+            mean, log_scale = mean.detach(), log_scale.detach()
+        return mean + log_scale.exp() * eps
+
+    def mean(self, parent: Tensor) -> Tensor:
+        return self.params(parent)[0]
+
+    def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
+        mean, log_scale = self.params(parent)
+        eps = torch.randn(*sample_shape, *mean.shape, dtype=mean.dtype, device=mean.device)
+        if reparameterize:
+            value = mean + log_scale.exp() * eps
+        else:
+            value = (mean.detach() + log_scale.detach().exp() * eps)
+        return value, normal_log_prob(mean, log_scale, value)
+
+
+class Prior(StochasticLayer):
+    """A top layer: a distribution with no parent.  Methods take ``batch_shape`` in place of the parent."""
+
+    in_features = 0
+
+
+class BernoulliPrior(Prior):
+    """Factorial Bernoulli prior with learned logits (the top layer of an SBN)."""
+
+    discrete = True
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+        self.logits = nn.Parameter(torch.zeros(out_features))
+
+    def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
+        return Independent(Bernoulli(logits=self.logits.expand(*batch_shape, -1), validate_args=False), 1)
+
+    def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return bernoulli_log_prob(self.logits, value)
+
+    def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        return torch.bernoulli(torch.sigmoid(self.logits).expand(*batch_shape, -1))
+
+    def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return torch.sigmoid(self.logits).expand(*batch_shape, -1)
+
+
+class GaussianPrior(Prior):
+    """Diagonal Gaussian prior N(μ, diag σ²); the standard normal unless ``learn=True``."""
+
+    def __init__(self, out_features: int, learn: bool = False):
+        super().__init__()
+        self.out_features = out_features
+        loc, log_scale = torch.zeros(out_features), torch.zeros(out_features)
+        if learn:
+            self.loc, self.log_scale = nn.Parameter(loc), nn.Parameter(log_scale)
+        else:
+            self.register_buffer("loc", loc)
+            self.register_buffer("log_scale", log_scale)
+
+    def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
+        return Independent(Normal(self.loc.expand(*batch_shape, -1), self.log_scale.exp().expand(*batch_shape, -1)), 1)
+
+    def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return normal_log_prob(self.loc, self.log_scale, value)
+
+    def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
+        eps = torch.randn(*batch_shape, self.out_features, device=self.loc.device, dtype=self.loc.dtype)
+        loc, log_scale = (self.loc, self.log_scale) if reparameterize else (self.loc.detach(), self.log_scale.detach())
+        return loc + log_scale.exp() * eps
+
+    def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return self.loc.expand(*batch_shape, -1)

@@ -1,0 +1,282 @@
+"""The Helmholtz machine: a generative stack p_θ(z_L) … p_θ(x | z_1) and a recognition stack q_φ(z_1 | x) … q_φ(z_L | z_{L-1}).
+
+Dayan, Hinton, Neal & Zemel (1995), "The Helmholtz machine"; Hinton, Dayan, Frey & Neal (1995),
+"The wake-sleep algorithm for unsupervised neural networks"; Bornschein & Bengio (2015),
+"Reweighted wake-sleep" (deep SBNs); Burda, Grosse & Salakhutdinov (2016) (Gaussian latents).
+
+Conventions (see ``../shared/DESIGN.md``):
+
+- Latents are a list ``zs = [z_1, …, z_L]`` from the bottom (next to x) to the top.
+- Particles come first: with K particles for a batch x [B, D], each z_l is [K, B, d_l] and
+  log-weights are [K, B].  Log-densities are in nats.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wakesleep.layers import (
+    BernoulliLayer,
+    BernoulliPrior,
+    GaussianLayer,
+    GaussianPrior,
+    Prior,
+    StochasticLayer,
+)
+
+MAX_ENUMERATED_LATENTS = 24
+
+
+class HelmholtzMachine(nn.Module):
+    """A directed latent-variable model p_θ(z, x) paired with a recognition model (proposal) q_φ(z | x).
+
+    Args:
+        prior: the top layer p_θ(z_L).
+        generative: ``[p(x | z_1), p(z_1 | z_2), …, p(z_{L-1} | z_L)]`` (bottom first).
+        recognition: ``[q(z_1 | x), q(z_2 | z_1), …, q(z_L | z_{L-1})]`` (bottom first).
+        config: the builder arguments, kept so a checkpoint can rebuild the model
+            (:meth:`from_config`).
+
+    Raises:
+        ValueError: if the stacks' sizes do not chain.
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        generative: Sequence[StochasticLayer],
+        recognition: Sequence[StochasticLayer],
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if len(generative) != len(recognition) or not generative:
+            raise ValueError("need one generative and one recognition layer per latent layer")
+        self.prior = prior
+        self.generative = nn.ModuleList(generative)
+        self.recognition = nn.ModuleList(recognition)
+        self.config = dict(config or {})
+        sizes = [generative[0].out_features] + [g.in_features for g in generative]
+        if sizes[-1] != prior.out_features:
+            raise ValueError(f"top generative layer takes {sizes[-1]} units but the prior has {prior.out_features}")
+        for i, (g, r) in enumerate(zip(generative, recognition)):
+            if i > 0 and g.out_features != generative[i - 1].in_features:
+                raise ValueError(f"generative layer {i} emits {g.out_features} units, layer below takes {generative[i - 1].in_features}")
+            if (r.in_features, r.out_features) != (sizes[i], sizes[i + 1]):
+                raise ValueError(f"recognition layer {i} maps {r.in_features}->{r.out_features}, expected {sizes[i]}->{sizes[i + 1]}")
+        self.data_dim = sizes[0]
+        self.latent_sizes = tuple(sizes[1:])
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def sbn(cls, sizes: Sequence[int], q_hidden: Sequence[int] = (), p_hidden: Sequence[int] = ()) -> "HelmholtzMachine":
+        """Sigmoid belief network, all layers factorial Bernoulli (Bornschein & Bengio 2015, §4).
+
+        Args:
+            sizes: ``[D, d_1, …, d_L]``: data width, then latent layer sizes bottom to top;
+                e.g. ``[784, 200]`` is the one-layer SBN-200.
+            q_hidden, p_hidden: hidden sizes inside each recognition/generative layer
+                (``()`` gives the plain σ(W h + b) SBN layer).
+        """
+        sizes = _check_sizes(sizes)
+        gen = [BernoulliLayer(sizes[i + 1], sizes[i], p_hidden) for i in range(len(sizes) - 1)]
+        rec = [BernoulliLayer(sizes[i], sizes[i + 1], q_hidden) for i in range(len(sizes) - 1)]
+        cfg = {"kind": "sbn", "sizes": list(sizes), "q_hidden": list(q_hidden), "p_hidden": list(p_hidden)}
+        return cls(BernoulliPrior(sizes[-1]), gen, rec, cfg)
+
+    @classmethod
+    def gaussian(
+        cls,
+        sizes: Sequence[int],
+        hidden: Sequence[int] = (200, 200),
+        likelihood: str = "bernoulli",
+        learn_prior: bool = False,
+    ) -> "HelmholtzMachine":
+        """Gaussian latents with MLP layers (the VAE/IWAE architecture of Burda et al. 2016, and the
+        Helmholtz machine of the seed note: q = N(μ_φ(x), diag σ²_φ(x)), p(z) = N(0, I),
+        p(x | z) = Bernoulli(f_θ(z))).
+
+        Args:
+            sizes: ``[D, d_1, …, d_L]``, e.g. ``[784, 50]`` (IWAE's one-layer model).
+            hidden: tanh hidden sizes inside every layer (IWAE: (200, 200) for the first layer).
+            likelihood: ``"bernoulli"`` for binary data, ``"gaussian"`` for real-valued data
+                (mean and log-scale from the network).
+            learn_prior: learn the prior's mean and scale (else N(0, I)).
+
+        Raises:
+            ValueError: for an unknown likelihood.
+        """
+        sizes = _check_sizes(sizes)
+        if likelihood == "bernoulli":
+            out: StochasticLayer = BernoulliLayer(sizes[1], sizes[0], hidden)
+        elif likelihood == "gaussian":
+            out = GaussianLayer(sizes[1], sizes[0], hidden)
+        else:
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+        gen = [out] + [GaussianLayer(sizes[i + 1], sizes[i], hidden) for i in range(1, len(sizes) - 1)]
+        rec = [GaussianLayer(sizes[i], sizes[i + 1], hidden) for i in range(len(sizes) - 1)]
+        cfg = {"kind": "gaussian", "sizes": list(sizes), "hidden": list(hidden), "likelihood": likelihood, "learn_prior": learn_prior}
+        return cls(GaussianPrior(sizes[-1], learn=learn_prior), gen, rec, cfg)
+
+    @classmethod
+    def factor_analysis(cls, data_dim: int, latent_dim: int) -> "HelmholtzMachine":
+        """Factor analysis: z ~ N(0, I), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
+
+        The marginal p(x) = N(b, W Wᵀ + diag σ²) is closed-form (:func:`wakesleep.exact.log_likelihood`).
+        """
+        gen = [GaussianLayer(latent_dim, data_dim, (), scale="learned")]
+        rec = [GaussianLayer(data_dim, latent_dim, ())]
+        cfg = {"kind": "factor_analysis", "data_dim": data_dim, "latent_dim": latent_dim}
+        return cls(GaussianPrior(latent_dim), gen, rec, cfg)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "HelmholtzMachine":
+        """Rebuild an (untrained) model from :attr:`config`.
+
+        Raises:
+            ValueError: if the config names no known model kind.
+        """
+        cfg = dict(config)
+        kind = cfg.pop("kind", None)
+        builders = {"sbn": cls.sbn, "gaussian": cls.gaussian, "factor_analysis": cls.factor_analysis}
+        if kind not in builders:
+            raise ValueError(f"model config has kind {kind!r}; expected one of {sorted(builders)}")
+        return builders[kind](**cfg)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def num_layers(self) -> int:
+        return len(self.latent_sizes)
+
+    @property
+    def discrete_latents(self) -> bool:
+        return self.prior.discrete or any(g.discrete for g in self.generative[1:])
+
+    @property
+    def reparameterizable(self) -> bool:
+        """True when every latent can be drawn by a reparameterised sample (VAE/IWAE apply)."""
+        return not any(r.discrete for r in self.recognition)
+
+    @property
+    def binary_data(self) -> bool:
+        """True when p(x | z_1) is Bernoulli (data must be in {0, 1})."""
+        return bool(self.generative[0].discrete)
+
+    def p_parameters(self) -> list[nn.Parameter]:
+        """θ: the generative model's parameters (prior and generative layers)."""
+        return list(self.prior.parameters()) + list(self.generative.parameters())
+
+    def q_parameters(self) -> list[nn.Parameter]:
+        """φ: the recognition model's (proposal's) parameters."""
+        return list(self.recognition.parameters())
+
+    # ---------------------------------------------------------- generative side
+    def sample(self, n: int) -> tuple[list[Tensor], Tensor]:
+        """Ancestral samples (z, x) ~ p_θ, drawn without gradient.
+
+        Returns:
+            ``(zs, x)``: zs = [z_1 [n, d_1], …, z_L [n, d_L]], x [n, D].
+        """
+        with torch.no_grad():
+            z = self.prior.sample((n,))
+            zs = [z]
+            for layer in reversed(self.generative[1:]):
+                z = layer.sample(z)
+                zs.append(z)
+            x = self.generative[0].sample(z)
+        return zs[::-1], x
+
+    def sample_mean(self, n: int) -> Tensor:
+        """E[x | z_1] for n ancestral samples of z: the usual picture of 'model samples' [n, D]."""
+        with torch.no_grad():
+            zs, _ = self.sample(n)
+            return self.generative[0].mean(zs[0])
+
+    def log_joint(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
+        """log p_θ(x, z) in nats.
+
+        Args:
+            x: [B, D] (or [K, B, D]); broadcast against the latents' leading dimensions.
+            zs: [z_1, …, z_L], each [K, B, d_l] (or any shape broadcastable with x's batch).
+
+        Returns:
+            [K, B].
+        """
+        lp = self.prior.log_prob(zs[-1])
+        for i, layer in enumerate(self.generative):
+            target = x if i == 0 else zs[i - 1]
+            lp = lp + layer.log_prob(target, zs[i])
+        return lp
+
+    def log_prior(self, zs: Sequence[Tensor]) -> Tensor:
+        """log p_θ(z) = log p(z_L) + Σ_{l<L} log p(z_l | z_{l+1}), [K, B], nats."""
+        lp = self.prior.log_prob(zs[-1])
+        for i in range(1, len(self.generative)):
+            lp = lp + self.generative[i].log_prob(zs[i - 1], zs[i])
+        return lp
+
+    # ---------------------------------------------------------- proposal side
+    def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[list[Tensor], Tensor]:
+        """Draw K particles z ~ q_φ(z | x) and their log-density.
+
+        Args:
+            x: [B, D].
+            k: number of particles, ≥ 1.
+            reparameterize: draw z = g_φ(ε, x) with gradient (Gaussian latents only, for VAE/IWAE);
+                otherwise z is detached and log q still carries ∇φ (for RWS's wake-φ update).
+
+        Returns:
+            ``(zs, log_q)``: zs = [z_1 [K, B, d_1], …], log_q [K, B] in nats.
+
+        Raises:
+            ValueError: if k < 1, or reparameterize with discrete latents.
+        """
+        if k < 1:
+            raise ValueError(f"the number of particles k must be >= 1, got {k}")
+        z, log_q = self.recognition[0].sample_and_log_prob(x, (k,), reparameterize)
+        zs = [z]
+        for layer in self.recognition[1:]:
+            z, lq = layer.sample_and_log_prob(z, (), reparameterize)
+            log_q = log_q + lq
+            zs.append(z)
+        return zs, log_q
+
+    def log_proposal(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
+        """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l])."""
+        lq = self.recognition[0].log_prob(zs[0], x)
+        for i in range(1, len(self.recognition)):
+            lq = lq + self.recognition[i].log_prob(zs[i], zs[i - 1])
+        return lq
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ~ q, [K, B], no gradient."""
+        with torch.no_grad():
+            zs, log_q = self.propose(x, k)
+            return self.log_joint(x, zs) - log_q
+
+    # ---------------------------------------------------------------- exact
+    def enumerate_latents(self) -> list[Tensor]:
+        """Every joint state of the (binary) latents, as zs = [z_1 [S, d_1], …], S = 2^(Σ d_l).
+
+        Raises:
+            ValueError: if a latent is not binary or there are more than 24 latent units.
+        """
+        if not (self.discrete_latents and all(r.discrete for r in self.recognition)):
+            raise ValueError("exact enumeration needs binary latents (an SBN); use importance sampling instead")
+        total = sum(self.latent_sizes)
+        if total > MAX_ENUMERATED_LATENTS:
+            raise ValueError(f"{total} binary latents give 2^{total} states; enumeration is limited to {MAX_ENUMERATED_LATENTS}")
+        p = next(self.parameters())
+        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=total)), dtype=p.dtype, device=p.device)
+        return list(states.split(list(self.latent_sizes), dim=-1))
+
+
+def _check_sizes(sizes: Sequence[int]) -> list[int]:
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"sizes must be [data_dim, latent_1, ...] with every size >= 1, got {sizes}")
+    return sizes
