@@ -1,0 +1,271 @@
+"""The command line: ``wakesleep train``, ``wakesleep evaluate RUN``, ``wakesleep sample RUN``.
+
+A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
+``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
+log-likelihood: mean, standard error, K), ``samples.png`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from wakesleep import plots
+from wakesleep.data import DataError, load_dataset
+from wakesleep.estimators import ESTIMATORS
+from wakesleep.evaluate import log_likelihood
+from wakesleep.models import HelmholtzMachine
+from wakesleep.train import BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, load_checkpoint, train
+
+CONFIG, SUMMARY, SAMPLES, CURVES = "config.json", "summary.json", "samples.png", "curves.png"
+
+
+class UsageError(ValueError):
+    """Bad command-line input (the message names the fix)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wakesleep", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and evaluate it", description="Train a model with a wake-sleep-family estimator, then evaluate its test log-likelihood and draw pictures.")
+    t.add_argument("--algorithm", choices=sorted(ESTIMATORS), default="rws", help="estimator (default: rws)")
+    t.add_argument("--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae (default: 5)")
+    t.add_argument("--q-update", choices=["wake", "sleep", "both"], default="both", help="rws: how q is trained (default: both)")
+    t.add_argument("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
+    t.add_argument("--model", choices=["sbn", "gaussian"], default="sbn", help="sbn: binary latents; gaussian: Gaussian latents with MLPs (default: sbn)")
+    t.add_argument("--layers", type=_positive_int, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
+    t.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)")
+    t.add_argument("--q-hidden", type=int, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
+    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=None, help="p(x | z): bernoulli for binary data (default), gaussian for grey levels")
+    t.add_argument("--dataset", default="digits", help="digits (embedded), binarized-mnist, mnist-gray, or a .npz path (default: digits)")
+    t.add_argument("--data-dir", default=None, help="directory with data files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
+    t.add_argument("--epochs", type=_positive_int, default=100)
+    t.add_argument("--batch-size", type=_positive_int, default=100)
+    t.add_argument("--lr-p", type=_positive_float, default=1e-3, help="Adam learning rate for the generative model")
+    t.add_argument("--lr-q", type=_positive_float, default=1e-3, help="Adam learning rate for the recognition model")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--valid-k", type=_positive_int, default=100, help="particles for the validation log-likelihood each epoch")
+    t.add_argument("--patience", type=_positive_int, default=10, help="epochs without validation improvement before stopping")
+    t.add_argument("--max-seconds", type=_positive_float, default=None, help="wall-clock training budget, seconds")
+    t.add_argument("--test-k", type=_positive_int, default=5000, help="particles for the final test log-likelihood (default: 5000)")
+    t.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<algorithm>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run", description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--k", type=_positive_int, default=5000, help="particles per datapoint (default: 5000)")
+    e.add_argument("--split", choices=["test", "valid", "train"], default="test")
+    e.add_argument("--batch-size", type=_positive_int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples from a trained run's generative model and write them as a PNG grid.")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
+    s.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def model_from_args(a: argparse.Namespace, data_dim: int, binary: bool) -> HelmholtzMachine:
+    sizes = [data_dim, *a.layers]
+    likelihood = a.likelihood or ("bernoulli" if binary else "gaussian")
+    if likelihood == "bernoulli" and not binary:
+        raise UsageError("this data is not binary: a Bernoulli likelihood needs values in {0, 1}; use --likelihood gaussian")
+    if a.model == "sbn":
+        if likelihood != "bernoulli":
+            raise UsageError("--model sbn has a Bernoulli likelihood; use --model gaussian --likelihood gaussian for real-valued data")
+        return HelmholtzMachine.sbn(sizes, q_hidden=a.q_hidden or (), p_hidden=a.hidden or ())
+    hidden = (200, 200) if a.hidden is None else a.hidden
+    return HelmholtzMachine.gaussian(sizes, hidden=hidden, likelihood=likelihood)
+
+
+def estimator_from(name: str, settings: dict):
+    cls = ESTIMATORS[name]
+    return cls(**settings)
+
+
+def estimator_settings(a: argparse.Namespace) -> dict:
+    if a.algorithm == "rws":
+        return {"k": a.k, "q_update": a.q_update}
+    if a.algorithm in ("iwae", "vae"):
+        return {"k": a.k if a.algorithm == "iwae" else 1}
+    if a.algorithm == "ws":
+        return {"samples": a.samples}
+    return {}
+
+
+def load_run(run: Path):
+    """Rebuild (model, config, dataset) of a run directory, with the best parameters loaded.
+
+    Raises:
+        CheckpointError: a missing or damaged config or checkpoint.
+    """
+    run = Path(run)
+    cfg_path = run / CONFIG
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run} is not a run directory (no {CONFIG}); train one with `wakesleep train --run-dir {run}`")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
+    try:
+        model = HelmholtzMachine.from_config(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} does not describe a model: {e}") from None
+    best = run / BEST
+    if best.is_file():
+        try:
+            state = torch.load(best, map_location="cpu", weights_only=False)["model"]
+        except Exception as e:
+            raise CheckpointError(f"{best} is unreadable ({type(e).__name__}); it is truncated or not a checkpoint") from None
+    else:
+        state = load_checkpoint(run / CHECKPOINT)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"the parameters in {run} do not fit the model in {cfg_path}: {e}") from None
+    return model, config
+
+
+def _dataset(config: dict):
+    d = config["data"]
+    return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
+
+
+def write_pictures(run: Path, model, image_shape, n: int = 64) -> tuple[Path, Path | None]:
+    samples = plots.sample_grid(model.sample_mean(n).cpu(), image_shape, run / SAMPLES, title="model samples (means of p(x | z))")
+    curves = None
+    if (run / METRICS).is_file():
+        records = plots.read_jsonl(run / METRICS)
+        if records:
+            keys = [k for k in ("train_objective", "valid_log_likelihood", "train_ess", "train_wake_log_joint", "train_sleep_log_q") if any(k in r for r in records)]
+            curves = plots.learning_curves(records, run / CURVES, keys=keys or None)
+    return samples, curves
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
+    data = load_dataset(a.dataset, data_dir=a.data_dir)
+    torch.manual_seed(a.seed)
+    if a.resume:
+        if not (run / CONFIG).is_file():
+            raise CheckpointError(f"cannot resume: {run} has no {CONFIG}; start the run without --resume")
+        config = json.loads((run / CONFIG).read_text())
+        model = HelmholtzMachine.from_config(config["model"])
+    else:
+        model = model_from_args(a, data.dim, data.binary)
+        config = {
+            "model": model.config,
+            "algorithm": a.algorithm,
+            "estimator": estimator_settings(a),
+            "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
+            "train": {
+                "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "seed": a.seed,
+                "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds,
+                "nan_policy": "skip" if a.skip_nonfinite else "error",
+            },
+            "test_k": a.test_k,
+        }
+        if (run / CHECKPOINT).exists():
+            raise UsageError(f"{run} already holds a run; pass --resume to continue it or choose another --run-dir")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / CONFIG, json.dumps(config, indent=2))
+    estimator = estimator_from(config["algorithm"], config["estimator"])
+    tcfg = TrainConfig(**config["train"], progress=not a.no_progress)
+    print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
+          f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}); run: {run}")
+    fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=a.resume)
+    model.eval()
+    test_k = config.get("test_k", a.test_k)
+    ll = log_likelihood(model, data.test, k=test_k, progress=not a.no_progress, seed=a.seed)
+    summary = {
+        "test_log_likelihood": ll.mean, "test_stderr": ll.stderr, "test_k": ll.k, "test_n": ll.n,
+        "best_valid_log_likelihood": fit.best_valid, "best_epoch": fit.best_epoch,
+        "epochs": len(fit.history), "stopped": fit.stopped, "train_seconds": fit.seconds, "skipped_steps": fit.skipped_steps,
+    }
+    atomic_write_text(run / SUMMARY, json.dumps(summary, indent=2))
+    samples, curves = write_pictures(run, model, data.image_shape)
+    print(f"test log-likelihood: {ll}")
+    print(f"samples: {samples}")
+    if curves:
+        print(f"learning curves: {curves}")
+    print(f"summary: {run / SUMMARY}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    run = Path(a.run)
+    model, config = load_run(run)
+    data = _dataset(config)
+    ll = log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, progress=not a.no_progress, seed=a.seed)
+    print(f"{a.split} log-likelihood: {ll}")
+    path = run / SUMMARY
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.setdefault("evaluations", []).append({"split": a.split, **ll.as_dict()})
+    atomic_write_text(path, json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    run = Path(a.run)
+    model, config = load_run(run)
+    torch.manual_seed(a.seed)
+    shape = None
+    try:
+        shape = _dataset(config).image_shape
+    except DataError:
+        pass  # pictures without the data fall back to rows
+    out = plots.sample_grid(model.sample_mean(a.n), shape, Path(a.out) if a.out else run / SAMPLES, title=f"{a.n} model samples")
+    print(f"samples: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+    try:
+        return commands[args.command](args)
+    except (DataError, CheckpointError, UsageError, TrainingError, ValueError) as e:
+        print(f"wakesleep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wakesleep {args.command}: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

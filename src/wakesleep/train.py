@@ -1,0 +1,382 @@
+"""The trainer: minibatches, Adam with separate learning rates for p and q, validation each epoch,
+early stopping, JSON-lines metrics, atomic checkpoints and resume.
+
+It knows nothing of any estimator's math: it asks the estimator for a surrogate loss, calls
+``backward()`` and steps.  Randomness is reproducible: the data order of epoch e comes from a
+generator seeded by (seed, e), and the global torch RNG state is saved with every checkpoint, so
+a resumed run carries on exactly where the stopped one left off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from wakesleep.evaluate import log_likelihood
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainingError(RuntimeError):
+    """A training step produced a non-finite quantity (the message names step, estimator and quantity)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, foreign, or from a different configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings.
+
+    Attributes:
+        epochs: passes over the training data (≥ 1).
+        batch_size: datapoints per step (≥ 1).
+        lr_p, lr_q: Adam learning rates for the generative (θ) and recognition (φ) parameters.
+        lr_estimator: Adam learning rate for the estimator's own parameters (ALWS's kernel).
+        seed: seeds parameter initialisation (by the caller), data order and sampling.
+        valid_k: particles for the validation log-likelihood each epoch.
+        valid_every: validate every this many epochs.
+        patience: stop after this many validations without improvement (None: never).
+        max_seconds: wall-clock budget for training, seconds (None: none).
+        nan_policy: ``"error"`` stops with :class:`TrainingError` on a non-finite loss or
+            gradient; ``"skip"`` skips that step and counts it.
+        progress: show a progress bar.
+    """
+
+    epochs: int = 50
+    batch_size: int = 100
+    lr_p: float = 1e-3
+    lr_q: float = 1e-3
+    lr_estimator: float = 1e-3
+    seed: int = 0
+    valid_k: int = 100
+    valid_every: int = 1
+    patience: int | None = 10
+    max_seconds: float | None = None
+    nan_policy: str = "error"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("lr_p", "lr_q", "lr_estimator"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
+        if self.max_seconds is not None and not (self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+        if self.nan_policy not in ("error", "skip"):
+            raise ValueError(f"nan_policy must be 'error' or 'skip', got {self.nan_policy!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class FitResult:
+    """What :func:`train` returns: the per-epoch history and how the run ended."""
+
+    history: list[dict] = field(default_factory=list)
+    best_valid: float | None = None
+    best_epoch: int | None = None
+    stopped: str = "epochs"
+    skipped_steps: int = 0
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`train`.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, truncated or not a wakesleep checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first, or drop --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for damaged files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it is truncated or not a checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "wakesleep-checkpoint-1":
+        raise CheckpointError(f"{path} is not a wakesleep checkpoint")
+    return ckpt
+
+
+# ------------------------------------------------------------------ training
+
+
+def _optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = [{"params": model.p_parameters(), "lr": cfg.lr_p, "name": "p"}]
+    q = model.q_parameters()
+    if q:
+        groups.append({"params": q, "lr": cfg.lr_q, "name": "q"})
+    e = [p for p in estimator.parameters() if p.requires_grad]
+    if e:
+        groups.append({"params": e, "lr": cfg.lr_estimator, "name": "estimator"})
+    return torch.optim.Adam(groups)
+
+
+def _nonfinite(model, estimator) -> str | None:
+    for name, p in list(model.named_parameters()) + [("estimator." + n, p) for n, p in estimator.named_parameters()]:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"gradient of {name}"
+    return None
+
+
+def train(
+    model,
+    estimator,
+    train_data: Tensor,
+    valid: Tensor | None = None,
+    config: TrainConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    **overrides,
+) -> FitResult:
+    """Train ``model`` with ``estimator`` on ``train_data`` [N, D].
+
+    Each step: a minibatch x [B, D] → ``estimator(model, x).loss`` → backward → Adam step with
+    learning rate ``lr_p`` for θ, ``lr_q`` for φ, ``lr_estimator`` for the estimator's own
+    parameters.  After every ``valid_every`` epochs the validation log-likelihood (importance
+    sampled, ``valid_k`` particles, nats) is recorded; the best model is kept in ``best.pt`` and
+    restored at the end; training stops early after ``patience`` validations without improvement.
+
+    With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch) and
+    ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt``.
+
+    Args:
+        model: a :class:`~wakesleep.models.HelmholtzMachine` (or compatible).
+        estimator: a :class:`~wakesleep.estimators.Estimator`.
+        train_data: [N, D] float tensor.
+        valid: [M, D] float tensor, or None (no validation, no early stopping).
+        config: :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+        run_dir: directory for metrics and checkpoints (None: keep nothing on disk).
+        resume: continue from ``run_dir/checkpoint.pt``.
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        ValueError: bad settings, an empty data set, or data of the wrong width.
+        TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
+        CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig.from_dict({**asdict(cfg), **overrides})
+    estimator.check_model(model)
+    train_data = torch.as_tensor(train_data)
+    check_data(model, train_data, "train_data")
+    param = next(model.parameters())
+    train_data = train_data.to(param.device, param.dtype)
+    if valid is not None:
+        valid = torch.as_tensor(valid)
+        check_data(model, valid, "valid")
+        valid = valid.to(param.device, param.dtype)
+    best_state = None  # in-memory copy of the best parameters when there is no run directory
+
+    run = Path(run_dir) if run_dir is not None else None
+    opt = _optimizer(model, estimator, cfg)
+    result = FitResult()
+    start_epoch, since_best, elapsed = 0, 0, 0.0
+    if resume:
+        if run is None:
+            raise ValueError("resume needs a run_dir")
+        ckpt = load_checkpoint(run / CHECKPOINT)
+        if ckpt.get("model_config") != getattr(model, "config", None):
+            raise CheckpointError(
+                f"{run / CHECKPOINT} was written for model {ckpt.get('model_config')}, not {getattr(model, 'config', None)}; "
+                "use the same model settings, or a new run directory"
+            )
+        try:
+            model.load_state_dict(ckpt["model"])
+            estimator.load_state_dict(ckpt["estimator"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{run / CHECKPOINT} does not match this model/estimator: {e}") from None
+        torch.set_rng_state(ckpt["rng"])
+        start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
+        result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
+        result.skipped_steps = ckpt.get("skipped_steps", 0)
+        write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
+        if ckpt.get("finished"):
+            result.stopped, result.seconds = ckpt.get("stopped", "epochs"), elapsed
+            _restore_best(model, run)
+            return result
+
+    n = train_data.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not cfg.progress,
+               desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter() - elapsed
+    step = start_epoch * steps_per_epoch
+    result.stopped = "epochs"
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen).to(train_data.device)
+        model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        for b in range(steps_per_epoch):
+            x = train_data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            out = estimator(model, x)
+            opt.zero_grad(set_to_none=True)
+            bad = None if torch.isfinite(out.loss) else "loss"
+            if bad is None:
+                out.loss.backward()
+                bad = _nonfinite(model, estimator)
+            step += 1
+            if bad is not None:
+                if cfg.nan_policy == "skip":
+                    result.skipped_steps += 1
+                    opt.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    continue
+                raise TrainingError(
+                    f"step {step} (epoch {epoch + 1}): estimator {getattr(estimator, 'name', estimator)} produced a non-finite {bad}; "
+                    f"the last good checkpoint is kept{' in ' + str(run) if run else ''}. Lower the learning rates, "
+                    "check the data, or pass nan_policy='skip' (--skip-nonfinite) to skip such steps"
+                )
+            opt.step()
+            count += 1
+            for key, v in out.metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+            bar.update(1)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
+        record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+        improved = False
+        if valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
+            model.eval()
+            ll = log_likelihood(model, valid, k=cfg.valid_k)
+            record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
+            if result.best_valid is None or ll.mean > result.best_valid:
+                result.best_valid, result.best_epoch, since_best, improved = ll.mean, epoch + 1, 0, True
+                if run is None:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+        record["skipped_steps"] = result.skipped_steps
+        record["time"] = time.perf_counter() - t0
+        result.history.append(record)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
+
+        if cfg.patience is not None and valid is not None and since_best >= cfg.patience:
+            result.stopped = "early"
+        elif cfg.max_seconds is not None and record["time"] >= cfg.max_seconds:
+            result.stopped = "time"
+        finished = result.stopped != "epochs" or epoch + 1 == cfg.epochs
+        if run is not None:
+            if improved or (valid is None):
+                atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
+            atomic_torch_save(
+                {
+                    "format": "wakesleep-checkpoint-1",
+                    "model": model.state_dict(),
+                    "model_config": getattr(model, "config", None),
+                    "estimator": estimator.state_dict(),
+                    "estimator_settings": estimator.settings(),
+                    "optimizer": opt.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "since_best": since_best,
+                    "seconds": record["time"],
+                    "history": result.history,
+                    "best_valid": result.best_valid,
+                    "best_epoch": result.best_epoch,
+                    "skipped_steps": result.skipped_steps,
+                    "train_config": asdict(cfg),
+                    "finished": finished,
+                    "stopped": result.stopped,
+                },
+                run / CHECKPOINT,
+            )
+            write_jsonl(run / METRICS, result.history)
+        if finished:
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    if run is not None:
+        _restore_best(model, run)
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+    return result
+
+
+def check_data(model, x: Tensor, name: str) -> None:
+    """Raise ``ValueError`` naming the fix for data the model cannot be trained on.
+
+    Checks: [N, D] with N ≥ 1, D equal to the model's data width, finite values, and values in
+    {0, 1} when the model's likelihood is Bernoulli.
+    """
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
+    if x.shape[1] != model.data_dim:
+        raise ValueError(f"{name} has width {x.shape[1]} but the model expects {model.data_dim}: build the model for this data")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} has {bad} NaN/inf values; clean the data first")
+    if getattr(model, "binary_data", False) and not ((x == 0) | (x == 1)).all():
+        raise ValueError(f"{name} has values outside {{0, 1}}, but the model's likelihood is Bernoulli: binarise the data (e.g. x > 0.5) or use a Gaussian likelihood")
+
+
+def _restore_best(model, run: Path) -> None:
+    best = run / BEST
+    if best.is_file():
+        model.load_state_dict(torch.load(best, map_location=next(model.parameters()).device, weights_only=False)["model"])
