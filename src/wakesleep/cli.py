@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid-k", type=_positive_int, default=100, help="particles for the validation log-likelihood each epoch")
     t.add_argument("--patience", type=_positive_int, default=10, help="epochs without validation improvement before stopping")
     t.add_argument("--max-seconds", type=_positive_float, default=None, help="wall-clock training budget, seconds")
+    t.add_argument("--clock", choices=["wall", "process"], default="wall", help="what --max-seconds counts: elapsed time, or this process's CPU time")
     t.add_argument("--test-k", type=_positive_int, default=5000, help="particles for the final test log-likelihood (default: 5000)")
     t.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<algorithm>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
@@ -195,7 +196,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
             "train": {
                 "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "seed": a.seed,
-                "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds,
+                "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock,
                 "nan_policy": "skip" if a.skip_nonfinite else "error",
             },
             "test_k": a.test_k,

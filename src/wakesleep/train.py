@@ -50,7 +50,9 @@ class TrainConfig:
         valid_k: particles for the validation log-likelihood each epoch.
         valid_every: validate every this many epochs.
         patience: stop after this many validations without improvement (None: never).
-        max_seconds: wall-clock budget for training, seconds (None: none).
+        max_seconds: time budget for training, seconds (None: none), on ``clock``.
+        clock: ``"wall"`` (elapsed time) or ``"process"`` (CPU time of this process, all threads:
+            a budget that other jobs on a shared machine do not eat into).
         nan_policy: ``"error"`` stops with :class:`TrainingError` on a non-finite loss or
             gradient; ``"skip"`` skips that step and counts it.
         progress: show a progress bar.
@@ -66,6 +68,7 @@ class TrainConfig:
     valid_every: int = 1
     patience: int | None = 10
     max_seconds: float | None = None
+    clock: str = "wall"
     nan_policy: str = "error"
     progress: bool = True
 
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
         if self.max_seconds is not None and not (self.max_seconds > 0):
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+        if self.clock not in ("wall", "process"):
+            raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if self.nan_policy not in ("error", "skip"):
             raise ValueError(f"nan_policy must be 'error' or 'skip', got {self.nan_policy!r}")
 
@@ -256,7 +261,8 @@ def train(
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
-        if ckpt.get("finished"):
+        # A run that ended early or on its clock is done; one that ran out of epochs may be extended.
+        if ckpt.get("finished") and not (ckpt.get("stopped") == "epochs" and cfg.epochs > start_epoch):
             result.stopped, result.seconds = ckpt.get("stopped", "epochs"), elapsed
             _restore_best(model, run)
             return result
@@ -265,7 +271,8 @@ def train(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not cfg.progress,
                desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter() - elapsed
+    now = time.perf_counter if cfg.clock == "wall" else time.process_time
+    t0 = now() - elapsed
     step = start_epoch * steps_per_epoch
     result.stopped = "epochs"
     for epoch in range(start_epoch, cfg.epochs):
@@ -313,7 +320,7 @@ def train(
             else:
                 since_best += 1
         record["skipped_steps"] = result.skipped_steps
-        record["time"] = time.perf_counter() - t0
+        record["time"] = now() - t0
         result.history.append(record)
         bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
 
@@ -351,7 +358,7 @@ def train(
         if finished:
             break
     bar.close()
-    result.seconds = time.perf_counter() - t0
+    result.seconds = now() - t0
     if run is not None:
         _restore_best(model, run)
     elif best_state is not None:
