@@ -415,3 +415,12 @@ def test_float32_agrees_with_float64(method):
         p32 = k32.predict(xs.float(), t.float(), xw.float())
     assert p32.dtype == torch.float32
     assert ((p32.double() - p64).norm() / p64.norm()).item() < 1.2e-2
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import wakesleep.kernels as mod
+
+    result = doctest.testmod(mod, extraglobs={"torch": torch})
+    assert result.attempted > 0 and result.failed == 0

@@ -363,7 +363,8 @@ class KernelRidge(nn.Module):
         method: "exact" (Cholesky of K_ss + λI, O(N³/3 + N²(D + M))),
             "nystrom" (m = num_inducing inducing points among the sleep inputs, O(N m² + m³)),
             "rff" (random Fourier features, primal solve, O(N F² + F³) with F = num_features).
-        num_inducing: m for "nystrom" (capped at N on each call).
+        num_inducing: m for "nystrom" (capped at N on each call). K_mm always gets jitter
+            m·eps·mean diag (eps of the dtype), more if its Cholesky still fails.
         num_features: F for "rff"; must be even (F/2 frequencies, each giving a cos and a sin).
         learn_lam: if True ``log_lam`` is an ``nn.Parameter``, else a buffer.
         inducing: "random" (a fresh random subset of the sleep inputs on every call) or "first"
@@ -374,7 +375,9 @@ class KernelRidge(nn.Module):
         max_jitter_tries: how many times a failed Cholesky is retried with jitter
             1e-6·mean|diag|, growing ×10 each time.
 
-    Raises ``ValueError`` on bad arguments. Solves raise ``KernelRidgeError`` (a ``ValueError``)
+    Raises ``ValueError`` on bad arguments (``TypeError`` for a kernel that is not a
+    ``StationaryKernel``; ``NotImplementedError`` for "rff" with a kernel lacking a spectral
+    sampler). Solves raise ``KernelRidgeError`` (a ``ValueError``)
     when K + λI is not positive definite even with the largest jitter; the first successful retry
     with jitter issues a ``RuntimeWarning`` (once per instance).
 
@@ -383,6 +386,18 @@ class KernelRidge(nn.Module):
     ``torch.no_grad()`` (or detach it) and contract with the targets that carry the θ-gradient,
     e.g. ``(krr.solve(xs, xw, R).detach() * t).sum()`` with R = ones[M, 1]/M gives
     mean_m Ĵ(x_m) for t [N, 1].
+
+    Example (one ALWS iteration; ``t_*`` are the regression targets at the sleep samples)::
+
+        >>> krr = KernelRidge(GaussianKernel(features=LinearFeatures(5, 3)), lam=1e-3)
+        >>> x_s, x_v, x_w = torch.randn(200, 5), torch.randn(100, 5), torch.randn(16, 5)
+        >>> _ = krr.kernel.init_bandwidth_(x_s)
+        >>> t_s, t_v = x_s[:, :1].sin(), x_v[:, :1].sin()
+        >>> krr.validation_loss(x_s, t_s, x_v, t_v).backward()   # kernel-learning step
+        >>> with torch.no_grad():                                 # model step: A is constant
+        ...     w = krr.solve(x_s, x_w, torch.full((16, 1), 1 / 16))
+        >>> w.shape                                               # surrogate: (w * t_theta).sum()
+        torch.Size([200, 1])
     """
 
     def __init__(
@@ -452,9 +467,7 @@ class KernelRidge(nn.Module):
 
     def _draw_frequencies(self, dim: int) -> None:
         freqs = self.kernel.spectral_frequencies(self.num_features // 2, dim, self._generator)
-        self.rff_frequencies = freqs.to(
-            device=self.log_lam.device, dtype=torch.get_default_dtype()
-        )
+        self.rff_frequencies = freqs.to(device=self.log_lam.device, dtype=self.log_lam.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "rff_frequencies"
@@ -551,10 +564,13 @@ class KernelRidge(nn.Module):
             idx = torch.randperm(n, generator=self._generator)[:m].to(fs.device)
             fm = fs[idx]
         k_mm = self.kernel.gram_features(fm)
-        # K_mm is near-singular whenever inducing points are close; the smallest jitter that a
-        # Cholesky of an m×m PSD matrix reliably tolerates is ~m·eps·mean diag (no warning).
+        # K_mm is near-singular whenever inducing points are close: always add jitter
+        # m·eps·mean diag (the roundoff level of an m×m Cholesky), more if that fails (no warning).
+        rel = m * torch.finfo(k_mm.dtype).eps
+        jitter = rel * k_mm.detach().diagonal().abs().mean()
         L = self._cholesky(
-            k_mm, "K_mm", first_jitter=m * torch.finfo(k_mm.dtype).eps, tries=8, warn=False,
+            k_mm + jitter * torch.eye(m, dtype=k_mm.dtype, device=k_mm.device), "K_mm",
+            first_jitter=10 * rel, tries=8, warn=False,
             fix="use fewer inducing points or a larger bandwidth",
         )
         phi_s = torch.linalg.solve_triangular(L, self.kernel.gram_features(fm, fs), upper=False).mT
