@@ -1,0 +1,672 @@
+"""Kernels and kernel ridge regression (KRR) for amortised learning by wake-sleep (ALWS).
+
+Source: Wenliang, Moskovitz, Kanagawa & Sahani, "Amortised Learning by Wake-Sleep", ICML 2020,
+arXiv 2002.09737, Section 3 and Appendix (kernels, kernel learning). See also
+``reference/ALGORITHMS.md`` §4.
+
+ALWS regresses a scalar (or a few) sleep-sample target(s) t(z_n, x_n) on x_n with KRR and
+differentiates the prediction at the wake points. With sleep inputs ``X_s`` [N, D] and wake inputs
+``X_w`` [M, D], the KRR weights are::
+
+    A = (K_ss + λ I)⁻¹ K_sw                       [N, M]
+    Ĵ(X_w) = Aᵀ t                                 [M, C]   for targets t [N, C]
+
+λ is *not* scaled by N (as in the paper). Pieces:
+
+* feature maps ``IdentityFeatures``, ``LinearFeatures``, ``MLPFeatures`` (learned, optional
+  batch norm);
+* stationary kernels on distances between features: ``GaussianKernel`` and ``MaternKernel``
+  (ν ∈ {1/2, 3/2, 5/2}), each with a learned log-bandwidth;
+* ``KernelRidge`` with an exact (Cholesky), Nyström, or random-Fourier-feature (primal) solver, a
+  learned log λ, and the kernel-learning loss ``validation_loss``.
+
+Every learnable quantity is a registered parameter (the original research code forgot to register
+its random-feature network, so it was never trained), and the validation loss is the mean of the
+per-sample squared errors (not the squared error of the mean prediction).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "IdentityFeatures",
+    "LinearFeatures",
+    "MLPFeatures",
+    "StationaryKernel",
+    "GaussianKernel",
+    "MaternKernel",
+    "KernelRidge",
+    "KernelRidgeError",
+]
+
+
+class KernelRidgeError(ValueError):
+    """A KRR linear system could not be factorised (not positive definite even after jitter)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Feature maps
+# --------------------------------------------------------------------------------------------
+
+
+class IdentityFeatures(nn.Module):
+    """φ(x) = x. ``dim`` (optional) is the input width, needed only by random Fourier features
+    when they are to be drawn at construction rather than at first use.
+
+    Shapes: x [N, D] -> [N, D].
+    """
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _check_dim(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class LinearFeatures(nn.Module):
+    """Learned linear features φ(x) = W x (no bias: the kernels are translation invariant),
+    optionally followed by batch norm, as in the ALWS paper's kernels.
+
+    Shapes: x [N, in_dim] -> [N, out_dim]. Raises ``ValueError`` for non-positive sizes.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, batch_norm: bool = False):
+        super().__init__()
+        _check_dim("in_dim", in_dim)
+        _check_dim("out_dim", out_dim)
+        self.out_dim = out_dim
+        self.linear = nn.Linear(in_dim, out_dim, bias=False)
+        self.norm = nn.BatchNorm1d(out_dim) if batch_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.linear(x))
+
+
+class MLPFeatures(nn.Module):
+    """Small learned network φ(x) = MLP(x) whose outputs the kernel compares.
+
+    Args:
+        in_dim: input width D.
+        hidden: widths of the hidden layers (may be empty: then a single linear layer).
+        out_dim: feature width.
+        batch_norm: insert ``BatchNorm1d`` after every hidden linear layer.
+        activation: module class for the nonlinearity (default ``nn.SiLU``).
+
+    Shapes: x [N, in_dim] -> [N, out_dim]. Raises ``ValueError`` for non-positive sizes.
+    With batch norm in training mode the statistics are those of the batch passed in; the kernels
+    pass sleep and wake/query inputs through together (see ``StationaryKernel.featurize``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int] = (64,),
+        out_dim: int = 16,
+        batch_norm: bool = False,
+        activation: type[nn.Module] = nn.SiLU,
+    ):
+        super().__init__()
+        _check_dim("in_dim", in_dim)
+        _check_dim("out_dim", out_dim)
+        for h in hidden:
+            _check_dim("hidden width", h)
+        self.out_dim = out_dim
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(activation())
+            width = h
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _as_2d(name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape [num_points, dim], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 points)")
+    return x
+
+
+class StationaryKernel(nn.Module):
+    """Base class: k(a, b) = κ(‖φ(a) − φ(b)‖ / σ) for a feature map φ and learned bandwidth σ.
+
+    Args:
+        features: feature map module (default ``IdentityFeatures()``); its parameters are
+            registered as part of the kernel.
+        bandwidth: initial σ > 0 (see ``init_bandwidth_`` for the median heuristic).
+        learn_bandwidth: if True ``log_bandwidth`` is an ``nn.Parameter``, else a buffer.
+
+    Call ``kernel(a [N, D], b [M, D] | None) -> Gram [N, M]`` (b = None means b = a).
+    Subclasses implement ``profile(sq)`` (κ as a function of the scaled squared distance) and
+    ``spectral_frequencies`` (for random Fourier features).
+    """
+
+    def __init__(
+        self,
+        features: nn.Module | None = None,
+        bandwidth: float = 1.0,
+        learn_bandwidth: bool = True,
+    ):
+        super().__init__()
+        if not bandwidth > 0 or not math.isfinite(bandwidth):
+            raise ValueError(f"bandwidth must be positive and finite, got {bandwidth!r}")
+        self.features = features if features is not None else IdentityFeatures()
+        log_bw = torch.tensor(math.log(bandwidth))
+        if learn_bandwidth:
+            self.log_bandwidth = nn.Parameter(log_bw)
+        else:
+            self.register_buffer("log_bandwidth", log_bw)
+
+    @property
+    def bandwidth(self) -> Tensor:
+        """σ = exp(log_bandwidth), a 0-d tensor (differentiable)."""
+        return self.log_bandwidth.exp()
+
+    def _joint_features(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.features.modules())
+
+    def featurize(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        """φ of each input [N_i, D] -> [N_i, F]. If the feature map contains batch norm, all
+        inputs go through in one pass so that they share the same normalisation."""
+        if len(xs) > 1 and self._joint_features():
+            out = self.features(torch.cat(xs, dim=0))
+            return tuple(out.split([x.shape[0] for x in xs], dim=0))
+        return tuple(self.features(x) for x in xs)
+
+    def scaled_sqdist(self, fa: Tensor, fb: Tensor | None = None) -> Tensor:
+        """‖fa_i − fb_j‖² / σ², clamped ≥ 0. fa [N, F], fb [M, F] or None (= fa) -> [N, M].
+
+        Uses the matrix-product expansion after centring (cancellation is then relative to the
+        spread of the points, not their offset); for fb = None the norms are read off the Gram
+        diagonal, so identical rows get distance exactly 0.
+        """
+        inv = 1.0 / self.bandwidth
+        center = fa.detach().mean(dim=0, keepdim=True)  # distances are translation invariant
+        a = (fa - center) * inv
+        if fb is None:
+            gram = a @ a.mT
+            norms = gram.diagonal()
+            sq = norms[:, None] + norms[None, :] - 2.0 * gram
+        else:
+            b = (fb - center) * inv
+            sq = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * (a @ b.mT)
+        return sq.clamp_min(0.0)
+
+    def profile(self, sq: Tensor) -> Tensor:
+        """κ as a function of the scaled squared distance r² = ‖Δφ‖²/σ²."""
+        raise NotImplementedError
+
+    def gram_features(self, fa: Tensor, fb: Tensor | None = None) -> Tensor:
+        """Gram matrix from features: fa [N, F], fb [M, F] or None (= fa) -> [N, M]."""
+        return self.profile(self.scaled_sqdist(fa, fb))
+
+    def forward(self, a: Tensor, b: Tensor | None = None) -> Tensor:
+        """Gram matrix k(a, b): a [N, D], b [M, D] or None (= a) -> [N, M].
+
+        Raises ``ValueError`` for inputs that are not non-empty 2-D tensors of equal width.
+        """
+        _as_2d("a", a)
+        if b is None:
+            (fa,) = self.featurize(a)
+            return self.gram_features(fa)
+        _as_2d("b", b)
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"a and b differ in width: {a.shape[1]} vs {b.shape[1]}")
+        fa, fb = self.featurize(a, b)
+        return self.gram_features(fa, fb)
+
+    def spectral_frequencies(
+        self, num: int, dim: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``num`` frequencies [num, dim] from the kernel's spectral density at unit bandwidth
+        (Bochner's theorem): κ(‖δ‖) = E_ω cos(ω·δ). Divide by σ for bandwidth σ. Float64, CPU."""
+        raise NotImplementedError(f"{type(self).__name__} has no spectral sampler")
+
+    @torch.no_grad()
+    def init_bandwidth_(
+        self, x: Tensor, max_points: int = 1000, generator: torch.Generator | None = None
+    ) -> "StationaryKernel":
+        """Median heuristic: set σ to the median pairwise distance between features of distinct
+        points of x [N, D]. If N > ``max_points`` only the points
+        ``x[torch.randperm(N, generator=generator)[:max_points]]`` are used (generator default:
+        one seeded 0), so the cost is O(max_points² F). Returns self.
+
+        Raises ``ValueError`` if x has fewer than 2 points or the median distance is 0 or not
+        finite (e.g. most points identical).
+        """
+        _as_2d("x", x)
+        if x.shape[0] < 2:
+            raise ValueError("init_bandwidth_ needs at least 2 points")
+        if x.shape[0] > max_points:
+            g = generator if generator is not None else torch.Generator().manual_seed(0)
+            idx = torch.randperm(x.shape[0], generator=g)[:max_points].to(x.device)
+            x = x[idx]
+        (f,) = self.featurize(x)
+        f = f - f.mean(dim=0, keepdim=True)
+        gram = f @ f.mT
+        norms = gram.diagonal()
+        sq = (norms[:, None] + norms[None, :] - 2.0 * gram).clamp_min(0.0)
+        iu = torch.triu_indices(f.shape[0], f.shape[0], offset=1, device=f.device)
+        med = torch.quantile(sq[iu[0], iu[1]].sqrt().double(), 0.5).item()
+        if not (med > 0 and math.isfinite(med)):
+            raise ValueError(
+                f"median pairwise feature distance is {med}; cannot set the bandwidth "
+                "(are most points identical?) - pass bandwidth= explicitly"
+            )
+        self.log_bandwidth.fill_(math.log(med))
+        return self
+
+
+class GaussianKernel(StationaryKernel):
+    """Gaussian (RBF) kernel k(a, b) = exp(−‖φ(a) − φ(b)‖² / (2σ²)).
+
+    Spectral density at unit bandwidth: ω ~ N(0, I). See ``StationaryKernel`` for arguments.
+    """
+
+    def profile(self, sq: Tensor) -> Tensor:
+        return torch.exp(-0.5 * sq)
+
+    def spectral_frequencies(self, num, dim, generator=None):
+        return torch.randn(num, dim, generator=generator, dtype=torch.float64)
+
+
+class MaternKernel(StationaryKernel):
+    """Matérn kernel with smoothness ν ∈ {0.5, 1.5, 2.5} on r = ‖φ(a) − φ(b)‖ / σ:
+
+        ν = 1/2: exp(−r);  ν = 3/2: (1 + √3 r) e^{−√3 r};  ν = 5/2: (1 + √5 r + 5r²/3) e^{−√5 r}.
+
+    r is computed as sqrt(r² + eps) (eps = 1e-12) so that gradients are finite at zero distance.
+    Spectral density at unit bandwidth: multivariate Student-t with 2ν degrees of freedom,
+    ω = z · sqrt(2ν / u), z ~ N(0, I), u ~ χ²(2ν).
+
+    Raises ``ValueError`` for other ν. Other arguments as ``StationaryKernel``.
+    """
+
+    EPS = 1e-12
+
+    def __init__(
+        self,
+        nu: float = 1.5,
+        features: nn.Module | None = None,
+        bandwidth: float = 1.0,
+        learn_bandwidth: bool = True,
+    ):
+        if nu not in (0.5, 1.5, 2.5):
+            raise ValueError(f"MaternKernel supports nu in {{0.5, 1.5, 2.5}}, got {nu!r}")
+        super().__init__(features, bandwidth, learn_bandwidth)
+        self.nu = float(nu)
+
+    def profile(self, sq: Tensor) -> Tensor:
+        r = torch.sqrt(sq + self.EPS)
+        if self.nu == 0.5:
+            return torch.exp(-r)
+        if self.nu == 1.5:
+            s = math.sqrt(3.0) * r
+            return (1.0 + s) * torch.exp(-s)
+        s = math.sqrt(5.0) * r
+        return (1.0 + s + s * s / 3.0) * torch.exp(-s)
+
+    def spectral_frequencies(self, num, dim, generator=None):
+        df = int(round(2 * self.nu))  # 1, 3 or 5: χ²(df) as a sum of df squared normals
+        z = torch.randn(num, dim, generator=generator, dtype=torch.float64)
+        u = torch.randn(num, df, generator=generator, dtype=torch.float64).square().sum(-1)
+        return z * torch.sqrt(df / u)[:, None]
+
+    def extra_repr(self) -> str:
+        return f"nu={self.nu}"
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel ridge regression
+# --------------------------------------------------------------------------------------------
+
+Method = Literal["exact", "nystrom", "rff"]
+
+
+class KernelRidge(nn.Module):
+    """Kernel ridge regression for ALWS (Wenliang et al. 2020, §3; ALGORITHMS.md §4).
+
+    Sleep inputs x_sleep [N, D], wake/query inputs [M, D]. The KRR weights are
+    A = (K_ss + λI)⁻¹ K_sw [N, M] and the prediction for sleep targets t [N, C] is Aᵀ t [M, C].
+    Targets and right-hand sides may also be 1-D ([N] / [M]); outputs then drop the last dim.
+
+    Args:
+        kernel: a ``StationaryKernel`` (registered; its bandwidth and feature map are learned).
+        lam: initial ridge λ > 0 (not scaled by N). λ = 0 is allowed only with learn_lam=False.
+        method: "exact" (Cholesky of K_ss + λI, O(N³/3 + N²(D + M))),
+            "nystrom" (m = num_inducing inducing points among the sleep inputs, O(N m² + m³)),
+            "rff" (random Fourier features, primal solve, O(N F² + F³) with F = num_features).
+        num_inducing: m for "nystrom" (capped at N on each call). K_mm always gets jitter
+            m·eps·mean diag (eps of the dtype), more if its Cholesky still fails.
+        num_features: F for "rff"; must be even (F/2 frequencies, each giving a cos and a sin).
+        learn_lam: if True ``log_lam`` is an ``nn.Parameter``, else a buffer.
+        inducing: "random" (a fresh random subset of the sleep inputs on every call) or "first"
+            (the first m sleep inputs) for "nystrom".
+        generator: ``torch.Generator`` (CPU) for the Nyström subsets and the random-feature
+            frequencies; default: a generator seeded with ``seed``.
+        seed: seed of the default generator.
+        max_jitter_tries: how many times a failed Cholesky is retried with jitter
+            1e-6·mean|diag|, growing ×10 each time.
+
+    Raises ``ValueError`` on bad arguments (``TypeError`` for a kernel that is not a
+    ``StationaryKernel``; ``NotImplementedError`` for "rff" with a kernel lacking a spectral
+    sampler). Solves raise ``KernelRidgeError`` (a ``ValueError``)
+    when K + λI is not positive definite even with the largest jitter; the first successful retry
+    with jitter issues a ``RuntimeWarning`` (once per instance).
+
+    Gradients: all outputs are differentiable w.r.t. the kernel parameters, λ and the
+    targets/right-hand side. For the ALWS model step A must be a constant: call ``solve`` under
+    ``torch.no_grad()`` (or detach it) and contract with the targets that carry the θ-gradient,
+    e.g. ``(krr.solve(xs, xw, R).detach() * t).sum()`` with R = ones[M, 1]/M gives
+    mean_m Ĵ(x_m) for t [N, 1].
+
+    Example (one ALWS iteration; ``t_*`` are the regression targets at the sleep samples)::
+
+        >>> krr = KernelRidge(GaussianKernel(features=LinearFeatures(5, 3)), lam=1e-3)
+        >>> x_s, x_v, x_w = torch.randn(200, 5), torch.randn(100, 5), torch.randn(16, 5)
+        >>> _ = krr.kernel.init_bandwidth_(x_s)
+        >>> t_s, t_v = x_s[:, :1].sin(), x_v[:, :1].sin()
+        >>> krr.validation_loss(x_s, t_s, x_v, t_v).backward()   # kernel-learning step
+        >>> with torch.no_grad():                                 # model step: A is constant
+        ...     w = krr.solve(x_s, x_w, torch.full((16, 1), 1 / 16))
+        >>> w.shape                                               # surrogate: (w * t_theta).sum()
+        torch.Size([200, 1])
+    """
+
+    def __init__(
+        self,
+        kernel: StationaryKernel,
+        lam: float = 1e-3,
+        method: Method = "exact",
+        num_inducing: int = 500,
+        num_features: int = 1000,
+        learn_lam: bool = True,
+        inducing: Literal["random", "first"] = "random",
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        max_jitter_tries: int = 4,
+    ):
+        super().__init__()
+        if not isinstance(kernel, StationaryKernel):
+            raise TypeError(f"kernel must be a StationaryKernel, got {type(kernel).__name__}")
+        if method not in ("exact", "nystrom", "rff"):
+            raise ValueError(f"method must be 'exact', 'nystrom' or 'rff', got {method!r}")
+        if inducing not in ("random", "first"):
+            raise ValueError(f"inducing must be 'random' or 'first', got {inducing!r}")
+        if not math.isfinite(lam) or lam < 0 or (lam == 0 and learn_lam):
+            raise ValueError(
+                f"lam must be > 0 (or exactly 0 with learn_lam=False), got {lam!r}"
+            )
+        _check_dim("num_inducing", num_inducing)
+        _check_dim("num_features", num_features)
+        if method == "rff" and num_features % 2:
+            raise ValueError(f"num_features must be even for 'rff' (cos/sin pairs), got {num_features}")
+        if max_jitter_tries < 0:
+            raise ValueError(f"max_jitter_tries must be >= 0, got {max_jitter_tries}")
+        self.kernel = kernel
+        self.method = method
+        self.num_inducing = num_inducing
+        self.num_features = num_features
+        self.inducing = inducing
+        self.max_jitter_tries = max_jitter_tries
+        self._generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self._warned_jitter = False
+        log_lam = torch.tensor(math.log(lam) if lam > 0 else -math.inf)
+        if learn_lam:
+            self.log_lam = nn.Parameter(log_lam)
+        else:
+            self.register_buffer("log_lam", log_lam)
+        # Unit-bandwidth frequencies, fixed after drawing; [F/2, feature dim] (empty until drawn
+        # when the feature width is unknown at construction).
+        self.register_buffer("rff_frequencies", torch.empty(0, 0))
+        if method == "rff":
+            dim = getattr(kernel.features, "out_dim", None)
+            if dim is not None:
+                self._draw_frequencies(dim)
+            else:  # check now that the kernel has a spectral sampler
+                kernel.spectral_frequencies(1, 1, torch.Generator().manual_seed(0))
+
+    # ---- parameters -------------------------------------------------------------------------
+
+    @property
+    def lam(self) -> Tensor:
+        """λ = exp(log_lam), a 0-d tensor (differentiable when learned)."""
+        return self.log_lam.exp()
+
+    def extra_repr(self) -> str:
+        extra = {"nystrom": f", num_inducing={self.num_inducing}, inducing={self.inducing!r}",
+                 "rff": f", num_features={self.num_features}"}.get(self.method, "")
+        return f"method={self.method!r}{extra}"
+
+    def _draw_frequencies(self, dim: int) -> None:
+        freqs = self.kernel.spectral_frequencies(self.num_features // 2, dim, self._generator)
+        self.rff_frequencies = freqs.to(device=self.log_lam.device, dtype=self.log_lam.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "rff_frequencies"
+        if key in state_dict and self.rff_frequencies.shape != state_dict[key].shape:
+            if self.rff_frequencies.numel() == 0:  # not yet drawn: adopt the saved frequencies
+                self.rff_frequencies = torch.empty_like(state_dict[key], device=self.log_lam.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ---- linear algebra ---------------------------------------------------------------------
+
+    def _cholesky(
+        self,
+        mat: Tensor,
+        what: str,
+        *,
+        first_jitter: float = 1e-6,
+        tries: int | None = None,
+        warn: bool = True,
+        fix: str = "increase lam (λ)",
+    ) -> Tensor:
+        """Lower Cholesky factor of the symmetric matrix ``mat``; if that fails, retry with
+        jitter first_jitter·mean|diag| on the diagonal, growing ×10, ``tries`` times."""
+        L, info = torch.linalg.cholesky_ex(mat)
+        if not bool(info.any()):
+            return L
+        if not bool(torch.isfinite(mat).all()):
+            raise KernelRidgeError(
+                f"{what} contains NaN or inf (check the inputs, bandwidth "
+                f"{self.kernel.bandwidth.item():.3g} and lam (λ) = {self.lam.item():.3g})"
+            )
+        tries = self.max_jitter_tries if tries is None else tries
+        scale = mat.detach().diagonal().abs().mean().clamp_min(torch.finfo(mat.dtype).tiny)
+        eye = torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
+        jitter = first_jitter * scale
+        for _ in range(tries):
+            L, info = torch.linalg.cholesky_ex(mat + jitter * eye)
+            if not bool(info.any()):
+                if warn and not self._warned_jitter:
+                    warnings.warn(
+                        f"{what} is not positive definite with lam (λ) = {self.lam.item():.3g}; "
+                        f"added jitter {jitter.item():.3g} to its diagonal. Consider a larger lam.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    self._warned_jitter = True
+                return L
+            jitter = jitter * 10.0
+        last = (jitter / 10).item() if tries else 0.0
+        raise KernelRidgeError(
+            f"{what} is not positive definite with lam (λ) = {self.lam.item():.3g}, even after "
+            f"adding jitter up to {last:.3g} to its diagonal; {fix}."
+        )
+
+    def _lam_eye(self, n: int, like: Tensor) -> Tensor:
+        return self.lam.to(like.dtype) * torch.eye(n, dtype=like.dtype, device=like.device)
+
+    def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str):
+        _as_2d("x_sleep", x_sleep)
+        _as_2d("x_query" if name == "targets" else "x_wake", x_query)
+        if x_sleep.shape[1] != x_query.shape[1]:
+            raise ValueError(
+                f"sleep and wake/query inputs differ in width: {x_sleep.shape[1]} vs {x_query.shape[1]}"
+            )
+        if other is not None:
+            if other.dim() not in (1, 2) or other.shape[0] != rows:
+                raise ValueError(f"{name} must have shape [{rows}] or [{rows}, C], got {tuple(other.shape)}")
+
+    def _primal_features(self, x_sleep: Tensor, x_query: Tensor) -> tuple[Tensor, Tensor]:
+        """Explicit features Φ_s [N, F], Φ_q [M, F] with ΦΦᵀ ≈ K for "nystrom" and "rff"."""
+        fs, fq = self.kernel.featurize(x_sleep, x_query)
+        if self.method == "rff":
+            if self.rff_frequencies.numel() == 0:
+                self._draw_frequencies(fs.shape[1])
+            omega = self.rff_frequencies
+            if omega.shape[1] != fs.shape[1]:
+                raise ValueError(
+                    f"random-feature frequencies have width {omega.shape[1]} but the kernel "
+                    f"features have width {fs.shape[1]}"
+                )
+            omega = omega.to(fs.dtype) / self.kernel.bandwidth.to(fs.dtype)
+            norm = math.sqrt(omega.shape[0])
+
+            def phi(f: Tensor) -> Tensor:
+                proj = f @ omega.mT
+                return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1) / norm
+
+            return phi(fs), phi(fq)
+        # Nyström: Φ = K_·m L⁻ᵀ with L Lᵀ = K_mm (+ jitter if needed), so ΦΦᵀ = K_·m K_mm⁻¹ K_m·.
+        n = fs.shape[0]
+        m = min(self.num_inducing, n)
+        if self.inducing == "first" or m == n:
+            fm = fs[:m]
+        else:
+            idx = torch.randperm(n, generator=self._generator)[:m].to(fs.device)
+            fm = fs[idx]
+        k_mm = self.kernel.gram_features(fm)
+        # K_mm is near-singular whenever inducing points are close: always add jitter
+        # m·eps·mean diag (the roundoff level of an m×m Cholesky), more if that fails (no warning).
+        rel = m * torch.finfo(k_mm.dtype).eps
+        jitter = rel * k_mm.detach().diagonal().abs().mean()
+        L = self._cholesky(
+            k_mm + jitter * torch.eye(m, dtype=k_mm.dtype, device=k_mm.device), "K_mm",
+            first_jitter=10 * rel, tries=8, warn=False,
+            fix="use fewer inducing points or a larger bandwidth",
+        )
+        phi_s = torch.linalg.solve_triangular(L, self.kernel.gram_features(fm, fs), upper=False).mT
+        phi_q = torch.linalg.solve_triangular(L, self.kernel.gram_features(fm, fq), upper=False).mT
+        return phi_s, phi_q
+
+    def _primal_factor(self, phi_s: Tensor) -> Tensor:
+        gram = phi_s.mT @ phi_s
+        return self._cholesky(gram + self._lam_eye(gram.shape[0], gram), "ΦᵀΦ + λI")
+
+    def _exact_factor(self, x_sleep: Tensor, x_query: Tensor) -> tuple[Tensor, Tensor]:
+        fs, fq = self.kernel.featurize(x_sleep, x_query)
+        k_ss = self.kernel.gram_features(fs)
+        L = self._cholesky(k_ss + self._lam_eye(k_ss.shape[0], k_ss), "K_ss + λI")
+        return L, self.kernel.gram_features(fs, fq)
+
+    @staticmethod
+    def _as_cols(t: Tensor) -> tuple[Tensor, bool]:
+        return (t[:, None], True) if t.dim() == 1 else (t, False)
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def solve(self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor) -> Tensor:
+        """A @ rhs for A = (K_ss + λI)⁻¹ K_sw, without forming A.
+
+        Shapes: x_sleep [N, D], x_wake [M, D], rhs [M, C] or [M] -> [N, C] or [N].
+        Cost: exact O(N³/3 + N²D + NMD + NMC) (K_sw @ rhs first, then one Cholesky solve);
+        nystrom O(N m² + m³ + M m C); rff O(N F² + F³ + (N + M) F D).
+        For the ALWS model step with mean_m Ĵ(x_m) use rhs = ones[M, 1] / M (or the wake
+        sufficient statistics / M) and treat the result as a constant (see class docstring).
+        Raises ``ValueError`` on mismatched shapes, ``KernelRidgeError`` if not factorisable.
+        """
+        self._check(x_sleep, x_wake, rhs, x_wake.shape[0], "rhs")
+        r, squeeze = self._as_cols(rhs)
+        if self.method == "exact":
+            L, k_sw = self._exact_factor(x_sleep, x_wake)
+            out = torch.cholesky_solve(k_sw @ r.to(k_sw.dtype), L)
+        else:
+            phi_s, phi_w = self._primal_features(x_sleep, x_wake)
+            L = self._primal_factor(phi_s)
+            out = phi_s @ torch.cholesky_solve(phi_w.mT @ r.to(phi_w.dtype), L)
+        return out[:, 0] if squeeze else out
+
+    def weights(self, x_sleep: Tensor, x_wake: Tensor) -> Tensor:
+        """KRR weights A [N, M] with A[n, m] = α_n(x_m), so Ĵ(x_m) = Σ_n A[n, m] t_n.
+
+        Shapes: x_sleep [N, D], x_wake [M, D] -> [N, M]. Cost: exact O(N³/3 + N² M);
+        nystrom/rff O(N m² + m³ + N M m) with m = number of inducing points / features.
+        Raises as ``solve``.
+        """
+        self._check(x_sleep, x_wake, None, 0, "")
+        if self.method == "exact":
+            L, k_sw = self._exact_factor(x_sleep, x_wake)
+            return torch.cholesky_solve(k_sw, L)
+        phi_s, phi_w = self._primal_features(x_sleep, x_wake)
+        L = self._primal_factor(phi_s)
+        return phi_s @ torch.cholesky_solve(phi_w.mT, L)
+
+    def predict(self, x_sleep: Tensor, targets: Tensor, x_query: Tensor) -> Tensor:
+        """KRR prediction Ĵ(x_query) = Aᵀ targets, fitted on (x_sleep, targets).
+
+        Shapes: x_sleep [N, D], targets [N, C] or [N], x_query [M, D] -> [M, C] or [M].
+        Cost: exact O(N³/3 + N²C + N M (D + C)); nystrom/rff as ``solve``.
+        Differentiable w.r.t. kernel parameters, λ and targets. Raises as ``solve``.
+        """
+        self._check(x_sleep, x_query, targets, x_sleep.shape[0], "targets")
+        t, squeeze = self._as_cols(targets)
+        if self.method == "exact":
+            L, k_sq = self._exact_factor(x_sleep, x_query)
+            out = k_sq.mT @ torch.cholesky_solve(t.to(k_sq.dtype), L)
+        else:
+            phi_s, phi_q = self._primal_features(x_sleep, x_query)
+            L = self._primal_factor(phi_s)
+            out = phi_q @ torch.cholesky_solve(phi_s.mT @ t.to(phi_s.dtype), L)
+        return out[:, 0] if squeeze else out
+
+    def validation_loss(
+        self, x_sleep: Tensor, t_sleep: Tensor, x_val: Tensor, t_val: Tensor
+    ) -> Tensor:
+        """Kernel-learning loss of ALWS: mean over validation rows of ‖Ĵ(x_val) − t_val‖².
+
+        Ĵ is the KRR fit on (x_sleep, t_sleep); both target sets are detached, so the gradient
+        reaches only the kernel parameters (log bandwidth, log λ, feature network). The error is
+        per sample, not the error of the mean prediction (a defect of the original code).
+
+        Shapes: x_sleep [N, D], t_sleep [N, C] or [N], x_val [V, D], t_val [V, C] or [V]
+        (same trailing shape as t_sleep) -> scalar. Raises ``ValueError`` on mismatched shapes.
+        """
+        t_sleep = t_sleep.detach()
+        t_val = t_val.detach()
+        _as_2d("x_val", x_val)
+        if t_val.shape != (x_val.shape[0],) + tuple(t_sleep.shape[1:]):
+            raise ValueError(
+                f"t_val must have shape {(x_val.shape[0],) + tuple(t_sleep.shape[1:])}, "
+                f"got {tuple(t_val.shape)}"
+            )
+        pred = self.predict(x_sleep, t_sleep, x_val)
+        err = (pred - t_val.to(pred.dtype)).square()
+        return err.sum(-1).mean() if err.dim() == 2 else err.mean()
