@@ -1,3 +1,22 @@
-"""wakesleep: maximum-likelihood learning of latent-variable models by the wake-sleep family."""
+"""wakesleep: maximum-likelihood learning of latent-variable models by the wake-sleep family.
+
+Classical wake-sleep (Hinton et al. 1995), reweighted wake-sleep (Bornschein & Bengio 2015) and
+amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as baselines.
+
+>>> import wakesleep as ws
+>>> model = ws.models.HelmholtzMachine.sbn([64, 20])
+>>> est = ws.RWS(k=5)
+"""
+
+from wakesleep import data, estimators, evaluate, models
+from wakesleep.estimators import IWAE, RWS, VAE, WakeSleep
+from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
+from wakesleep.models import HelmholtzMachine
+from wakesleep.train import FitResult, TrainConfig, train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "IWAE", "RWS", "VAE", "WakeSleep", "HelmholtzMachine", "LogLikelihood", "FitResult", "TrainConfig",
+    "data", "estimators", "evaluate", "models", "train", "log_likelihood", "exact_log_likelihood",
+]
