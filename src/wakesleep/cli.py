@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-k", type=_positive_int, default=5000, help="particles for the final test log-likelihood (default: 5000)")
     t.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<algorithm>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted)")
     t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -201,8 +202,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             },
             "test_k": a.test_k,
         }
-        if (run / CHECKPOINT).exists():
-            raise UsageError(f"{run} already holds a run; pass --resume to continue it or choose another --run-dir")
+        if (run / CHECKPOINT).exists() or (run / CONFIG).exists():
+            if not a.overwrite:
+                raise UsageError(f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --run-dir")
+            for name in (CONFIG, CHECKPOINT, BEST, METRICS, SUMMARY, SAMPLES, CURVES):
+                (run / name).unlink(missing_ok=True)
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / CONFIG, json.dumps(config, indent=2))
     estimator = estimator_from(config["algorithm"], config["estimator"])
