@@ -76,20 +76,27 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+        def count(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
+            if optional and v is None:
+                return
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("lr_p", "lr_q", "lr_estimator"):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, got {v!r}")
+
+        def positive(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
-        if self.checkpoint_every is not None and (not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
-            raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {self.checkpoint_every!r}")
-        if self.max_seconds is not None and not (self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number{' or None' if optional else ''}, got {v!r}")
+
+        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+            count(name)
+        for name in ("patience", "checkpoint_every"):
+            count(name, optional=True)
+        for name in ("lr_p", "lr_q", "lr_estimator"):
+            positive(name)
+        positive("max_seconds", optional=True)
         if self.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if self.nan_policy not in ("error", "skip"):
