@@ -213,6 +213,10 @@ settings = { k = 3 }
     # A second run finds every summary and trains nothing: the same numbers come back.
     records, _, _ = run_compare(load_config(cfg_path), out, progress=False)
     assert [r["test_log_likelihood"] for r in records] == [json.loads((out / r["label"] / f"seed{r['seed']}" / "summary.json").read_text())["test_log_likelihood"] for r in records]
+    # ...but a changed config does not silently reuse the old runs.
+    cfg_path.write_text(cfg_path.read_text().replace("epochs = 1", "epochs = 2"))
+    with pytest.raises(ConfigError, match="different config"):
+        run_compare(load_config(cfg_path), out, progress=False)
 
 
 @pytest.mark.parametrize("change,key", [

@@ -66,7 +66,7 @@ from wakesleep.evaluate import log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, train
 
-SUMMARY = "summary.json"
+SUMMARY, RUN = "summary.json", "run.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
 BUDGET_KEYS = ("epochs", "max_seconds", "clock")
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
@@ -280,14 +280,25 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     Returns:
         the per-seed record (also written to ``run/summary.json``); an existing summary is
         returned without rerunning.
+
+    Raises:
+        ConfigError: ``run`` holds a run of a different config (``run/run.json`` records it).
     """
-    if (run / SUMMARY).is_file():
-        return json.loads((run / SUMMARY).read_text())
+    tcfg = cfg.train_config(spec, seed, progress)
+    fingerprint = {"data": [cfg.dataset, cfg.data_dir], "model": cfg.model, "train": {**asdict(tcfg), "progress": None},
+                   "estimator": asdict(spec), "evaluate": [cfg.test_k, cfg.test_n, cfg.valid_n]}
+    if (run / RUN).is_file():
+        if json.loads((run / RUN).read_text()) != json.loads(json.dumps(fingerprint)):
+            raise ConfigError(f"{run} holds a run of a different config (see {run / RUN}); use another --out or delete it")
+        if (run / SUMMARY).is_file():
+            return json.loads((run / SUMMARY).read_text())
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / RUN, json.dumps(fingerprint, indent=2))
     torch.manual_seed(seed)  # same initial model for every estimator at this seed
     model = build_model(cfg, data.dim)
     estimator = ESTIMATORS[spec.algorithm](**spec.settings)
     valid = data.valid if cfg.valid_n is None else data.valid[: cfg.valid_n]
-    tcfg = cfg.train_config(spec, seed, progress)
     fit = train(model, estimator, data.train, valid, tcfg, run_dir=run, resume=(run / CHECKPOINT).is_file())
     proposal_seconds = 0.0
     if spec.proposal_epochs:

@@ -181,7 +181,7 @@ def alws_settings(ns: Sequence[int] = (100, 400, 1600), kernels: Sequence[str] =
     return out
 
 
-def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128), alws_ns: Sequence[int] = (100, 400, 1600)) -> list[Setting]:
+def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: Sequence[int] = (100, 400, 1600)) -> list[Setting]:
     """The settings :func:`diagnose` runs by default for ``model``.
 
     WS (K = 1); RWS at every K with wake-φ updates, and at K = 8 with sleep and both; for
