@@ -109,3 +109,15 @@ def test_models_without_an_exact_form_are_refused():
         quadrature_rule(2, 1000)
     with pytest.raises(ValueError, match="unknown reference"):
         build_reference("nope")
+
+
+@pytest.mark.parametrize("name", ["factor-analysis", "sbn", "gaussian-quadrature"])
+def test_chi_square_is_the_second_moment_of_the_weights(name):
+    """1 + χ²(p(z|x) ‖ q) = E_q[(w / p(x))²], estimated with 50000 proposal draws per datapoint and the exact p(x)."""
+    from wakesleep.references import chi_square
+
+    model, x = build_reference(name, batch=4)
+    torch.manual_seed(5)
+    ratio2 = torch.exp(2 * (model.log_weights(x, 50_000) - exact_log_marginal(model, x).detach()))  # [K, B]
+    z = z_scores(ratio2, 1 + chi_square(model, x))
+    assert z.abs().max() < Z_MAX, z

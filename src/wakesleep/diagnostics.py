@@ -462,6 +462,21 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+def read_csv(path: str | Path) -> list[dict]:
+    """Read a table written by :func:`write_csv` back into rows (numbers as float, empty cells as None)."""
+    def value(v: str):
+        if v == "":
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="") as f:
+        return [{k: (v if k in ("reference", "setting", "algorithm", "params", "target") else value(v)) for k, v in r.items()}
+                for r in csv.DictReader(f)]
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str] = SHOWN, markdown: bool = False) -> str:
     """A fixed-width (or markdown) text table of ``columns`` with 3 significant figures."""
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
