@@ -31,6 +31,7 @@ model with a known gradient).
 
 from __future__ import annotations
 
+import copy
 import csv
 import inspect
 import io
@@ -144,7 +145,7 @@ def _parse_value(text: str):
     return text
 
 
-def alws_settings(ns: Sequence[int] = (100, 400, 1600), kernels: Sequence[str] = ("gaussian", "matern")) -> list[Setting]:
+def alws_settings(ns: Sequence[int] = (100, 400, 1600), kernels: Sequence[str] = ("gaussian", "matern32")) -> list[Setting]:
     """ALWS settings at several numbers of sleep samples N and kernels, if ALWS is registered.
 
     The ALWS constructor is inspected for an argument setting N (one of :data:`ALWS_N_NAMES`) and
@@ -202,15 +203,14 @@ def phi_target(estimator) -> str | None:
 
     ``"sleep"``: E_{p(z,x)}∇φ log q(z|x) (WS; RWS with q_update="sleep");
     ``"wake"``: −∇φ KL(p(z|x) ‖ q(z|x)) (RWS wake-φ, consistent in K);
-    ``"both"``: their average (RWS q_update="both"); None otherwise (VAE/IWAE ascend ∇φ of a
-    bound, ALWS has no proposal update).
+    ``"both"``: their average (RWS q_update="both"); the same for any estimator with a
+    ``q_update`` attribute of those values (ALWS with ``q_update="sleep"``); None otherwise
+    (VAE/IWAE ascend ∇φ of a bound; ALWS by default leaves φ alone).
     """
-    name = getattr(estimator, "name", None)
-    if name == "ws":
+    if getattr(estimator, "name", None) == "ws":
         return "sleep"
-    if name == "rws":
-        return estimator.q_update
-    return None
+    q_update = getattr(estimator, "q_update", None)  # RWS; ALWS with q_update="sleep"
+    return q_update if q_update in ("wake", "sleep", "both") else None
 
 
 # ------------------------------------------------------------------ statistics
@@ -333,6 +333,9 @@ def estimate(model, x: Tensor, estimator, repeats: int, progress: bool = False, 
     """
     theta_params, phi_params = model.p_parameters(), model.q_parameters()
     n_theta = sum(p.numel() for p in theta_params)
+    # An estimator with state (ALWS's kernel, lazily initialised or stepped inside forward) is
+    # put back after every call, so that the R estimates are independent draws from one state.
+    state = copy.deepcopy(estimator.state_dict())
     gs, objective, wall, cpu = [], [], 0.0, 0.0
     for _ in tqdm(range(repeats), desc=desc, disable=not progress, leave=False):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -340,6 +343,8 @@ def estimate(model, x: Tensor, estimator, repeats: int, progress: bool = False, 
         g = flat_grad(theta_params + phi_params, -out.loss)
         wall += time.perf_counter() - t0
         cpu += time.process_time() - c0
+        if state:
+            estimator.load_state_dict(state)
         gs.append(g)
         if "objective" in out.metrics:
             objective.append(float(out.metrics["objective"]))
