@@ -371,7 +371,7 @@ def markdown_table(summary: list[dict]) -> str:
     ]
     for r in summary:
         lines.append(f"| {r['label']} | `{r['settings']}` | {r['seeds']} | {r['test_log_likelihood']:.2f} | {r['stderr_seeds']:.2f} "
-                     f"| {r['train_seconds']:.0f} | {r['epochs']:.1f} |")
+                     f"| {r['train_seconds']:.3g} | {r['epochs']:.1f} |")
     return "\n".join(lines)
 
 
