@@ -7,27 +7,13 @@ import math
 import torch
 
 from wakesleep.models import HelmholtzMachine
+from wakesleep.references import flat_grad as grads  # noqa: F401 - re-exported for the tests
+from wakesleep.references import sbn_reference
 
 
 def small_sbn(data_dim: int = 16, latents: int = 8, seed: int = 0, scale: float = 1.5, q_scale: float = 0.3) -> HelmholtzMachine:
-    """A float64 one-layer SBN with random weights: a peaked posterior (p weights × ``scale``) and a
-    broad proposal (q weights × ``q_scale``), so that importance weights have a bounded, moderate
-    variance (heavy-tailed weights would make Monte Carlo standard errors unreliable) while the
-    proposal is still far from the posterior."""
-    torch.manual_seed(seed)
-    model = HelmholtzMachine.sbn([data_dim, latents]).double()
-    with torch.no_grad():
-        for p in model.p_parameters():
-            p.copy_(torch.randn_like(p) * scale)
-        for p in model.q_parameters():
-            p.copy_(torch.randn_like(p) * q_scale)
-    return model
-
-
-def grads(params, loss) -> torch.Tensor:
-    """The flattened gradient of ``loss`` w.r.t. ``params`` (zeros where unused)."""
-    gs = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs)])
+    """The float64 one-layer SBN of :func:`wakesleep.references.sbn_reference` (peaked posterior, broad proposal)."""
+    return sbn_reference(data_dim, latents, seed=seed, scale=scale, q_scale=q_scale)[0]
 
 
 def z_scores(samples: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

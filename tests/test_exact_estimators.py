@@ -16,6 +16,7 @@ from exactness import bias_norm_band, cosine, grads, small_sbn, z_scores
 from wakesleep.estimators import IWAE, RWS, VAE, WakeSleep, sleep_phase_loss
 from wakesleep.evaluate import effective_sample_size, exact_log_marginal, importance_log_marginal, log_likelihood
 from wakesleep.models import HelmholtzMachine
+from wakesleep.references import exact_theta_grad, exact_wake_phi_target as exact_wake_phi_grad
 
 Z_MAX = 4.5
 
@@ -26,18 +27,6 @@ def sbn():
     torch.manual_seed(1)
     _, x = model.sample(4)
     return model, x
-
-
-def exact_theta_grad(model, x):
-    return grads(model.p_parameters(), exact_log_marginal(model, x).mean())
-
-
-def exact_wake_phi_grad(model, x):
-    """−∇φ KL(p(z|x) ‖ q(z|x)) = E_{p(z|x)}[∇φ log q(z|x)], mean over the batch, by enumeration."""
-    zs = [z[:, None, :] for z in model.enumerate_latents()]
-    with torch.no_grad():
-        post = torch.softmax(model.log_joint(x, zs), 0)  # [S, B]
-    return grads(model.q_parameters(), (post * model.log_proposal(x, zs)).sum(0).mean())
 
 
 def rws_grads(model, x, k, repeats):

@@ -1,4 +1,5 @@
-"""The command line: ``wakesleep train``, ``wakesleep evaluate RUN``, ``wakesleep sample RUN``.
+"""The command line: ``wakesleep train``, ``wakesleep evaluate RUN``, ``wakesleep sample RUN``
+(and ``wakesleep diagnose``, ``wakesleep compare CONFIG``: :mod:`wakesleep.cli_tools`).
 
 A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
 ``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import plots
+from wakesleep import cli_tools, plots
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import log_likelihood
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     s.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
+    cli_tools.add_subcommands(sub, _positive_int, _positive_float)  # diagnose, compare
     return parser
 
 
@@ -275,7 +277,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample}
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, **cli_tools.COMMANDS}
     try:
         return commands[args.command](args)
     except (DataError, CheckpointError, UsageError, TrainingError, ValueError) as e:

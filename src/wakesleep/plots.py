@@ -252,6 +252,8 @@ def comparison_plot(
     xlabel: str,
     ylabel: str,
     title: str | None = None,
+    logx: bool = False,
+    logy: bool = False,
 ) -> Path:
     """One line per named series, e.g. held-out log-likelihood (nats) against time (s) for
     several estimators.
@@ -263,6 +265,7 @@ def comparison_plot(
         path: output file; parent directories are created.
         xlabel, ylabel: axis labels (put the units in them).
         title: optional title.
+        logx, logy: logarithmic axes (e.g. error against time per estimate).
 
     Returns:
         The path written.
@@ -284,10 +287,14 @@ def comparison_plot(
             ax.errorbar(pts[:, 0], pts[:, 1], yerr=pts[:, 2], label=name, marker=".", capsize=3)
         else:
             ax.plot(pts[:, 0], pts[:, 1], label=name, marker=".")
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
+    ax.legend(fontsize="small")
     return _save_atomic(fig, path)
