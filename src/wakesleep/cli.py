@@ -188,6 +188,8 @@ def write_pictures(run: Path, model, image_shape, n: int = 64) -> tuple[Path, Pa
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    if not isinstance(a.dataset, str) or not a.dataset.strip("- "):
+        raise UsageError(f"--dataset needs a data set name (digits, binarized-mnist, mnist-gray) or a .npz path, got {a.dataset!r}")
     run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
     data = load_dataset(a.dataset, data_dir=a.data_dir)
     torch.manual_seed(a.seed)

@@ -153,6 +153,10 @@ def fault_point(name: str) -> None:
 # ------------------------------------------------------------------ files
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
     path = Path(path)
@@ -166,6 +170,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data[len(data) // 2 :])
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
