@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from wakesleep.layers import (
     BernoulliLayer,
     BernoulliPrior,
+    CategoricalLayer,
+    CategoricalPrior,
     GaussianLayer,
     GaussianPrior,
     Prior,
@@ -123,15 +125,43 @@ class HelmholtzMachine(nn.Module):
         return cls(GaussianPrior(sizes[-1], learn=learn_prior), gen, rec, cfg)
 
     @classmethod
-    def factor_analysis(cls, data_dim: int, latent_dim: int) -> "HelmholtzMachine":
-        """Factor analysis: z ~ N(0, I), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
+    def factor_analysis(cls, data_dim: int, latent_dim: int, learn_prior: bool = False) -> "HelmholtzMachine":
+        """Factor analysis: z ~ N(μ₀, diag s²), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
 
-        The marginal p(x) = N(b, W Wᵀ + diag σ²) is closed-form (:func:`wakesleep.exact.log_likelihood`).
+        μ₀ = 0, s = 1 unless ``learn_prior`` (then they are parameters, e.g. to test prior-parameter
+        gradients).  The marginal p(x) = N(W μ₀ + b, W diag(s²) Wᵀ + diag σ²) is closed-form
+        (:func:`wakesleep.evaluate.exact_log_marginal`).
         """
         gen = [GaussianLayer(latent_dim, data_dim, (), scale="learned")]
         rec = [GaussianLayer(data_dim, latent_dim, ())]
         cfg = {"kind": "factor_analysis", "data_dim": data_dim, "latent_dim": latent_dim}
-        return cls(GaussianPrior(latent_dim), gen, rec, cfg)
+        if learn_prior:
+            cfg["learn_prior"] = True
+        return cls(GaussianPrior(latent_dim, learn=learn_prior), gen, rec, cfg)
+
+    @classmethod
+    def mixture(
+        cls,
+        data_dim: int,
+        latent_dim: int,
+        components: int,
+        hidden: Sequence[int] = (50, 50),
+        q_hidden: Sequence[int] = (50, 50),
+    ) -> "HelmholtzMachine":
+        """Hierarchical mixture (the ALWS paper's pinwheel model, §5.6; ALGORITHMS.md §7.6):
+        c ~ Cat(π) (one-hot, learned π), y | c ~ N(μ_c, diag σ_c²), x | y ~ N(MLP(y), diag σ²)
+        with learned σ; proposal q(y | x) Gaussian, q(c | y) categorical, both MLPs.
+
+        Latents zs = [y [.., latent_dim], c [.., components]].
+        """
+        gen = [
+            GaussianLayer(latent_dim, data_dim, hidden, scale="learned"),
+            GaussianLayer(components, latent_dim, ()),  # affine in one-hot c: one (μ_c, log σ_c) each
+        ]
+        rec = [GaussianLayer(data_dim, latent_dim, q_hidden), CategoricalLayer(latent_dim, components, q_hidden)]
+        cfg = {"kind": "mixture", "data_dim": data_dim, "latent_dim": latent_dim, "components": components,
+               "hidden": list(hidden), "q_hidden": list(q_hidden)}
+        return cls(CategoricalPrior(components), gen, rec, cfg)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "HelmholtzMachine":
@@ -142,7 +172,7 @@ class HelmholtzMachine(nn.Module):
         """
         cfg = dict(config)
         kind = cfg.pop("kind", None)
-        builders = {"sbn": cls.sbn, "gaussian": cls.gaussian, "factor_analysis": cls.factor_analysis}
+        builders = {"sbn": cls.sbn, "gaussian": cls.gaussian, "factor_analysis": cls.factor_analysis, "mixture": cls.mixture}
         if kind not in builders:
             raise ValueError(f"model config has kind {kind!r}; expected one of {sorted(builders)}")
         return builders[kind](**cfg)
@@ -164,7 +194,7 @@ class HelmholtzMachine(nn.Module):
     @property
     def binary_data(self) -> bool:
         """True when p(x | z_1) is Bernoulli (data must be in {0, 1})."""
-        return bool(self.generative[0].discrete)
+        return bool(getattr(self.generative[0], "binary", self.generative[0].discrete))
 
     def p_parameters(self) -> list[nn.Parameter]:
         """θ: the generative model's parameters (prior and generative layers)."""
@@ -218,6 +248,25 @@ class HelmholtzMachine(nn.Module):
         for i in range(1, len(self.generative)):
             lp = lp + self.generative[i].log_prob(zs[i - 1], zs[i])
         return lp
+
+    # ------------------------------------- exponential-family view (for ALWS)
+    @property
+    def has_exponential_family(self) -> bool:
+        """True when p(x | z_1) offers the exponential-family view (Bernoulli, Gaussian, Poisson)."""
+        return hasattr(self.generative[0], "exponential_family")
+
+    def exponential_family(self, zs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Natural parameters η_θ(z_1) [.., S] and log-normaliser Ψ_θ(z_1) [..] (nats) of p(x | z_1),
+        so that log p(x | z_1) = η·S(x) − Ψ + log h(x).  Raises ``ValueError`` if the likelihood has no such view."""
+        if not self.has_exponential_family:
+            raise ValueError(f"{type(self.generative[0]).__name__} has no exponential-family view; use ALWS(target='generic')")
+        return self.generative[0].exponential_family(zs[0])
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        """S(x) [.., S] of p(x | z_1) (see :meth:`exponential_family`)."""
+        if not self.has_exponential_family:
+            raise ValueError(f"{type(self.generative[0]).__name__} has no exponential-family view; use ALWS(target='generic')")
+        return self.generative[0].sufficient_statistics(x)
 
     # ---------------------------------------------------------- proposal side
     def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[list[Tensor], Tensor]:
