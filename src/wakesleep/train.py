@@ -51,6 +51,8 @@ class TrainConfig:
         valid_every: validate every this many epochs.
         patience: stop after this many validations without improvement (None: never).
         max_seconds: time budget for training, seconds (None: none), on ``clock``.
+        checkpoint_every: also checkpoint every this many steps within an epoch (None: only at
+            the end of each epoch); a resumed run continues from the exact step.
         clock: ``"wall"`` (elapsed time) or ``"process"`` (CPU time of this process, all threads:
             a budget that other jobs on a shared machine do not eat into).
         nan_policy: ``"error"`` stops with :class:`TrainingError` on a non-finite loss or
@@ -68,23 +70,33 @@ class TrainConfig:
     valid_every: int = 1
     patience: int | None = 10
     max_seconds: float | None = None
+    checkpoint_every: int | None = None
     clock: str = "wall"
     nan_policy: str = "error"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+        def count(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
+            if optional and v is None:
+                return
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("lr_p", "lr_q", "lr_estimator"):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, got {v!r}")
+
+        def positive(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
-        if self.max_seconds is not None and not (self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number{' or None' if optional else ''}, got {v!r}")
+
+        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+            count(name)
+        for name in ("patience", "checkpoint_every"):
+            count(name, optional=True)
+        for name in ("lr_p", "lr_q", "lr_estimator"):
+            positive(name)
+        positive("max_seconds", optional=True)
         if self.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if self.nan_policy not in ("error", "skip"):
@@ -111,6 +123,33 @@ class FitResult:
     seconds: float = 0.0
 
 
+# ------------------------------------------------------------------ faults
+
+FAULT_ENV = "WAKESLEEP_INJECT_FAULT"
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability tests: ``WAKESLEEP_INJECT_FAULT=name:n`` makes the
+    process kill itself (SIGKILL, no clean-up) the n-th time it reaches point ``name``.
+
+    Points: ``step`` (after a step's backward, before the update), ``validate``,
+    ``write-<file name>`` (half of an atomic write's bytes written, e.g. ``write-checkpoint.pt``),
+    ``evaluate`` (the command line's final test evaluation).  Costs one dictionary lookup when the variable is unset.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.rpartition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -121,7 +160,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data[: len(data) // 2])
+            f.flush()
+            fault_point("write-" + path.name)
+            f.write(data[len(data) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -162,6 +204,26 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != "wakesleep-checkpoint-1":
         raise CheckpointError(f"{path} is not a wakesleep checkpoint")
     return ckpt
+
+
+def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:
+    """``module.load_state_dict(state)``, with a one-line :class:`CheckpointError` naming ``source``
+    and the first mismatch (missing/unexpected key, or shapes) instead of torch's multi-line error."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} holds no {what} parameters")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        if shapes:
+            k = shapes[0]
+            first = f"{k} has shape {tuple(state[k].shape)} there but {tuple(own[k].shape)} here"
+        else:
+            first = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        n = len(missing) + len(unexpected) + len(shapes)
+        raise CheckpointError(f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with")
+    module.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ training
@@ -240,7 +302,9 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     opt = _optimizer(model, estimator, cfg)
     result = FitResult()
-    start_epoch, since_best, elapsed = 0, 0, 0.0
+    start_epoch, start_batch, since_best, elapsed = 0, 0, 0, 0.0
+    sums: dict[str, float] = {}  # running sums of the epoch's metrics (kept in mid-epoch checkpoints)
+    count = 0
     if resume:
         if run is None:
             raise ValueError("resume needs a run_dir")
@@ -250,14 +314,15 @@ def train(
                 f"{run / CHECKPOINT} was written for model {ckpt.get('model_config')}, not {getattr(model, 'config', None)}; "
                 "use the same model settings, or a new run directory"
             )
+        load_model_state(model, ckpt.get("model"), run / CHECKPOINT)
+        load_model_state(estimator, ckpt.get("estimator"), run / CHECKPOINT, "estimator")
         try:
-            model.load_state_dict(ckpt["model"])
-            estimator.load_state_dict(ckpt["estimator"])
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{run / CHECKPOINT} does not match this model/estimator: {e}") from None
+            raise CheckpointError(f"the optimiser state in {run / CHECKPOINT} does not fit this model ({str(e).splitlines()[0]})") from None
         torch.set_rng_state(ckpt["rng"])
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
+        start_batch, sums, count = ckpt.get("batch", 0), ckpt.get("sums", {}), ckpt.get("count", 0)
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
@@ -269,19 +334,49 @@ def train(
 
     n = train_data.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not cfg.progress,
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_batch, disable=not cfg.progress,
                desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
     now = time.perf_counter if cfg.clock == "wall" else time.process_time
     t0 = now() - elapsed
-    step = start_epoch * steps_per_epoch
+    step = start_epoch * steps_per_epoch + start_batch
     result.stopped = "epochs"
+
+    def save(epoch_done: int, batch: int, finished: bool) -> None:
+        """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one."""
+        atomic_torch_save(
+            {
+                "format": "wakesleep-checkpoint-1",
+                "model": model.state_dict(),
+                "model_config": getattr(model, "config", None),
+                "estimator": estimator.state_dict(),
+                "estimator_settings": estimator.settings(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch_done,
+                "batch": batch,
+                "sums": sums,
+                "count": count,
+                "since_best": since_best,
+                "seconds": now() - t0,
+                "history": result.history,
+                "best_valid": result.best_valid,
+                "best_epoch": result.best_epoch,
+                "skipped_steps": result.skipped_steps,
+                "train_config": asdict(cfg),
+                "finished": finished,
+                "stopped": result.stopped,
+            },
+            run / CHECKPOINT,
+        )
+
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen).to(train_data.device)
         model.train()
-        sums: dict[str, float] = {}
-        count = 0
-        for b in range(steps_per_epoch):
+        first = start_batch if epoch == start_epoch else 0
+        if first == 0:
+            sums, count = {}, 0
+        for b in range(first, steps_per_epoch):
             x = train_data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             out = estimator(model, x)
             opt.zero_grad(set_to_none=True)
@@ -290,6 +385,7 @@ def train(
                 out.loss.backward()
                 bad = _nonfinite(model, estimator)
             step += 1
+            fault_point("step")
             if bad is not None:
                 if cfg.nan_policy == "skip":
                     result.skipped_steps += 1
@@ -306,11 +402,14 @@ def train(
             for key, v in out.metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
             bar.update(1)
+            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                save(epoch, b + 1, False)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
         improved = False
         if valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
+            fault_point("validate")
             ll = log_likelihood(model, valid, k=cfg.valid_k)
             record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
             if result.best_valid is None or ll.mean > result.best_valid:
@@ -332,28 +431,8 @@ def train(
         if run is not None:
             if improved or (valid is None):
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
-            atomic_torch_save(
-                {
-                    "format": "wakesleep-checkpoint-1",
-                    "model": model.state_dict(),
-                    "model_config": getattr(model, "config", None),
-                    "estimator": estimator.state_dict(),
-                    "estimator_settings": estimator.settings(),
-                    "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch + 1,
-                    "since_best": since_best,
-                    "seconds": record["time"],
-                    "history": result.history,
-                    "best_valid": result.best_valid,
-                    "best_epoch": result.best_epoch,
-                    "skipped_steps": result.skipped_steps,
-                    "train_config": asdict(cfg),
-                    "finished": finished,
-                    "stopped": result.stopped,
-                },
-                run / CHECKPOINT,
-            )
+            sums, count = {}, 0
+            save(epoch + 1, 0, finished)
             write_jsonl(run / METRICS, result.history)
         if finished:
             break
