@@ -553,11 +553,17 @@ class KernelRidge(nn.Module):
             f"adding jitter up to {last:.3g} to its diagonal; {fix}."
         )
 
-    def _lam_eye(self, n: int, like: Tensor) -> Tensor:
-        return self.lam.to(like.dtype) * torch.eye(n, dtype=like.dtype, device=like.device)
+    def _add_lam(self, mat: Tensor) -> Tensor:
+        """mat + λI for a freshly computed square ``mat``, without a dense identity (these N × N
+        passes are memory-bound); in place when no gradient is being recorded."""
+        lam = self.lam.to(mat.dtype)
+        if torch.is_grad_enabled() and (mat.requires_grad or lam.requires_grad):
+            mat = mat.clone()
+        mat.diagonal().add_(lam)
+        return mat
 
     def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str,
-               chol: Tensor | None = None):
+               chol: Tensor | tuple[Tensor, Tensor] | None = None):
         if chol is not None and self.method != "exact":
             raise ValueError(f"chol (a reused Cholesky factor) is for method='exact', not {self.method!r}")
         _as_2d("x_sleep", x_sleep)
@@ -619,36 +625,42 @@ class KernelRidge(nn.Module):
 
     def _primal_factor(self, phi_s: Tensor) -> tuple[Tensor, Tensor]:
         gram = phi_s.mT @ phi_s
-        return self._factor(gram + self._lam_eye(gram.shape[0], gram), "ΦᵀΦ + λI")
+        return self._factor(self._add_lam(gram), "ΦᵀΦ + λI")
 
     def _exact_factor(
-        self, x_sleep: Tensor, x_query: Tensor, chol: Tensor | None = None
+        self, x_sleep: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor | None, Tensor, Tensor]:
         """(K_ss + λI or None, its Cholesky factor, K_sq). With ``chol`` given and gradients
-        off, K_ss is not even formed."""
+        off (or given as the pair (K_ss + λI, L)), K_ss is not formed again."""
         fs, fq = self.kernel.featurize(x_sleep, x_query)
         k_sq = self.kernel.gram_features(fs, fq)
+        mat = None
+        if isinstance(chol, tuple):
+            mat, chol = chol
         if chol is not None:
             if chol.shape != (fs.shape[0], fs.shape[0]):
                 raise ValueError(
                     f"chol must be the [{fs.shape[0]}, {fs.shape[0]}] factor from "
                     f"cholesky(x_sleep), got {tuple(chol.shape)}"
                 )
-            if not torch.is_grad_enabled():
-                return None, chol, k_sq
-        k_ss = self.kernel.gram_features(fs)
-        mat = k_ss + self._lam_eye(k_ss.shape[0], k_ss)
+            if mat is not None or not torch.is_grad_enabled():
+                return mat, chol, k_sq
+        mat = self._add_lam(self.kernel.gram_features(fs))
         if chol is not None:
             return mat, chol, k_sq
         mat, L = self._factor(mat, "K_ss + λI")
         return mat, L, k_sq
 
-    def cholesky(self, x_sleep: Tensor) -> Tensor:
-        """Lower Cholesky factor of K_ss + λI [N, N] (with jitter if needed), without gradient,
-        for reuse by several exact solves on the same sleep inputs and kernel parameters
-        (argument ``chol`` of ``solve``/``weights``/``predict``/``validation_loss``; ALWS's
-        kernel and model steps share one factorisation, O(N³/3)). The caller must not change
-        the kernel parameters or the sleep inputs between this call and the solves.
+    def cholesky(self, x_sleep: Tensor, with_matrix: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Lower Cholesky factor L of K_ss + λI [N, N] (with jitter if needed), computed without
+        gradient, for reuse by several exact solves on the same sleep inputs and kernel
+        parameters (argument ``chol`` of ``solve``/``weights``/``predict``/``validation_loss``;
+        ALWS's kernel and model steps share one factorisation, O(N³/3)). The caller must not
+        change the kernel parameters or the sleep inputs between this call and the solves.
+
+        With ``with_matrix=True`` returns the pair (K_ss + λI, L), the matrix carrying the
+        gradient w.r.t. the kernel parameters and λ (when gradients are on): passed as ``chol``,
+        differentiable solves then do not recompute K_ss (each pair serves one backward pass).
 
         Raises ``ValueError`` unless method == "exact", or if the feature map has batch norm
         (the sleep features then depend on the query batch); ``KernelRidgeError`` as ``solve``.
@@ -661,10 +673,10 @@ class KernelRidge(nn.Module):
                 "cholesky() cannot be reused with batch-norm features (sleep features depend on "
                 "the query batch); call solve/predict without chol"
             )
-        with torch.no_grad():
+        with torch.set_grad_enabled(with_matrix and torch.is_grad_enabled()):
             (fs,) = self.kernel.featurize(x_sleep)
-            k_ss = self.kernel.gram_features(fs)
-            return self._cholesky(k_ss + self._lam_eye(k_ss.shape[0], k_ss), "K_ss + λI")
+            mat, L = self._factor(self._add_lam(self.kernel.gram_features(fs)), "K_ss + λI")
+        return (mat, L) if with_matrix else L
 
     @staticmethod
     def _as_cols(t: Tensor) -> tuple[Tensor, bool]:
@@ -673,7 +685,7 @@ class KernelRidge(nn.Module):
     # ---- public API -------------------------------------------------------------------------
 
     def solve(
-        self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor, chol: Tensor | None = None
+        self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
         """A @ rhs for A = (K_ss + λI)⁻¹ K_sw, without forming A.
 
@@ -682,8 +694,8 @@ class KernelRidge(nn.Module):
         nystrom O(N m² + m³ + M m C); rff O(N F² + F³ + (N + M) F D).
         For the ALWS model step with mean_m Ĵ(x_m) use rhs = ones[M, 1] / M (or the wake
         sufficient statistics / M) and treat the result as a constant (see class docstring).
-        ``chol``: optional factor from ``cholesky(x_sleep)`` (exact only), reused instead of
-        factorising again. Raises ``ValueError`` on mismatched shapes, ``KernelRidgeError`` if
+        ``chol``: optional factor from ``cholesky(x_sleep)`` (exact only; L or the pair
+        (K_ss + λI, L)), reused instead of factorising again. Raises ``ValueError`` on mismatched shapes, ``KernelRidgeError`` if
         not factorisable.
         """
         self._check(x_sleep, x_wake, rhs, x_wake.shape[0], "rhs", chol)
@@ -697,7 +709,7 @@ class KernelRidge(nn.Module):
             out = phi_s @ _spd_solve(mat, phi_w.mT @ r.to(phi_w.dtype), L)
         return out[:, 0] if squeeze else out
 
-    def weights(self, x_sleep: Tensor, x_wake: Tensor, chol: Tensor | None = None) -> Tensor:
+    def weights(self, x_sleep: Tensor, x_wake: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """KRR weights A [N, M] with A[n, m] = α_n(x_m), so Ĵ(x_m) = Σ_n A[n, m] t_n.
 
         Shapes: x_sleep [N, D], x_wake [M, D] -> [N, M]. Cost: exact O(N³/3 + N² M);
@@ -713,7 +725,7 @@ class KernelRidge(nn.Module):
         return phi_s @ _spd_solve(mat, phi_w.mT, L)
 
     def predict(
-        self, x_sleep: Tensor, targets: Tensor, x_query: Tensor, chol: Tensor | None = None
+        self, x_sleep: Tensor, targets: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
         """KRR prediction Ĵ(x_query) = Aᵀ targets, fitted on (x_sleep, targets).
 
@@ -740,7 +752,7 @@ class KernelRidge(nn.Module):
         t_sleep: Tensor,
         x_val: Tensor,
         t_val: Tensor,
-        chol: Tensor | None = None,
+        chol: Tensor | tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Kernel-learning loss of ALWS: mean over validation rows of ‖Ĵ(x_val) − t_val‖².
 

@@ -73,7 +73,7 @@ def build_kernel_ridge(
 
 def exp_family_prediction(
     krr: KernelRidge, x_sleep: Tensor, targets: Tensor, x_query: Tensor, stats_query: Tensor,
-    chol: Tensor | None = None,
+    chol: Tensor | tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Ĵ(x_q) = [Σ_n α_n(x_q) η_n]·S(x_q) − Σ_n α_n(x_q) c_n, the exponential-family prediction.
 
@@ -241,12 +241,12 @@ class ALWS(Estimator):
         return torch.cat([eta, (psi - model.log_prior(zs))[:, None]], dim=1)
 
     def model_surrogate(self, model, x_wake: Tensor, x_sleep: Tensor, t_sleep: Tensor, target: str,
-                        chol: Tensor | None = None) -> Tensor:
+                        chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """mean_m Ĵ_θ(x_m) over the wake batch x_wake [M, D], with A detached: a scalar whose
         θ-gradient is the ALWS gradient estimate (nats).
 
         ``t_sleep``: the targets at the sleep samples x_sleep [N, D], from :meth:`targets`;
-        ``chol``: optional factor from ``self.krr.cholesky(x_sleep)``."""
+        ``chol``: optional factor from ``self.krr.cholesky(x_sleep)`` (L or the pair)."""
         t = t_sleep
         m = x_wake.shape[0]
         with torch.no_grad():
@@ -264,7 +264,7 @@ class ALWS(Estimator):
         return (w[:, :-1] * t[:, :-1]).sum() - (w[:, -1] * t[:, -1]).sum()
 
     def kernel_loss(self, model, zs: Sequence[Tensor], x_sleep: Tensor, t_sleep: Tensor, zs_val: Sequence[Tensor],
-                    x_val: Tensor, target: str, chol: Tensor | None = None) -> Tensor:
+                    x_val: Tensor, target: str, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Mean over validation samples of (Ĵ(x_v) − t_v)² (nats²), gradient only to the kernel.
 
         ``t_sleep``: the targets at the sleep samples (from :meth:`targets`; detached here)."""
@@ -284,17 +284,25 @@ class ALWS(Estimator):
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         self.check_model(model)
         self._check_device(x)
-        target = self.resolved_target(model)
         with torch.no_grad():
             zs, x_sleep = model.sample(self.sleep_samples)
-            if self.learn_kernel:
-                zs_val, x_val = model.sample(self.valid_samples)
-            if not bool(self.bandwidth_initialised):
-                self.krr.kernel.init_bandwidth_(x_sleep)
-                self.bandwidth_initialised.fill_(True)
+            zs_val, x_val = model.sample(self.valid_samples) if self.learn_kernel else (None, None)
+        return self.loss_from_samples(model, x, zs, x_sleep, zs_val, x_val)
+
+    def loss_from_samples(self, model, x: Tensor, zs: Sequence[Tensor], x_sleep: Tensor,
+                          zs_val: Sequence[Tensor] | None = None, x_val: Tensor | None = None) -> EstimatorOutput:
+        """The loss of :meth:`forward` for given sleep samples (zs, x_sleep [N, D]) and validation
+        samples (zs_val, x_val [V, D]; unused, and may be None, without kernel learning), e.g. to
+        compare kernel methods on the same draws.  Sets the bandwidth by the median heuristic on
+        x_sleep if not yet done."""
+        target = self.resolved_target(model)
+        if not bool(self.bandwidth_initialised):
+            self.krr.kernel.init_bandwidth_(x_sleep)
+            self.bandwidth_initialised.fill_(True)
         chol = None
         if self.krr.method == "exact" and not self.krr.kernel._joint_features():
-            chol = self.krr.cholesky(x_sleep)
+            # one factorisation (and one K_ss, with its graph for the kernel step) for both steps
+            chol = self.krr.cholesky(x_sleep, with_matrix=self.learn_kernel)
         t_sleep = self.targets(model, zs, x_sleep, target)
         metrics = {}
         loss = x.new_zeros(())
