@@ -547,3 +547,49 @@ def test_alws_step_on_cuda(fa_problem):
     out = est(model, x.cuda())
     out.loss.backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in model.p_parameters())
+
+
+def test_command_line_trains_and_evaluates_alws(tmp_path):
+    """`wakesleep train --algorithm alws` records its estimator settings and kernel learning rate in
+    config.json, and trains q by sleep updates so that `wakesleep evaluate` works."""
+    import json
+
+    from wakesleep.cli import main
+
+    run = tmp_path / "alws"
+    args = ["train", "--algorithm", "alws", "--model", "gaussian", "--layers", "4", "--hidden", "16",
+            "--sleep-samples", "200", "--krr", "nystrom", "--num-inducing", "50", "--kernel", "matern32",
+            "--lam", "0.01", "--lr-kernel", "0.02", "--batch-size", "200", "--test-k", "10", "--valid-k", "5",
+            "--run-dir", str(run), "--no-progress"]
+    assert main(args + ["--epochs", "1"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["estimator"]["krr"] == "nystrom" and config["estimator"]["num_inducing"] == 50
+    assert config["estimator"]["kernel"] == "matern32" and config["estimator"]["q_update"] == "sleep"
+    assert config["train"]["lr_estimator"] == 0.02
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_kernel_loss", "train_sleep_log_q", "valid_log_likelihood"} <= set(first)
+    assert main(["evaluate", str(run), "--k", "10", "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["evaluations"][-1]["k"] == 10 and math.isfinite(summary["evaluations"][-1]["mean"])
+
+
+def test_resumed_training_keeps_the_learned_kernel(tmp_path):
+    """train(..., resume=True) restores the estimator: a bandwidth far from the median heuristic's
+    survives (re-initialisation would pull it back to the median distance, about 3 here)."""
+    truth = fa_model(1, learn_prior=False)
+    torch.manual_seed(0)
+    data = truth.sample(400)[1].float()
+    cfg = dict(batch_size=100, lr_estimator=0.05, progress=False, patience=None)
+    est = ALWS(sleep_samples=200, valid_samples=50, lam=1e-2)
+    with torch.no_grad():
+        est.krr.kernel.log_bandwidth.fill_(math.log(50.0))
+        est.bandwidth_initialised.fill_(True)
+    train(fa_model(0, learn_prior=False).float(), est, data, config=TrainConfig(epochs=1, **cfg), run_dir=tmp_path)
+    saved = est.krr.kernel.log_bandwidth.item()
+    fresh = ALWS(sleep_samples=200, valid_samples=50, lam=1e-2)
+    fit = train(fa_model(0, learn_prior=False).float(), fresh, data, config=TrainConfig(epochs=2, **cfg),
+                run_dir=tmp_path, resume=True)
+    assert [r["epoch"] for r in fit.history] == [1, 2]
+    # 4 more Adam steps of lr 0.05 move log σ by at most 0.2 (plus rounding)
+    assert abs(fresh.krr.kernel.log_bandwidth.item() - saved) <= 0.2 + 1e-4
+    assert fresh.krr.kernel.bandwidth.item() > 30
