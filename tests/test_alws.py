@@ -593,3 +593,22 @@ def test_resumed_training_keeps_the_learned_kernel(tmp_path):
     # 4 more Adam steps of lr 0.05 move log σ by at most 0.2 (plus rounding)
     assert abs(fresh.krr.kernel.log_bandwidth.item() - saved) <= 0.2 + 1e-4
     assert fresh.krr.kernel.bandwidth.item() > 30
+
+
+def test_a_model_without_proposal_on_the_circle_trains_by_alws():
+    """A latent angle z = (sin a, cos a) with a learned von Mises prior and a Gaussian likelihood, no
+    proposal: ALWS gives θ-gradients (also to the prior's ν) and the proposal-based paths refuse
+    clearly."""
+    torch.manual_seed(0)
+    model = HelmholtzMachine(CirclePrior(learn=True), [GaussianLayer(2, 5, (16,), scale="learned")], None)
+    assert model.q_parameters() == [] and not model.has_proposal
+    x = model.sample(64)[1]
+    out = ALWS(sleep_samples=300, valid_samples=50)(model, x)
+    g = torch.autograd.grad(out.loss, model.p_parameters())
+    assert all(torch.isfinite(t).all() for t in g) and torch.count_nonzero(g[0]) == 2  # ν first
+    with pytest.raises(ValueError, match="no proposal"):
+        model.log_weights(x, 3)
+    with pytest.raises(ValueError, match="q_update=None"):
+        ALWS(q_update="sleep").check_model(model)
+    with pytest.raises(ValueError, match="recognition"):
+        HelmholtzMachine(CirclePrior(), [GaussianLayer(2, 5)], [GaussianLayer(5, 2), GaussianLayer(2, 2)])

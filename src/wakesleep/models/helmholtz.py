@@ -40,7 +40,9 @@ class HelmholtzMachine(nn.Module):
     Args:
         prior: the top layer p_θ(z_L).
         generative: ``[p(x | z_1), p(z_1 | z_2), …, p(z_{L-1} | z_L)]`` (bottom first).
-        recognition: ``[q(z_1 | x), q(z_2 | z_1), …, q(z_L | z_{L-1})]`` (bottom first).
+        recognition: ``[q(z_1 | x), q(z_2 | z_1), …, q(z_L | z_{L-1})]`` (bottom first), or
+            ``None`` for a generative model without a proposal (e.g. a latent on the circle,
+            :class:`~wakesleep.layers.CirclePrior`), trainable by ALWS only.
         config: the builder arguments, kept so a checkpoint can rebuild the model
             (:meth:`from_config`).
 
@@ -52,12 +54,13 @@ class HelmholtzMachine(nn.Module):
         self,
         prior: Prior,
         generative: Sequence[StochasticLayer],
-        recognition: Sequence[StochasticLayer],
+        recognition: Sequence[StochasticLayer] | None,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if len(generative) != len(recognition) or not generative:
-            raise ValueError("need one generative and one recognition layer per latent layer")
+        recognition = [] if recognition is None else recognition
+        if not generative or (recognition and len(generative) != len(recognition)):
+            raise ValueError("need one generative (and, with a proposal, one recognition) layer per latent layer")
         self.prior = prior
         self.generative = nn.ModuleList(generative)
         self.recognition = nn.ModuleList(recognition)
@@ -65,9 +68,10 @@ class HelmholtzMachine(nn.Module):
         sizes = [generative[0].out_features] + [g.in_features for g in generative]
         if sizes[-1] != prior.out_features:
             raise ValueError(f"top generative layer takes {sizes[-1]} units but the prior has {prior.out_features}")
-        for i, (g, r) in enumerate(zip(generative, recognition)):
+        for i, g in enumerate(generative):
             if i > 0 and g.out_features != generative[i - 1].in_features:
                 raise ValueError(f"generative layer {i} emits {g.out_features} units, layer below takes {generative[i - 1].in_features}")
+        for i, r in enumerate(recognition):
             if (r.in_features, r.out_features) != (sizes[i], sizes[i + 1]):
                 raise ValueError(f"recognition layer {i} maps {r.in_features}->{r.out_features}, expected {sizes[i]}->{sizes[i + 1]}")
         self.data_dim = sizes[0]
@@ -269,6 +273,16 @@ class HelmholtzMachine(nn.Module):
         return self.generative[0].sufficient_statistics(x)
 
     # ---------------------------------------------------------- proposal side
+    @property
+    def has_proposal(self) -> bool:
+        """False for a model built with ``recognition=None``."""
+        return len(self.recognition) > 0
+
+    def _check_proposal(self) -> None:
+        if not self.has_proposal:
+            raise ValueError("this model has no proposal q(z | x) (built with recognition=None): "
+                             "train it with ALWS, or build it with recognition layers to use RWS/WS/VAE or importance sampling")
+
     def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[list[Tensor], Tensor]:
         """Draw K particles z ~ q_φ(z | x) and their log-density.
 
@@ -286,6 +300,7 @@ class HelmholtzMachine(nn.Module):
         """
         if k < 1:
             raise ValueError(f"the number of particles k must be >= 1, got {k}")
+        self._check_proposal()
         z, log_q = self.recognition[0].sample_and_log_prob(x, (k,), reparameterize)
         zs = [z]
         for layer in self.recognition[1:]:
@@ -296,6 +311,7 @@ class HelmholtzMachine(nn.Module):
 
     def log_proposal(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
         """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l])."""
+        self._check_proposal()
         lq = self.recognition[0].log_prob(zs[0], x)
         for i in range(1, len(self.recognition)):
             lq = lq + self.recognition[i].log_prob(zs[i], zs[i - 1])
