@@ -417,6 +417,41 @@ def test_float32_agrees_with_float64(method):
     assert ((p32.double() - p64).norm() / p64.norm()).item() < 1.2e-2
 
 
+def test_cholesky_reuse_gives_the_same_values_and_gradients():
+    # One factor of K_ss + λI shared by several solves must change nothing: values and the
+    # gradients w.r.t. the kernel parameters and λ, against a dense float64 reference in which
+    # autograd differentiates torch.linalg.solve.
+    xs, xw, t = _data(40, 7, d=3, seed=21, c=2)
+    krr = KernelRidge(GaussianKernel(features=LinearFeatures(3, 2), bandwidth=0.5), lam=0.05).double()
+    params = [krr.kernel.log_bandwidth, krr.log_lam, krr.kernel.features.linear.weight]
+
+    def dense():
+        f = krr.kernel.features
+        k = krr.kernel
+        k_ss = k.gram_features(f(xs))
+        a = torch.linalg.solve(k_ss + krr.lam * torch.eye(40, dtype=F64), k.gram_features(f(xs), f(xw)))
+        return (a.mT @ t).square().sum()
+
+    ref = torch.autograd.grad(dense(), params)
+    chol = krr.cholesky(xs)
+    assert not chol.requires_grad
+    for c in (None, chol):
+        out = krr.predict(xs, t, xw, chol=c).square().sum()
+        got = torch.autograd.grad(out, params)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(krr.solve(xs, xw, t[:7], chol=chol), krr.solve(xs, xw, t[:7]))
+        torch.testing.assert_close(krr.weights(xs, xw, chol=chol), krr.weights(xs, xw))
+    with pytest.raises(ValueError, match="chol must be"):
+        krr.weights(xs[:10], xw, chol=chol)
+    rff = KernelRidge(GaussianKernel(), method="rff", num_features=10).double()
+    with pytest.raises(ValueError, match="method='exact'"):
+        rff.cholesky(xs)
+    with pytest.raises(ValueError, match="method='exact'"):
+        rff.solve(xs, xw, t[:7], chol=chol)
+
+
 def test_docstring_examples_run():
     import doctest
 

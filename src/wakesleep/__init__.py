@@ -9,7 +9,7 @@ amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as ba
 """
 
 from wakesleep import data, estimators, evaluate, models
-from wakesleep.estimators import IWAE, RWS, VAE, WakeSleep
+from wakesleep.estimators import ALWS, IWAE, RWS, VAE, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.train import FitResult, TrainConfig, train
@@ -17,6 +17,6 @@ from wakesleep.train import FitResult, TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "IWAE", "RWS", "VAE", "WakeSleep", "HelmholtzMachine", "LogLikelihood", "FitResult", "TrainConfig",
+    "ALWS", "IWAE", "RWS", "VAE", "WakeSleep", "HelmholtzMachine", "LogLikelihood", "FitResult", "TrainConfig",
     "data", "estimators", "evaluate", "models", "train", "log_likelihood", "exact_log_likelihood",
 ]

@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae (default: 5)")
     t.add_argument("--q-update", choices=["wake", "sleep", "both"], default="both", help="rws: how q is trained (default: both)")
     t.add_argument("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
+    alws = t.add_argument_group("alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)")
+    alws.add_argument("--sleep-samples", type=_positive_int, default=2000, help="sleep samples N per step (default: 2000)")
+    alws.add_argument("--kernel", choices=["gaussian", "matern12", "matern32", "matern52"], default="gaussian", help="kernel on features of x (default: gaussian)")
+    alws.add_argument("--krr", choices=["exact", "nystrom", "rff"], default="exact", help="kernel ridge regression solver (default: exact)")
+    alws.add_argument("--num-features", type=_positive_int, default=1000, help="random Fourier features F for --krr rff (even; default: 1000)")
+    alws.add_argument("--num-inducing", type=_positive_int, default=500, help="inducing points m for --krr nystrom (default: 500)")
+    alws.add_argument("--lam", type=_positive_float, default=1e-3, help="initial ridge lambda, learned (default: 1e-3)")
+    alws.add_argument("--features", choices=["identity", "mlp"], default="identity", help="kernel features: x itself or a learned MLP (default: identity)")
+    alws.add_argument("--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)")
     t.add_argument("--model", choices=["sbn", "gaussian"], default="sbn", help="sbn: binary latents; gaussian: Gaussian latents with MLPs (default: sbn)")
     t.add_argument("--layers", type=_positive_int, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
     t.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)")
@@ -125,7 +134,11 @@ def estimator_from(name: str, settings: dict):
     return cls(**settings)
 
 
-def estimator_settings(a: argparse.Namespace) -> dict:
+def estimator_settings(a: argparse.Namespace, data_dim: int | None = None) -> dict:
+    if a.algorithm == "alws":
+        return {"sleep_samples": a.sleep_samples, "kernel": a.kernel, "krr": a.krr, "num_features": a.num_features,
+                "num_inducing": a.num_inducing, "lam": a.lam, "features": a.features, "data_dim": data_dim,
+                "q_update": "sleep"}
     if a.algorithm == "rws":
         return {"k": a.k, "q_update": a.q_update}
     if a.algorithm in ("iwae", "vae"):
@@ -210,10 +223,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         config = {
             "model": model.config,
             "algorithm": a.algorithm,
-            "estimator": estimator_settings(a),
+            "estimator": estimator_settings(a, data.dim),
             "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
             "train": {
-                "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "seed": a.seed,
+                "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "lr_estimator": a.lr_kernel, "seed": a.seed,
                 "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock, "checkpoint_every": a.checkpoint_every,
                 "nan_policy": "skip" if a.skip_nonfinite else "error",
             },

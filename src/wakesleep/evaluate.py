@@ -142,7 +142,8 @@ def exact_log_marginal(model, x: Tensor) -> Tensor:
     """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ.
 
     - Binary latents (an SBN with ≤ 24 latent units): log Σ_z p(x, z) over all 2^H states.
-    - Factor analysis (``HelmholtzMachine.factor_analysis``): log N(x; b, W Wᵀ + diag σ²).
+    - Factor analysis (``HelmholtzMachine.factor_analysis``): log N(x; W μ₀ + b, W diag(s²) Wᵀ + diag σ²)
+      for the prior N(μ₀, diag s²) (μ₀ = 0, s = 1 unless learned).
 
     Raises:
         ValueError: for a model with neither form.
@@ -150,8 +151,10 @@ def exact_log_marginal(model, x: Tensor) -> Tensor:
     if model.config.get("kind") == "factor_analysis":
         layer = model.generative[0]
         lin = layer.net
-        cov = lin.weight @ lin.weight.T + torch.diag(torch.exp(2 * layer.log_scale))
-        return torch.distributions.MultivariateNormal(lin.bias, covariance_matrix=cov).log_prob(x)
+        prior = model.prior
+        w = lin.weight * torch.exp(prior.log_scale)  # W diag(s)
+        cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
+        return torch.distributions.MultivariateNormal(lin(prior.loc), covariance_matrix=cov).log_prob(x)
     zs = [z[:, None, :] for z in model.enumerate_latents()]  # [S, 1, d] against x [B, D]
     return torch.logsumexp(model.log_joint(x, zs), 0)
 

@@ -347,6 +347,38 @@ class MaternKernel(StationaryKernel):
 # Kernel ridge regression
 # --------------------------------------------------------------------------------------------
 
+
+class _SPDSolve(torch.autograd.Function):
+    """X = M⁻¹ B for a symmetric positive definite M, given the lower Cholesky factor L of M
+    (plus any jitter), computed elsewhere without gradient.
+
+    The backward pass reuses L: dB = M⁻¹ G and dM = −(M⁻¹ G) Xᵀ, O(N² C) for B [N, C]. Autograd
+    through ``torch.linalg.cholesky`` would instead cost O(N³) (triangular solves against the
+    N × N gradient of L). Jitter added before factorising is a constant, so the gradient is the
+    one of (M + jitter I)⁻¹ B with respect to M.
+    """
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, rhs: Tensor, chol: Tensor) -> Tensor:
+        x = torch.cholesky_solve(rhs, chol)
+        ctx.save_for_backward(chol, x)
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        chol, x = ctx.saved_tensors
+        g = torch.cholesky_solve(grad, chol)
+        d_mat = -(g @ x.mT) if ctx.needs_input_grad[0] else None
+        return d_mat, (g if ctx.needs_input_grad[1] else None), None
+
+
+def _spd_solve(mat: Tensor | None, rhs: Tensor, chol: Tensor) -> Tensor:
+    """M⁻¹ rhs through ``_SPDSolve`` (``mat`` None: no gradient w.r.t. M is wanted)."""
+    if mat is None or not torch.is_grad_enabled():
+        return torch.cholesky_solve(rhs, chol)
+    return _SPDSolve.apply(mat, rhs, chol)
+
 Method = Literal["exact", "nystrom", "rff"]
 
 
@@ -521,10 +553,19 @@ class KernelRidge(nn.Module):
             f"adding jitter up to {last:.3g} to its diagonal; {fix}."
         )
 
-    def _lam_eye(self, n: int, like: Tensor) -> Tensor:
-        return self.lam.to(like.dtype) * torch.eye(n, dtype=like.dtype, device=like.device)
+    def _add_lam(self, mat: Tensor) -> Tensor:
+        """mat + λI for a freshly computed square ``mat``, without a dense identity (these N × N
+        passes are memory-bound); in place when no gradient is being recorded."""
+        lam = self.lam.to(mat.dtype)
+        if torch.is_grad_enabled() and (mat.requires_grad or lam.requires_grad):
+            mat = mat.clone()
+        mat.diagonal().add_(lam)
+        return mat
 
-    def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str):
+    def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str,
+               chol: Tensor | tuple[Tensor, Tensor] | None = None):
+        if chol is not None and self.method != "exact":
+            raise ValueError(f"chol (a reused Cholesky factor) is for method='exact', not {self.method!r}")
         _as_2d("x_sleep", x_sleep)
         _as_2d("x_query" if name == "targets" else "x_wake", x_query)
         if x_sleep.shape[1] != x_query.shape[1]:
@@ -577,15 +618,65 @@ class KernelRidge(nn.Module):
         phi_q = torch.linalg.solve_triangular(L, self.kernel.gram_features(fm, fq), upper=False).mT
         return phi_s, phi_q
 
-    def _primal_factor(self, phi_s: Tensor) -> Tensor:
-        gram = phi_s.mT @ phi_s
-        return self._cholesky(gram + self._lam_eye(gram.shape[0], gram), "ΦᵀΦ + λI")
+    def _factor(self, mat: Tensor, what: str) -> tuple[Tensor, Tensor]:
+        """(mat, its Cholesky factor computed without gradient), for ``_spd_solve``."""
+        with torch.no_grad():
+            return mat, self._cholesky(mat.detach(), what)
 
-    def _exact_factor(self, x_sleep: Tensor, x_query: Tensor) -> tuple[Tensor, Tensor]:
+    def _primal_factor(self, phi_s: Tensor) -> tuple[Tensor, Tensor]:
+        gram = phi_s.mT @ phi_s
+        return self._factor(self._add_lam(gram), "ΦᵀΦ + λI")
+
+    def _exact_factor(
+        self, x_sleep: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """(K_ss + λI or None, its Cholesky factor, K_sq). With ``chol`` given and gradients
+        off (or given as the pair (K_ss + λI, L)), K_ss is not formed again."""
         fs, fq = self.kernel.featurize(x_sleep, x_query)
-        k_ss = self.kernel.gram_features(fs)
-        L = self._cholesky(k_ss + self._lam_eye(k_ss.shape[0], k_ss), "K_ss + λI")
-        return L, self.kernel.gram_features(fs, fq)
+        k_sq = self.kernel.gram_features(fs, fq)
+        mat = None
+        if isinstance(chol, tuple):
+            mat, chol = chol
+        if chol is not None:
+            if chol.shape != (fs.shape[0], fs.shape[0]):
+                raise ValueError(
+                    f"chol must be the [{fs.shape[0]}, {fs.shape[0]}] factor from "
+                    f"cholesky(x_sleep), got {tuple(chol.shape)}"
+                )
+            if mat is not None or not torch.is_grad_enabled():
+                return mat, chol, k_sq
+        mat = self._add_lam(self.kernel.gram_features(fs))
+        if chol is not None:
+            return mat, chol, k_sq
+        mat, L = self._factor(mat, "K_ss + λI")
+        return mat, L, k_sq
+
+    def cholesky(self, x_sleep: Tensor, with_matrix: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Lower Cholesky factor L of K_ss + λI [N, N] (with jitter if needed), computed without
+        gradient, for reuse by several exact solves on the same sleep inputs and kernel
+        parameters (argument ``chol`` of ``solve``/``weights``/``predict``/``validation_loss``;
+        ALWS's kernel and model steps share one factorisation, O(N³/3)). The caller must not
+        change the kernel parameters or the sleep inputs between this call and the solves.
+
+        With ``with_matrix=True`` returns the pair (K_ss + λI, L), the matrix carrying the
+        gradient w.r.t. the kernel parameters and λ (when gradients are on): passed as ``chol``,
+        differentiable solves then do not recompute K_ss (each pair serves one backward pass).
+
+        Raises ``ValueError`` unless method == "exact", or if the feature map has batch norm
+        (the sleep features then depend on the query batch); ``KernelRidgeError`` as ``solve``.
+        """
+        _as_2d("x_sleep", x_sleep)
+        if self.method != "exact":
+            raise ValueError(f"cholesky() is for method='exact', not {self.method!r}")
+        if self.kernel._joint_features():
+            raise ValueError(
+                "cholesky() cannot be reused with batch-norm features (sleep features depend on "
+                "the query batch); call solve/predict without chol"
+            )
+        with torch.set_grad_enabled(with_matrix and torch.is_grad_enabled()):
+            (fs,) = self.kernel.featurize(x_sleep)
+            mat, L = self._factor(self._add_lam(self.kernel.gram_features(fs)), "K_ss + λI")
+        return (mat, L) if with_matrix else L
 
     @staticmethod
     def _as_cols(t: Tensor) -> tuple[Tensor, bool]:
@@ -593,7 +684,9 @@ class KernelRidge(nn.Module):
 
     # ---- public API -------------------------------------------------------------------------
 
-    def solve(self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor) -> Tensor:
+    def solve(
+        self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """A @ rhs for A = (K_ss + λI)⁻¹ K_sw, without forming A.
 
         Shapes: x_sleep [N, D], x_wake [M, D], rhs [M, C] or [M] -> [N, C] or [N].
@@ -601,54 +694,65 @@ class KernelRidge(nn.Module):
         nystrom O(N m² + m³ + M m C); rff O(N F² + F³ + (N + M) F D).
         For the ALWS model step with mean_m Ĵ(x_m) use rhs = ones[M, 1] / M (or the wake
         sufficient statistics / M) and treat the result as a constant (see class docstring).
-        Raises ``ValueError`` on mismatched shapes, ``KernelRidgeError`` if not factorisable.
+        ``chol``: optional factor from ``cholesky(x_sleep)`` (exact only; L or the pair
+        (K_ss + λI, L)), reused instead of factorising again. Raises ``ValueError`` on mismatched shapes, ``KernelRidgeError`` if
+        not factorisable.
         """
-        self._check(x_sleep, x_wake, rhs, x_wake.shape[0], "rhs")
+        self._check(x_sleep, x_wake, rhs, x_wake.shape[0], "rhs", chol)
         r, squeeze = self._as_cols(rhs)
         if self.method == "exact":
-            L, k_sw = self._exact_factor(x_sleep, x_wake)
-            out = torch.cholesky_solve(k_sw @ r.to(k_sw.dtype), L)
+            mat, L, k_sw = self._exact_factor(x_sleep, x_wake, chol)
+            out = _spd_solve(mat, k_sw @ r.to(k_sw.dtype), L)
         else:
             phi_s, phi_w = self._primal_features(x_sleep, x_wake)
-            L = self._primal_factor(phi_s)
-            out = phi_s @ torch.cholesky_solve(phi_w.mT @ r.to(phi_w.dtype), L)
+            mat, L = self._primal_factor(phi_s)
+            out = phi_s @ _spd_solve(mat, phi_w.mT @ r.to(phi_w.dtype), L)
         return out[:, 0] if squeeze else out
 
-    def weights(self, x_sleep: Tensor, x_wake: Tensor) -> Tensor:
+    def weights(self, x_sleep: Tensor, x_wake: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """KRR weights A [N, M] with A[n, m] = α_n(x_m), so Ĵ(x_m) = Σ_n A[n, m] t_n.
 
         Shapes: x_sleep [N, D], x_wake [M, D] -> [N, M]. Cost: exact O(N³/3 + N² M);
         nystrom/rff O(N m² + m³ + N M m) with m = number of inducing points / features.
-        Raises as ``solve``.
+        ``chol`` as in ``solve``. Raises as ``solve``.
         """
-        self._check(x_sleep, x_wake, None, 0, "")
+        self._check(x_sleep, x_wake, None, 0, "", chol)
         if self.method == "exact":
-            L, k_sw = self._exact_factor(x_sleep, x_wake)
-            return torch.cholesky_solve(k_sw, L)
+            mat, L, k_sw = self._exact_factor(x_sleep, x_wake, chol)
+            return _spd_solve(mat, k_sw, L)
         phi_s, phi_w = self._primal_features(x_sleep, x_wake)
-        L = self._primal_factor(phi_s)
-        return phi_s @ torch.cholesky_solve(phi_w.mT, L)
+        mat, L = self._primal_factor(phi_s)
+        return phi_s @ _spd_solve(mat, phi_w.mT, L)
 
-    def predict(self, x_sleep: Tensor, targets: Tensor, x_query: Tensor) -> Tensor:
+    def predict(
+        self, x_sleep: Tensor, targets: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """KRR prediction Ĵ(x_query) = Aᵀ targets, fitted on (x_sleep, targets).
 
         Shapes: x_sleep [N, D], targets [N, C] or [N], x_query [M, D] -> [M, C] or [M].
         Cost: exact O(N³/3 + N²C + N M (D + C)); nystrom/rff as ``solve``.
-        Differentiable w.r.t. kernel parameters, λ and targets. Raises as ``solve``.
+        Differentiable w.r.t. kernel parameters, λ and targets; the exact path's backward
+        reuses the forward Cholesky factor (O(N² C), no O(N³) term). ``chol`` as in ``solve``.
+        Raises as ``solve``.
         """
-        self._check(x_sleep, x_query, targets, x_sleep.shape[0], "targets")
+        self._check(x_sleep, x_query, targets, x_sleep.shape[0], "targets", chol)
         t, squeeze = self._as_cols(targets)
         if self.method == "exact":
-            L, k_sq = self._exact_factor(x_sleep, x_query)
-            out = k_sq.mT @ torch.cholesky_solve(t.to(k_sq.dtype), L)
+            mat, L, k_sq = self._exact_factor(x_sleep, x_query, chol)
+            out = k_sq.mT @ _spd_solve(mat, t.to(k_sq.dtype), L)
         else:
             phi_s, phi_q = self._primal_features(x_sleep, x_query)
-            L = self._primal_factor(phi_s)
-            out = phi_q @ torch.cholesky_solve(phi_s.mT @ t.to(phi_s.dtype), L)
+            mat, L = self._primal_factor(phi_s)
+            out = phi_q @ _spd_solve(mat, phi_s.mT @ t.to(phi_s.dtype), L)
         return out[:, 0] if squeeze else out
 
     def validation_loss(
-        self, x_sleep: Tensor, t_sleep: Tensor, x_val: Tensor, t_val: Tensor
+        self,
+        x_sleep: Tensor,
+        t_sleep: Tensor,
+        x_val: Tensor,
+        t_val: Tensor,
+        chol: Tensor | tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Kernel-learning loss of ALWS: mean over validation rows of ‖Ĵ(x_val) − t_val‖².
 
@@ -657,7 +761,8 @@ class KernelRidge(nn.Module):
         per sample, not the error of the mean prediction (a defect of the original code).
 
         Shapes: x_sleep [N, D], t_sleep [N, C] or [N], x_val [V, D], t_val [V, C] or [V]
-        (same trailing shape as t_sleep) -> scalar. Raises ``ValueError`` on mismatched shapes.
+        (same trailing shape as t_sleep) -> scalar. ``chol`` as in ``solve``. Raises
+        ``ValueError`` on mismatched shapes.
         """
         t_sleep = t_sleep.detach()
         t_val = t_val.detach()
@@ -667,6 +772,6 @@ class KernelRidge(nn.Module):
                 f"t_val must have shape {(x_val.shape[0],) + tuple(t_sleep.shape[1:])}, "
                 f"got {tuple(t_val.shape)}"
             )
-        pred = self.predict(x_sleep, t_sleep, x_val)
+        pred = self.predict(x_sleep, t_sleep, x_val, chol)
         err = (pred - t_val.to(pred.dtype)).square()
         return err.sum(-1).mean() if err.dim() == 2 else err.mean()

@@ -14,7 +14,16 @@ parent and take the batch shape instead.
 
 Layer types: factorial Bernoulli (the sigmoid belief network layer of Neal 1992, used by
 Hinton et al. 1995 and Bornschein & Bengio 2015), diagonal Gaussian (Kingma & Welling 2014;
-Burda et al. 2016), and their priors.
+Burda et al. 2016), factorial Poisson, one-hot categorical, and priors: Bernoulli, Gaussian,
+categorical (a mixture prior together with a Gaussian layer fed the one-hot component) and an
+angle on the circle.
+
+Exponential-family view (for ALWS, Wenliang et al. 2020, Algorithm 1; ALGORITHMS.md §4 step 3):
+the Bernoulli, Gaussian and Poisson layers also offer
+
+- ``exponential_family(parent) -> (η [*batch, S], Ψ [*batch])``: natural parameters and
+  log-normaliser, so that log p(x | parent) = η·S(x) − Ψ + log h(x);
+- ``sufficient_statistics(x) -> S(x) [*batch, S]`` and ``log_base_measure(x) -> log h(x) [*batch]``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, Poisson, VonMises
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -93,6 +102,11 @@ class StochasticLayer(nn.Module):
         d = self.dist(parent)
         return d.rsample() if reparameterize else d.sample()
 
+    @property
+    def binary(self) -> bool:
+        """True when values lie in {0, 1} (discrete layers, except count layers such as Poisson)."""
+        return self.discrete
+
     def mean(self, parent: Tensor) -> Tensor:
         """The conditional mean E[value | parent] (used to show samples as images)."""
         return self.dist(parent).mean
@@ -144,6 +158,17 @@ class BernoulliLayer(StochasticLayer):
 
     def mean(self, parent: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(parent))
+
+    def exponential_family(self, parent: Tensor) -> tuple[Tensor, Tensor]:
+        """η = logits [*batch, out], Ψ = Σ_i softplus(η_i) [*batch] (nats); S(x) = x, h = 1."""
+        eta = self.logits(parent)
+        return eta, F.softplus(eta).sum(-1)
+
+    def sufficient_statistics(self, value: Tensor) -> Tensor:
+        return value
+
+    def log_base_measure(self, value: Tensor) -> Tensor:
+        return value.new_zeros(value.shape[:-1])
 
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
         if reparameterize:
@@ -199,6 +224,21 @@ class GaussianLayer(StochasticLayer):
     def mean(self, parent: Tensor) -> Tensor:
         return self.params(parent)[0]
 
+    def exponential_family(self, parent: Tensor) -> tuple[Tensor, Tensor]:
+        """η = (μ/σ², −1/(2σ²)) [*batch, 2·out], Ψ = Σ_i μ_i²/(2σ_i²) + ½ log 2πσ_i² [*batch]
+        (nats); S(x) = (x, x²), h = 1."""
+        mean, log_scale = self.params(parent)
+        prec = torch.exp(-2.0 * log_scale)
+        eta = torch.cat([mean * prec, -0.5 * prec], dim=-1)
+        psi = (0.5 * mean * mean * prec + log_scale).sum(-1) + 0.5 * mean.shape[-1] * _LOG_2PI
+        return eta, psi
+
+    def sufficient_statistics(self, value: Tensor) -> Tensor:
+        return torch.cat([value, value * value], dim=-1)
+
+    def log_base_measure(self, value: Tensor) -> Tensor:
+        return value.new_zeros(value.shape[:-1])
+
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
         mean, log_scale = self.params(parent)
         eps = torch.randn(*sample_shape, *mean.shape, dtype=mean.dtype, device=mean.device)
@@ -207,6 +247,100 @@ class GaussianLayer(StochasticLayer):
         else:
             value = (mean.detach() + log_scale.detach().exp() * eps)
         return value, normal_log_prob(mean, log_scale, value)
+
+
+class PoissonLayer(StochasticLayer):
+    """Factorial Poisson counts: v_i ~ Poisson(exp(f(parent)_i)), f an MLP giving the log-rates.
+
+    Args:
+        in_features, out_features: parent and value sizes.
+        hidden: hidden sizes of f.
+
+    Values are non-negative integers (not binary); they cannot be reparameterised.
+    """
+
+    discrete = True
+    binary = False
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp(in_features, hidden, out_features)
+
+    def log_rate(self, parent: Tensor) -> Tensor:
+        return self.net(parent)
+
+    def dist(self, parent: Tensor) -> Distribution:
+        return Independent(Poisson(self.log_rate(parent).exp(), validate_args=False), 1)
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        eta, psi = self.exponential_family(parent)
+        return (value * eta).sum(-1) - psi + self.log_base_measure(value)
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("Poisson counts cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        return torch.poisson(self.log_rate(parent).detach().exp())
+
+    def mean(self, parent: Tensor) -> Tensor:
+        return self.log_rate(parent).exp()
+
+    def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
+        if reparameterize:
+            raise ValueError("Poisson counts cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        eta, psi = self.exponential_family(parent)
+        with torch.no_grad():
+            value = torch.poisson(eta.exp().expand(*sample_shape, *eta.shape))
+        return value, (value * eta).sum(-1) - psi + self.log_base_measure(value)
+
+    def exponential_family(self, parent: Tensor) -> tuple[Tensor, Tensor]:
+        """η = log rate [*batch, out], Ψ = Σ_i rate_i [*batch] (nats); S(x) = x,
+        log h(x) = −Σ_i log x_i!."""
+        eta = self.log_rate(parent)
+        return eta, eta.exp().sum(-1)
+
+    def sufficient_statistics(self, value: Tensor) -> Tensor:
+        return value
+
+    def log_base_measure(self, value: Tensor) -> Tensor:
+        return -torch.lgamma(value + 1.0).sum(-1)
+
+
+class CategoricalLayer(StochasticLayer):
+    """One-hot categorical: v ~ OneHotCategorical(softmax(f(parent))), f an MLP (e.g. the
+    proposal q(c | y) for a mixture component c).
+
+    Args:
+        in_features: parent size.
+        num_classes: number of categories (= ``out_features``, the one-hot width).
+        hidden: hidden sizes of f.
+    """
+
+    discrete = True
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = ()):
+        super().__init__()
+        self.in_features, self.out_features = in_features, num_classes
+        self.net = mlp(in_features, hidden, num_classes)
+
+    def dist(self, parent: Tensor) -> Distribution:
+        return OneHotCategorical(logits=self.net(parent), validate_args=False)
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        return (value * torch.log_softmax(self.net(parent), -1)).sum(-1)
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        return self.dist(parent.detach()).sample()
+
+    def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
+        if reparameterize:
+            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        logp = torch.log_softmax(self.net(parent), -1)
+        with torch.no_grad():
+            value = OneHotCategorical(logits=logp, validate_args=False).sample(sample_shape)
+        return value, (value * logp).sum(-1)
 
 
 class Prior(StochasticLayer):
@@ -266,3 +400,99 @@ class GaussianPrior(Prior):
 
     def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
         return self.loc.expand(*batch_shape, -1)
+
+
+class CategoricalPrior(Prior):
+    """One-hot categorical prior c ~ Cat(π), π = softmax(logits) with learned logits (uniform
+    at initialisation).  With a ``GaussianLayer(num_classes, d)`` below it (mean and log-scale
+    affine in the one-hot c, i.e. one (μ_c, σ_c) per component) it is a Gaussian mixture prior
+    with learned weights, means and scales (the hierarchical model of ALWS §7.6).
+
+    Args:
+        num_classes: number of categories (the one-hot width).
+        learn: learn the logits (else a uniform buffer).
+    """
+
+    discrete = True
+
+    def __init__(self, num_classes: int, learn: bool = True):
+        super().__init__()
+        self.out_features = num_classes
+        logits = torch.zeros(num_classes)
+        if learn:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+
+    @property
+    def probs(self) -> Tensor:
+        """π = softmax(logits) [num_classes]."""
+        return torch.softmax(self.logits, -1)
+
+    def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
+        return OneHotCategorical(logits=self.logits.expand(*batch_shape, -1), validate_args=False)
+
+    def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return (value * torch.log_softmax(self.logits, -1)).sum(-1)
+
+    def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        return OneHotCategorical(logits=self.logits.detach(), validate_args=False).sample(batch_shape)
+
+    def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return self.probs.expand(*batch_shape, -1)
+
+
+class CirclePrior(Prior):
+    """An angle on the unit circle, z = (sin a, cos a) [*, 2], with a von Mises distribution in
+    natural parameters ν ∈ R²:  log p(z) = ν·z − log(2π I₀(‖ν‖)), nats, density with respect to
+    arc length (so a = atan2(z₀, z₁) has the von Mises density with mean direction
+    atan2(ν₀, ν₁) and concentration κ = ‖ν‖).  ν = 0 is the uniform angle a ~ U[−π, π) of the
+    ALWS paper's non-Euclidean latent (Wenliang et al. 2020, §5.2; ALGORITHMS.md §7.2).
+
+    Args:
+        learn: learn ν (starting at 0, the uniform angle); else ν stays 0.
+
+    Samples are not reparameterisable (use ALWS, RWS or wake-sleep).
+    """
+
+    def __init__(self, learn: bool = False):
+        super().__init__()
+        self.out_features = 2
+        nu = torch.zeros(2)
+        if learn:
+            self.natural = nn.Parameter(nu)
+        else:
+            self.register_buffer("natural", nu)
+
+    def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
+        raise NotImplementedError(
+            "CirclePrior has no torch.distributions object on z; use angle_dist() for the angle a"
+        )
+
+    def _kappa(self) -> Tensor:
+        # sqrt(κ² + tiny): finite gradient at ν = 0, where ∇ log I₀(κ) = 0.
+        return torch.sqrt(self.natural.square().sum() + 1e-30)
+
+    def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        kappa = self._kappa()
+        log_norm = math.log(2 * math.pi) + torch.log(torch.special.i0e(kappa)) + kappa
+        return (value * self.natural).sum(-1) - log_norm
+
+    def angle_dist(self) -> Distribution:
+        """The von Mises distribution of the angle a (no gradient)."""
+        nu = self.natural.detach()
+        return VonMises(torch.atan2(nu[0], nu[1]), self._kappa().detach().clamp_min(1e-8), validate_args=False)
+
+    def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
+        if reparameterize:
+            raise ValueError("CirclePrior samples cannot be reparameterised; use ALWS, RWS or wake-sleep")
+        a = self.angle_dist().sample(batch_shape)
+        return torch.stack([torch.sin(a), torch.cos(a)], -1)
+
+    def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        """E[z] = (I₁(κ)/I₀(κ)) ν/κ."""
+        kappa = self._kappa()
+        ratio = torch.special.i1e(kappa) / torch.special.i0e(kappa)
+        return (ratio * self.natural / kappa).expand(*batch_shape, -1)

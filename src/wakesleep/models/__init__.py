@@ -1,5 +1,6 @@
-"""Generative models paired with recognition models (proposals)."""
+"""Generative models paired with recognition models (proposals), and the protocol ALWS trains."""
 
 from wakesleep.models.helmholtz import HelmholtzMachine
+from wakesleep.models.protocol import ALWSModel, ExponentialFamilyModel
 
-__all__ = ["HelmholtzMachine"]
+__all__ = ["ALWSModel", "ExponentialFamilyModel", "HelmholtzMachine"]

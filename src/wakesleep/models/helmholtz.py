@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from wakesleep.layers import (
     BernoulliLayer,
     BernoulliPrior,
+    CategoricalLayer,
+    CategoricalPrior,
     GaussianLayer,
     GaussianPrior,
     Prior,
@@ -38,7 +40,9 @@ class HelmholtzMachine(nn.Module):
     Args:
         prior: the top layer p_θ(z_L).
         generative: ``[p(x | z_1), p(z_1 | z_2), …, p(z_{L-1} | z_L)]`` (bottom first).
-        recognition: ``[q(z_1 | x), q(z_2 | z_1), …, q(z_L | z_{L-1})]`` (bottom first).
+        recognition: ``[q(z_1 | x), q(z_2 | z_1), …, q(z_L | z_{L-1})]`` (bottom first), or
+            ``None`` for a generative model without a proposal (e.g. a latent on the circle,
+            :class:`~wakesleep.layers.CirclePrior`), trainable by ALWS only.
         config: the builder arguments, kept so a checkpoint can rebuild the model
             (:meth:`from_config`).
 
@@ -50,12 +54,13 @@ class HelmholtzMachine(nn.Module):
         self,
         prior: Prior,
         generative: Sequence[StochasticLayer],
-        recognition: Sequence[StochasticLayer],
+        recognition: Sequence[StochasticLayer] | None,
         config: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if len(generative) != len(recognition) or not generative:
-            raise ValueError("need one generative and one recognition layer per latent layer")
+        recognition = [] if recognition is None else recognition
+        if not generative or (recognition and len(generative) != len(recognition)):
+            raise ValueError("need one generative (and, with a proposal, one recognition) layer per latent layer")
         self.prior = prior
         self.generative = nn.ModuleList(generative)
         self.recognition = nn.ModuleList(recognition)
@@ -63,9 +68,10 @@ class HelmholtzMachine(nn.Module):
         sizes = [generative[0].out_features] + [g.in_features for g in generative]
         if sizes[-1] != prior.out_features:
             raise ValueError(f"top generative layer takes {sizes[-1]} units but the prior has {prior.out_features}")
-        for i, (g, r) in enumerate(zip(generative, recognition)):
+        for i, g in enumerate(generative):
             if i > 0 and g.out_features != generative[i - 1].in_features:
                 raise ValueError(f"generative layer {i} emits {g.out_features} units, layer below takes {generative[i - 1].in_features}")
+        for i, r in enumerate(recognition):
             if (r.in_features, r.out_features) != (sizes[i], sizes[i + 1]):
                 raise ValueError(f"recognition layer {i} maps {r.in_features}->{r.out_features}, expected {sizes[i]}->{sizes[i + 1]}")
         self.data_dim = sizes[0]
@@ -123,15 +129,43 @@ class HelmholtzMachine(nn.Module):
         return cls(GaussianPrior(sizes[-1], learn=learn_prior), gen, rec, cfg)
 
     @classmethod
-    def factor_analysis(cls, data_dim: int, latent_dim: int) -> "HelmholtzMachine":
-        """Factor analysis: z ~ N(0, I), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
+    def factor_analysis(cls, data_dim: int, latent_dim: int, learn_prior: bool = False) -> "HelmholtzMachine":
+        """Factor analysis: z ~ N(μ₀, diag s²), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
 
-        The marginal p(x) = N(b, W Wᵀ + diag σ²) is closed-form (:func:`wakesleep.exact.log_likelihood`).
+        μ₀ = 0, s = 1 unless ``learn_prior`` (then they are parameters, e.g. to test prior-parameter
+        gradients).  The marginal p(x) = N(W μ₀ + b, W diag(s²) Wᵀ + diag σ²) is closed-form
+        (:func:`wakesleep.evaluate.exact_log_marginal`).
         """
         gen = [GaussianLayer(latent_dim, data_dim, (), scale="learned")]
         rec = [GaussianLayer(data_dim, latent_dim, ())]
         cfg = {"kind": "factor_analysis", "data_dim": data_dim, "latent_dim": latent_dim}
-        return cls(GaussianPrior(latent_dim), gen, rec, cfg)
+        if learn_prior:
+            cfg["learn_prior"] = True
+        return cls(GaussianPrior(latent_dim, learn=learn_prior), gen, rec, cfg)
+
+    @classmethod
+    def mixture(
+        cls,
+        data_dim: int,
+        latent_dim: int,
+        components: int,
+        hidden: Sequence[int] = (50, 50),
+        q_hidden: Sequence[int] = (50, 50),
+    ) -> "HelmholtzMachine":
+        """Hierarchical mixture (the ALWS paper's pinwheel model, §5.6; ALGORITHMS.md §7.6):
+        c ~ Cat(π) (one-hot, learned π), y | c ~ N(μ_c, diag σ_c²), x | y ~ N(MLP(y), diag σ²)
+        with learned σ; proposal q(y | x) Gaussian, q(c | y) categorical, both MLPs.
+
+        Latents zs = [y [.., latent_dim], c [.., components]].
+        """
+        gen = [
+            GaussianLayer(latent_dim, data_dim, hidden, scale="learned"),
+            GaussianLayer(components, latent_dim, ()),  # affine in one-hot c: one (μ_c, log σ_c) each
+        ]
+        rec = [GaussianLayer(data_dim, latent_dim, q_hidden), CategoricalLayer(latent_dim, components, q_hidden)]
+        cfg = {"kind": "mixture", "data_dim": data_dim, "latent_dim": latent_dim, "components": components,
+               "hidden": list(hidden), "q_hidden": list(q_hidden)}
+        return cls(CategoricalPrior(components), gen, rec, cfg)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "HelmholtzMachine":
@@ -142,7 +176,7 @@ class HelmholtzMachine(nn.Module):
         """
         cfg = dict(config)
         kind = cfg.pop("kind", None)
-        builders = {"sbn": cls.sbn, "gaussian": cls.gaussian, "factor_analysis": cls.factor_analysis}
+        builders = {"sbn": cls.sbn, "gaussian": cls.gaussian, "factor_analysis": cls.factor_analysis, "mixture": cls.mixture}
         if kind not in builders:
             raise ValueError(f"model config has kind {kind!r}; expected one of {sorted(builders)}")
         return builders[kind](**cfg)
@@ -164,7 +198,7 @@ class HelmholtzMachine(nn.Module):
     @property
     def binary_data(self) -> bool:
         """True when p(x | z_1) is Bernoulli (data must be in {0, 1})."""
-        return bool(self.generative[0].discrete)
+        return bool(getattr(self.generative[0], "binary", self.generative[0].discrete))
 
     def p_parameters(self) -> list[nn.Parameter]:
         """θ: the generative model's parameters (prior and generative layers)."""
@@ -219,7 +253,36 @@ class HelmholtzMachine(nn.Module):
             lp = lp + self.generative[i].log_prob(zs[i - 1], zs[i])
         return lp
 
+    # ------------------------------------- exponential-family view (for ALWS)
+    @property
+    def has_exponential_family(self) -> bool:
+        """True when p(x | z_1) offers the exponential-family view (Bernoulli, Gaussian, Poisson)."""
+        return hasattr(self.generative[0], "exponential_family")
+
+    def exponential_family(self, zs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Natural parameters η_θ(z_1) [.., S] and log-normaliser Ψ_θ(z_1) [..] (nats) of p(x | z_1),
+        so that log p(x | z_1) = η·S(x) − Ψ + log h(x).  Raises ``ValueError`` if the likelihood has no such view."""
+        if not self.has_exponential_family:
+            raise ValueError(f"{type(self.generative[0]).__name__} has no exponential-family view; use ALWS(target='generic')")
+        return self.generative[0].exponential_family(zs[0])
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        """S(x) [.., S] of p(x | z_1) (see :meth:`exponential_family`)."""
+        if not self.has_exponential_family:
+            raise ValueError(f"{type(self.generative[0]).__name__} has no exponential-family view; use ALWS(target='generic')")
+        return self.generative[0].sufficient_statistics(x)
+
     # ---------------------------------------------------------- proposal side
+    @property
+    def has_proposal(self) -> bool:
+        """False for a model built with ``recognition=None``."""
+        return len(self.recognition) > 0
+
+    def _check_proposal(self) -> None:
+        if not self.has_proposal:
+            raise ValueError("this model has no proposal q(z | x) (built with recognition=None): "
+                             "train it with ALWS, or build it with recognition layers to use RWS/WS/VAE or importance sampling")
+
     def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[list[Tensor], Tensor]:
         """Draw K particles z ~ q_φ(z | x) and their log-density.
 
@@ -237,6 +300,7 @@ class HelmholtzMachine(nn.Module):
         """
         if k < 1:
             raise ValueError(f"the number of particles k must be >= 1, got {k}")
+        self._check_proposal()
         z, log_q = self.recognition[0].sample_and_log_prob(x, (k,), reparameterize)
         zs = [z]
         for layer in self.recognition[1:]:
@@ -247,6 +311,7 @@ class HelmholtzMachine(nn.Module):
 
     def log_proposal(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
         """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l])."""
+        self._check_proposal()
         lq = self.recognition[0].log_prob(zs[0], x)
         for i in range(1, len(self.recognition)):
             lq = lq + self.recognition[i].log_prob(zs[i], zs[i - 1])
