@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/wakesleep train --algorithm rws --dataset digits --run-dir runs/digits-rws
+	$(VENV)/bin/wakesleep train --algorithm rws --dataset digits --run-dir runs/digits-rws --overwrite
 
 test: setup
 	WAKESLEEP_DATA_DIR=$${WAKESLEEP_DATA_DIR:-$(abspath ..)/shared/data} $(PY) -m pytest -q

@@ -19,7 +19,9 @@ from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import log_likelihood
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, load_checkpoint, train
+from wakesleep.train import (
+    BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, fault_point, load_checkpoint, train,
+)
 
 CONFIG, SUMMARY, SAMPLES, CURVES = "config.json", "summary.json", "samples.png", "curves.png"
 
@@ -72,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid-k", type=_positive_int, default=100, help="particles for the validation log-likelihood each epoch")
     t.add_argument("--patience", type=_positive_int, default=10, help="epochs without validation improvement before stopping")
     t.add_argument("--max-seconds", type=_positive_float, default=None, help="wall-clock training budget, seconds")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None, help="also checkpoint every this many steps within an epoch")
     t.add_argument("--clock", choices=["wall", "process"], default="wall", help="what --max-seconds counts: elapsed time, or this process's CPU time")
     t.add_argument("--test-k", type=_positive_int, default=5000, help="particles for the final test log-likelihood (default: 5000)")
     t.add_argument("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<algorithm>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted)")
     t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -185,8 +189,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume:
         if not (run / CONFIG).is_file():
             raise CheckpointError(f"cannot resume: {run} has no {CONFIG}; start the run without --resume")
-        config = json.loads((run / CONFIG).read_text())
-        model = HelmholtzMachine.from_config(config["model"])
+        try:
+            config = json.loads((run / CONFIG).read_text())
+            model = HelmholtzMachine.from_config(config["model"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume: {run / CONFIG} is damaged ({e}); start a new run") from None
+        if not (run / CHECKPOINT).is_file():
+            # Stopped before its first checkpoint: nothing was trained yet, so start from the beginning.
+            print(f"{run} has no checkpoint yet; starting it from the beginning")
+            a.resume = False
     else:
         model = model_from_args(a, data.dim, data.binary)
         config = {
@@ -196,13 +207,16 @@ def cmd_train(a: argparse.Namespace) -> int:
             "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
             "train": {
                 "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "seed": a.seed,
-                "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock,
+                "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock, "checkpoint_every": a.checkpoint_every,
                 "nan_policy": "skip" if a.skip_nonfinite else "error",
             },
             "test_k": a.test_k,
         }
-        if (run / CHECKPOINT).exists():
-            raise UsageError(f"{run} already holds a run; pass --resume to continue it or choose another --run-dir")
+        if (run / CHECKPOINT).exists() or (run / CONFIG).exists():
+            if not a.overwrite:
+                raise UsageError(f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --run-dir")
+            for name in (CONFIG, CHECKPOINT, BEST, METRICS, SUMMARY, SAMPLES, CURVES):
+                (run / name).unlink(missing_ok=True)
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / CONFIG, json.dumps(config, indent=2))
     estimator = estimator_from(config["algorithm"], config["estimator"])
@@ -212,6 +226,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=a.resume)
     model.eval()
     test_k = config.get("test_k", a.test_k)
+    fault_point("evaluate")
     ll = log_likelihood(model, data.test, k=test_k, progress=not a.no_progress, seed=a.seed)
     summary = {
         "test_log_likelihood": ll.mean, "test_stderr": ll.stderr, "test_k": ll.k, "test_n": ll.n,

@@ -14,8 +14,9 @@ What each process does (see :func:`wakesleep.train.train`):
   ``torch.utils.data.DistributedSampler`` does; each step a rank takes ``batch_size / world``
   of its shard, so ``batch_size`` stays the global batch and a run means the same thing on any
   number of processes;
-- each rank draws its own particles and sleep samples: the global RNG is reseeded at the start of
-  every epoch from (seed, epoch, rank), which also makes a resumed run continue exactly;
+- each rank draws its own particles and sleep samples: its global RNG is seeded from (seed, rank)
+  at the start, and every rank's RNG state is saved in the checkpoint, so a resumed run with the
+  same number of processes continues exactly;
 - after ``backward()`` the gradients of the model and of the estimator are averaged over ranks by
   one all-reduce of a flat buffer (:func:`average_gradients`).  The estimators call model methods
   other than ``forward``, which ``DistributedDataParallel``'s hooks do not see; averaging
@@ -102,9 +103,9 @@ def shard(order: Tensor, rank: int, world_size: int) -> Tensor:
     return order[rank::world_size]
 
 
-def rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """The RNG seed of ``rank`` in ``epoch``: distinct across ranks and epochs, fixed by the run's seed."""
-    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729 + 1) % (2**63 - 1)
+def rank_seed(seed: int, rank: int) -> int:
+    """The RNG seed of ``rank`` in a run seeded by ``seed``: distinct across ranks."""
+    return (seed * 1_000_003 + rank * 104_729 + 1) % (2**63 - 1)
 
 
 def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
@@ -162,6 +163,16 @@ def broadcast_object(obj=None, src: int = 0):
     if isinstance(box[0], BaseException):
         raise box[0]
     return box[0]
+
+
+def gather_object(obj, dst: int = 0) -> list | None:
+    """Every rank's ``obj``, as a list indexed by rank, on rank ``dst`` (``None`` elsewhere)."""
+    rank, size = world()
+    if size == 1:
+        return [obj]
+    out = [None] * size if rank == dst else None
+    dist.gather_object(obj, out, dst)
+    return out
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

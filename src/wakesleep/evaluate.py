@@ -164,5 +164,10 @@ def exact_log_likelihood(model, data) -> LogLikelihood:
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
-    """ESS = (Σ_k w_k)² / Σ_k w_k² per datapoint, from log-weights [K, B]; returns [B] in [1, K]."""
-    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
+    """ESS = (Σ_k w_k)² / Σ_k w_k² = 1 / Σ_k w̃_k² per datapoint, from log-weights [K, B]; returns [B] in [1, K].
+
+    Computed from the normalised weights w̃ = softmax(log w), so it is exact however large the
+    log-weights are (no exp of an unnormalised value).
+    """
+    w = torch.softmax(log_w, 0)
+    return 1.0 / (w * w).sum(0)

@@ -4,8 +4,8 @@ early stopping, JSON-lines metrics, atomic checkpoints and resume.
 It knows nothing of any estimator's math: it asks the estimator for a surrogate loss, calls
 ``backward()`` and steps (:func:`train_step`).  Randomness is reproducible: the data order of
 epoch e comes from a generator seeded by (seed, e), and the global torch RNG state (CPU, and CUDA
-when the model is there) is saved with every checkpoint, so a resumed run carries on exactly where
-the stopped one left off.
+when the model is there; every rank's, under torchrun) is saved with every checkpoint, so a
+resumed run carries on exactly where the stopped one left off.
 
 The model's device is the run's device: move the model (``model.to("cuda")``) before calling
 :func:`train`; the data and the estimator follow it.  Under ``torchrun`` (a process group of more
@@ -58,6 +58,8 @@ class TrainConfig:
         valid_every: validate every this many epochs.
         patience: stop after this many validations without improvement (None: never).
         max_seconds: time budget for training, seconds (None: none), on ``clock``.
+        checkpoint_every: also checkpoint every this many steps within an epoch (None: only at
+            the end of each epoch); a resumed run continues from the exact step.
         clock: ``"wall"`` (elapsed time) or ``"process"`` (CPU time of this process, all threads:
             a budget that other jobs on a shared machine do not eat into).
         nan_policy: ``"error"`` stops with :class:`TrainingError` on a non-finite loss or
@@ -75,23 +77,33 @@ class TrainConfig:
     valid_every: int = 1
     patience: int | None = 10
     max_seconds: float | None = None
+    checkpoint_every: int | None = None
     clock: str = "wall"
     nan_policy: str = "error"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+        def count(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
+            if optional and v is None:
+                return
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("lr_p", "lr_q", "lr_estimator"):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, got {v!r}")
+
+        def positive(name: str, optional: bool = False) -> None:
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"patience must be an integer >= 1 or None, got {self.patience!r}")
-        if self.max_seconds is not None and not (self.max_seconds > 0):
-            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a positive finite number{' or None' if optional else ''}, got {v!r}")
+
+        for name in ("epochs", "batch_size", "valid_k", "valid_every"):
+            count(name)
+        for name in ("patience", "checkpoint_every"):
+            count(name, optional=True)
+        for name in ("lr_p", "lr_q", "lr_estimator"):
+            positive(name)
+        positive("max_seconds", optional=True)
         if self.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if self.nan_policy not in ("error", "skip"):
@@ -118,6 +130,33 @@ class FitResult:
     seconds: float = 0.0
 
 
+# ------------------------------------------------------------------ faults
+
+FAULT_ENV = "WAKESLEEP_INJECT_FAULT"
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability tests: ``WAKESLEEP_INJECT_FAULT=name:n`` makes the
+    process kill itself (SIGKILL, no clean-up) the n-th time it reaches point ``name``.
+
+    Points: ``step`` (after a step's backward, before the update), ``validate``,
+    ``write-<file name>`` (half of an atomic write's bytes written, e.g. ``write-checkpoint.pt``),
+    ``evaluate`` (the command line's final test evaluation).  Costs one dictionary lookup when the variable is unset.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.rpartition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -128,7 +167,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data[: len(data) // 2])
+            f.flush()
+            fault_point("write-" + path.name)
+            f.write(data[len(data) // 2 :])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -221,6 +263,7 @@ def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor) -> tuple
     out = estimator(model, x)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    fault_point("step")
     params = [p for g in opt.param_groups for p in g["params"]]
     loss = out.loss.detach()
     if distributed.world()[1] > 1:
@@ -303,7 +346,11 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     opt = build_optimizer(model, estimator, cfg)
     result = FitResult()
-    start_epoch, since_best, elapsed = 0, 0, 0.0
+    start_epoch, start_batch, since_best, elapsed = 0, 0, 0, 0.0
+    sums: dict[str, Tensor] = {}  # running sums of the epoch's metrics (kept in mid-epoch checkpoints)
+    count = 0
+    if world_size > 1:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, rank))  # each rank its own particles
     if resume:
         if run is None:
             raise ValueError("resume needs a run_dir")
@@ -320,10 +367,10 @@ def train(
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{run / CHECKPOINT} does not match this model/estimator: {e}") from None
-        torch.set_rng_state(ckpt["rng"])
-        if param.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], param.device)
+        _set_rng_states(ckpt, rank, world_size, param.device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
+        start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)
+        sums = {k: torch.tensor(v, dtype=torch.float64, device=param.device) for k, v in ckpt.get("sums", {}).items()}
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         if main:
@@ -336,24 +383,59 @@ def train(
     distributed.broadcast_state([model, estimator])  # identical starting points on every rank
 
     n = train_data.shape[0]
-    shard_size = math.ceil(n / world_size)
-    local_batch = cfg.batch_size // world_size
-    steps_per_epoch = math.ceil(shard_size / local_batch)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not (cfg.progress and main),
+    local_batch = cfg.batch_size // world_size  # each rank's share of the global batch
+    steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_batch, disable=not (cfg.progress and main),
                desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
     now = time.perf_counter if cfg.clock == "wall" else time.process_time
     t0 = now() - elapsed
-    step = start_epoch * steps_per_epoch
+    step = start_epoch * steps_per_epoch + start_batch
     result.stopped = "epochs"
+
+    def save(epoch_done: int, batch: int, finished: bool) -> None:
+        """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
+        every rank (the RNG states are gathered), written by rank 0."""
+        rng = _rng_states(param.device)
+        rank_rng = distributed.gather_object(rng) if world_size > 1 else None
+        if not main:
+            return
+        atomic_torch_save(
+            {
+                "format": "wakesleep-checkpoint-1",
+                "model": model.state_dict(),
+                "model_config": getattr(model, "config", None),
+                "estimator": estimator.state_dict(),
+                "estimator_settings": estimator.settings(),
+                "optimizer": opt.state_dict(),
+                "rng": rng["cpu"],
+                "cuda_rng": rng["cuda"],
+                "rank_rng": rank_rng,
+                "world_size": world_size,
+                "epoch": epoch_done,
+                "batch": batch,
+                "sums": {k: float(v) for k, v in sums.items()},
+                "count": count,
+                "since_best": since_best,
+                "seconds": now() - t0,
+                "history": result.history,
+                "best_valid": result.best_valid,
+                "best_epoch": result.best_epoch,
+                "skipped_steps": result.skipped_steps,
+                "train_config": asdict(cfg),
+                "finished": finished,
+                "stopped": result.stopped,
+            },
+            run / CHECKPOINT,
+        )
+
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         order = distributed.shard(torch.randperm(n, generator=gen), rank, world_size).to(train_data.device)
-        if world_size > 1:
-            torch.manual_seed(distributed.rank_seed(cfg.seed, epoch, rank))  # own particles per rank
         model.train()
-        sums: dict[str, Tensor] = {}
-        count = 0
-        for b in range(steps_per_epoch):
+        first = start_batch if epoch == start_epoch else 0
+        if first == 0:
+            sums, count = {}, 0
+        for b in range(first, steps_per_epoch):
             x = train_data[order[b * local_batch : (b + 1) * local_batch]]
             out, bad = train_step(model, estimator, opt, x)
             step += 1
@@ -375,8 +457,11 @@ def train(
             for key, v in out.metrics.items():  # summed on the device: no synchronisation per step
                 v = v.detach().to(torch.float64)
                 sums[key] = sums[key] + v if key in sums else v
+            bar.update(1)
+            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                save(epoch, b + 1, False)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        if world_size > 1:
+        if world_size > 1:  # means over every rank's steps
             keys = sorted(sums)
             total = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), dtype=torch.float64, device=param.device)]))
             record.update({f"train_{k}": float(v) / max(float(total[-1]), 1.0) for k, v in zip(keys, total[:-1])})
@@ -385,6 +470,7 @@ def train(
         improved = False
         if main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
+            fault_point("validate")
             ll = log_likelihood(model, valid, k=cfg.valid_k)
             record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
             if result.best_valid is None or ll.mean > result.best_valid:
@@ -404,34 +490,13 @@ def train(
             result.stopped = "time"
         result.stopped = distributed.broadcast_object(result.stopped)  # rank 0 decides for all
         finished = result.stopped != "epochs" or epoch + 1 == cfg.epochs
-        if run is not None and main:
-            if improved or (valid is None):
+        if run is not None:
+            if main and (improved or valid is None):
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
-            atomic_torch_save(
-                {
-                    "format": "wakesleep-checkpoint-1",
-                    "model": model.state_dict(),
-                    "model_config": getattr(model, "config", None),
-                    "estimator": estimator.state_dict(),
-                    "estimator_settings": estimator.settings(),
-                    "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(param.device) if param.device.type == "cuda" else None,
-                    "world_size": world_size,
-                    "epoch": epoch + 1,
-                    "since_best": since_best,
-                    "seconds": record["time"],
-                    "history": result.history,
-                    "best_valid": result.best_valid,
-                    "best_epoch": result.best_epoch,
-                    "skipped_steps": result.skipped_steps,
-                    "train_config": asdict(cfg),
-                    "finished": finished,
-                    "stopped": result.stopped,
-                },
-                run / CHECKPOINT,
-            )
-            write_jsonl(run / METRICS, result.history)
+            sums, count = {}, 0
+            save(epoch + 1, 0, finished)
+            if main:
+                write_jsonl(run / METRICS, result.history)
         if finished:
             break
     bar.close()
@@ -445,6 +510,24 @@ def _read_checkpoint_or_error(path: Path):
         return load_checkpoint(path)
     except CheckpointError as e:
         return e
+
+
+def _rng_states(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_states(ckpt: dict, rank: int, world_size: int, device: torch.device) -> None:
+    """Restore this rank's RNG state from a checkpoint: its own where the checkpoint was written
+    by as many processes; otherwise (another world size) a fresh per-rank seed, which continues
+    the run statistically but not bit for bit."""
+    states = ckpt.get("rank_rng")
+    if world_size > 1 and not (states and len(states) == world_size):
+        torch.manual_seed(distributed.rank_seed(ckpt["train_config"].get("seed", 0) + ckpt["epoch"], rank))
+        return
+    state = states[rank] if world_size > 1 else {"cpu": ckpt["rng"], "cuda": ckpt.get("cuda_rng")}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _finish(model, run: Path | None, best_state: dict | None) -> None:

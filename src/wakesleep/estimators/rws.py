@@ -38,7 +38,8 @@ class RWS(Estimator):
         ValueError: for k < 1 or an unknown q_update.
 
     Metrics: ``objective`` = mean_b log (1/K) Σ_k w_k (the IWAE bound, nats per datapoint),
-    ``ess`` = mean effective sample size of the K particles.
+    ``ess`` = mean effective sample size of the K particles, and ``dead_datapoints`` when some
+    datapoint's K log-weights are all −inf (it then contributes no gradient).
     """
 
     name = "rws"
@@ -58,10 +59,14 @@ class RWS(Estimator):
         zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
         log_p = model.log_joint(x, zs)  # carries ∇θ only
         log_w = (log_p - log_q).detach()
-        w = torch.softmax(log_w, dim=0)  # per datapoint: normalise over K (dim 0) only
-        loss = -(w * log_p).sum(0).mean()
+        # A datapoint whose K log-weights are all −inf carries no information: weight it 0 rather
+        # than let softmax return NaN (0·(−inf) is guarded by the where below).
+        dead = torch.isneginf(log_w).all(0)
+        w = torch.softmax(log_w.masked_fill(dead, 0.0), dim=0).masked_fill(dead, 0.0)  # per datapoint, over K
+        live = ~dead  # NaN weights stay NaN, so the trainer still sees them
+        loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
         if self.q_update != "sleep":
-            wake_phi = -(w * log_q).sum(0).mean()
+            wake_phi = -torch.where(live, w * log_q, 0.0).sum(0).mean()
         if self.q_update != "wake":
             sleep_phi = sleep_phase_loss(model, self.sleep_batch or x.shape[0])
         if self.q_update == "wake":
@@ -71,5 +76,8 @@ class RWS(Estimator):
         else:
             loss = loss + 0.5 * (wake_phi + sleep_phi)
         objective = (torch.logsumexp(log_w, 0) - math.log(self.k)).mean()
-        ess = (1.0 / (w * w).sum(0)).mean()
-        return EstimatorOutput(loss, {"objective": objective, "ess": ess})
+        ess = (1.0 / (w * w).sum(0))[~dead].mean()
+        metrics = {"objective": objective, "ess": ess}
+        if dead.any():
+            metrics["dead_datapoints"] = dead.sum().to(log_w.dtype)
+        return EstimatorOutput(loss, metrics)
