@@ -370,7 +370,9 @@ def train(
         _set_rng_states(ckpt, rank, world_size, param.device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
         start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)
-        sums = {k: torch.tensor(v, dtype=torch.float64, device=param.device) for k, v in ckpt.get("sums", {}).items()}
+        ranks = ckpt.get("ranks") or []
+        saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
+        sums = {k: torch.tensor(v, dtype=torch.float64, device=param.device) for k, v in saved.items()}
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         if main:
@@ -396,7 +398,8 @@ def train(
         """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
         every rank (the RNG states are gathered), written by rank 0."""
         rng = _rng_states(param.device)
-        rank_rng = distributed.gather_object(rng) if world_size > 1 else None
+        # Every rank's RNG state and partial metric sums, for an exact resume.
+        ranks = distributed.gather_object({"rng": rng, "sums": {k: float(v) for k, v in sums.items()}}) if world_size > 1 else None
         if not main:
             return
         atomic_torch_save(
@@ -409,7 +412,7 @@ def train(
                 "optimizer": opt.state_dict(),
                 "rng": rng["cpu"],
                 "cuda_rng": rng["cuda"],
-                "rank_rng": rank_rng,
+                "ranks": ranks,
                 "world_size": world_size,
                 "epoch": epoch_done,
                 "batch": batch,
@@ -520,11 +523,11 @@ def _set_rng_states(ckpt: dict, rank: int, world_size: int, device: torch.device
     """Restore this rank's RNG state from a checkpoint: its own where the checkpoint was written
     by as many processes; otherwise (another world size) a fresh per-rank seed, which continues
     the run statistically but not bit for bit."""
-    states = ckpt.get("rank_rng")
-    if world_size > 1 and not (states and len(states) == world_size):
+    ranks = ckpt.get("ranks")
+    if world_size > 1 and not (ranks and len(ranks) == world_size):
         torch.manual_seed(distributed.rank_seed(ckpt["train_config"].get("seed", 0) + ckpt["epoch"], rank))
         return
-    state = states[rank] if world_size > 1 else {"cpu": ckpt["rng"], "cuda": ckpt.get("cuda_rng")}
+    state = ranks[rank]["rng"] if world_size > 1 else {"cpu": ckpt["rng"], "cuda": ckpt.get("cuda_rng")}
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
