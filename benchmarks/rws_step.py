@@ -10,14 +10,18 @@ an Adam step over every parameter.  For each model the script times, in this one
   ``RenyiELBO(alpha=0)`` (the IWAE bound) for IWAE.  Pyro's two objectives normalise the weights
   once per batch, not per datapoint, so they compute a different (wrong) estimator at the same
   cost; the timing comparison is still like for like;
+- **the ceiling**: Pyro's time divided by the time our step's matrix products alone would take at
+  the machine's rate: the most any step doing those products could gain over Pyro;
 - **the machine**: one large ``torch.mm`` (n × n by n × n, 2n³ FLOPs).  The step's matmul FLOPs
   (every ``mm``/``addmm``/``bmm`` in the forward and backward pass, counted by
   ``torch.utils.flop_counter``) divided by the step's time is the rate the step attains.
 
 Times are medians over ``--repeats`` steps after ``--warmup`` steps.  They are CPU time of this
-thread (``time.thread_time``) by default, which other people's jobs on a shared machine do not
-inflate, with one intra-op thread; ``--clock wall`` uses elapsed time instead.  Ours and Pyro's
-steps are interleaved in rounds so that a slow patch of the machine hits both.
+thread (``time.thread_time``) by default, which other people's jobs on a shared machine inflate
+far less than elapsed time (they still compete for caches and memory bandwidth), with one
+intra-op thread; ``--clock wall`` uses elapsed time instead.  Ours, Pyro's steps and the large
+``torch.mm`` are interleaved in rounds so that a slow patch of the machine hits all of them.
+Subnormal floats are flushed to zero for both sides (see ``main``).
 
     PYTHONPATH=src python benchmarks/rws_step.py                 # all three models
     PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 --compile
@@ -128,18 +132,14 @@ def matmul_flops(step) -> int:
     return counter.get_total_flops()
 
 
-def machine_rate(device, clock, n: int = 2048, repeats: int = 15) -> float:
-    """FLOP/s of one n × n by n × n ``torch.mm`` (median over repeats)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    t = timed(lambda: torch.mm(a, b), clock, device, warmup=3, repeats=repeats)
-    return 2 * n**3 / t
+MM_N = 2048
 
 
-def timed(fn, clock, device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(sample_times(fn, clock, device, repeats))
+def big_mm(device):
+    """One n × n by n × n ``torch.mm`` (2n³ FLOPs), n = ``MM_N``."""
+    a = torch.randn(MM_N, MM_N, device=device)
+    b = torch.randn(MM_N, MM_N, device=device)
+    return lambda: torch.mm(a, b)
 
 
 def sample_times(fn, clock, device, repeats: int) -> list[float]:
@@ -176,9 +176,9 @@ def main(argv=None) -> None:
     device = torch.device(a.device)
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    rate = machine_rate(device, a.clock)
-    print(f"torch {torch.__version__}, device {device}, {a.threads} thread(s), clock={a.clock}")
-    print(f"machine: torch.mm 2048x2048: {rate / 1e9:.1f} GFLOP/s")
+    mm = big_mm(device)
+    mm()  # warm-up
+    mm_times = []
     rows = []
     for name in a.models:
         build, make_est, algorithm = MODELS[name]
@@ -197,21 +197,29 @@ def main(argv=None) -> None:
                 fn()
         times = {k: [] for k in sides}
         for _ in range(max(1, a.repeats // 10)):
+            mm_times += sample_times(mm, a.clock, device, 2)
             for k, fn in sides.items():
                 times[k] += sample_times(fn, a.clock, device, 10)
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((name, flops, med))
+        pyro_flops = matmul_flops(sides["pyro"]) if "pyro" in sides else None
+        rows.append((name, flops, pyro_flops, med))
 
+    rate = 2 * MM_N**3 / statistics.median(mm_times)
+    print(f"torch {torch.__version__}, device {device}, {a.threads} thread(s), clock={a.clock}")
+    print(f"machine: torch.mm {MM_N}x{MM_N}: {rate / 1e9:.1f} GFLOP/s (median of {len(mm_times)}, interleaved with the steps)")
     print()
-    print(f"| model, estimator | ours, ms | step GFLOP/s (matmul) | / machine | Pyro, ms | Pyro / ours |{' compiled, ms |' if a.compile else ''}")
-    print(f"|---|---|---|---|---|---|{'---|' if a.compile else ''}")
-    for name, flops, med in rows:
+    print(f"| model, estimator | ours, ms | step GFLOP/s (matmul) | / machine | Pyro, ms | Pyro / ours | ceiling |{' compiled, ms |' if a.compile else ''}")
+    print(f"|---|---|---|---|---|---|---|{'---|' if a.compile else ''}")
+    for name, flops, pyro_flops, med in rows:
         ours = med["ours"]
         step_rate = flops / ours
         pyro = med.get("pyro")
         cells = [
             LABELS[name], f"{ours * 1e3:.2f}", f"{step_rate / 1e9:.1f} ({flops / 1e6:.0f} MFLOP)", f"{step_rate / rate:.2f}",
             f"{pyro * 1e3:.2f}" if pyro else "n/a", f"{pyro / ours:.1f}x" if pyro else "n/a",
+            # Pyro's time over the time of our matmuls alone at the machine's rate: no step that
+            # does these products can beat Pyro by more than this.
+            f"{pyro / (flops / rate):.1f}x (Pyro: {pyro_flops / 1e6:.0f} MFLOP)" if pyro else "n/a",
         ]
         if a.compile:
             c = med["ours, compiled"]
