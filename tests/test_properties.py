@@ -137,7 +137,7 @@ def bad_binary_data(draw):
         return fault, x[:0]
     i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, 11))
     x[i, j] = {"nan": np.nan, "inf": draw(st.sampled_from([np.inf, -np.inf])),
-               "nonbinary": draw(st.floats(-1e6, 1e6).filter(lambda v: v not in (0.0, 1.0)))}[fault]
+               "nonbinary": draw(st.floats(-1e6, 1e6).filter(lambda v: float(np.float32(v)) not in (0.0, 1.0)))}[fault]
     return fault, x
 
 

@@ -24,7 +24,7 @@ from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.train import (
-    BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, fault_point, load_checkpoint, train,
+    BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, fault_point, load_checkpoint, load_model_state, train,
 )
 
 CONFIG, SUMMARY, SAMPLES, CURVES = "config.json", "summary.json", "samples.png", "curves.png"
@@ -131,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 def model_from_args(a: argparse.Namespace, data_dim: int, binary: bool) -> HelmholtzMachine:
     sizes = [data_dim, *a.layers]
     likelihood = a.likelihood or ("bernoulli" if binary else "gaussian")
+    if a.model == "sbn":
+        likelihood = a.likelihood or "bernoulli"
     if likelihood == "bernoulli" and not binary:
-        raise UsageError("this data is not binary: a Bernoulli likelihood needs values in {0, 1}; use --likelihood gaussian")
+        raise UsageError("this data is not binary, but the model's likelihood is Bernoulli (values in {0, 1}): "
+                         "binarise the data (e.g. x > 0.5), or use --model gaussian --likelihood gaussian")
     if a.model == "sbn":
         if likelihood != "bernoulli":
             raise UsageError("--model sbn has a Bernoulli likelihood; use --model gaussian --likelihood gaussian for real-valued data")
@@ -183,9 +186,9 @@ def load_run(run: Path):
     else:
         state = load_checkpoint(run / CHECKPOINT)["model"]
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"the parameters in {run} do not fit the model in {cfg_path}: {e}") from None
+        load_model_state(model, state, run)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; the parameters do not fit the model in {cfg_path}") from None
     return model, config
 
 

@@ -213,6 +213,26 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:
+    """``module.load_state_dict(state)``, with a one-line :class:`CheckpointError` naming ``source``
+    and the first mismatch (missing/unexpected key, or shapes) instead of torch's multi-line error."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} holds no {what} parameters")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        if shapes:
+            k = shapes[0]
+            first = f"{k} has shape {tuple(state[k].shape)} there but {tuple(own[k].shape)} here"
+        else:
+            first = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        n = len(missing) + len(unexpected) + len(shapes)
+        raise CheckpointError(f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with")
+    module.load_state_dict(state)
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -361,12 +381,12 @@ def train(
                 f"{run / CHECKPOINT} was written for model {ckpt.get('model_config')}, not {getattr(model, 'config', None)}; "
                 "use the same model settings, or a new run directory"
             )
+        load_model_state(model, ckpt.get("model"), run / CHECKPOINT)
+        load_model_state(estimator, ckpt.get("estimator"), run / CHECKPOINT, "estimator")
         try:
-            model.load_state_dict(ckpt["model"])
-            estimator.load_state_dict(ckpt["estimator"])
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{run / CHECKPOINT} does not match this model/estimator: {e}") from None
+            raise CheckpointError(f"the optimiser state in {run / CHECKPOINT} does not fit this model ({str(e).splitlines()[0]})") from None
         _set_rng_states(ckpt, rank, world_size, param.device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
         start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)

@@ -63,7 +63,7 @@ class RWS(Estimator):
         # than let softmax return NaN (0·(−inf) is guarded by the where below).
         dead = torch.isneginf(log_w).all(0)
         w = torch.softmax(log_w.masked_fill(dead, 0.0), dim=0).masked_fill(dead, 0.0)  # per datapoint, over K
-        live = ~dead  # NaN weights stay NaN, so the trainer still sees them
+        live = w != 0  # zero weight: no term, even where log p = −inf; NaN weights stay, for the trainer to see
         loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
         if self.q_update != "sleep":
             wake_phi = -torch.where(live, w * log_q, 0.0).sum(0).mean()
