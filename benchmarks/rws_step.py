@@ -48,11 +48,13 @@ MODELS = {
     "sbn1": (lambda: ws.HelmholtzMachine.sbn([784, 200]), lambda: ws.RWS(k=K), "rws"),
     "sbn2": (lambda: ws.HelmholtzMachine.sbn([784, 200, 200]), lambda: ws.RWS(k=K), "rws"),
     "gauss": (lambda: ws.HelmholtzMachine.gaussian([784, 50], hidden=(200, 200)), lambda: ws.IWAE(k=K), "iwae"),
+    "sbn1-ws": (lambda: ws.HelmholtzMachine.sbn([784, 200]), lambda: ws.WakeSleep(), None),
 }
 LABELS = {
     "sbn1": "SBN 784-200, RWS",
     "sbn2": "SBN 784-200-200, RWS",
     "gauss": "Gaussian 784-[200,200]-50, IWAE",
+    "sbn1-ws": "SBN 784-200, wake-sleep (no Pyro counterpart)",
 }
 
 
