@@ -6,6 +6,8 @@
   the batch and over the sleep samples, so the mean of the two shard losses *is* the loss of the
   union batch (with the union of the particles and of the sleep samples); one Adam step on it from
   the same start must give the ranks' parameters to rounding (float64).
+- The same for ALWS's step (model and kernel) with the same sleep samples on both ranks (skipped
+  where ``wakesleep.estimators.alws`` is not installed).
 - A two-process run killed mid-epoch resumes from its checkpoint to exactly the parameters and
   metrics of an uninterrupted two-process run (every rank's RNG state and partial metric sums are
   saved): through the Python API with ``torch.multiprocessing``, and (``-m slow``) through
@@ -88,6 +90,46 @@ def test_one_synchronised_rws_step_equals_the_step_on_the_union(tmp_path):
         torch.testing.assert_close(a, p.detach(), rtol=1e-12, atol=1e-12)
         moved |= not torch.equal(a, p0)
     assert moved  # the step did something
+
+
+def _alws_worker(rank: int, store: str, out: str) -> None:
+    from wakesleep.estimators.alws import ALWS
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model, est = _model(), ALWS(sleep_samples=40, valid_samples=20, lam=1e-2).double()
+        opt = build_optimizer(model, est, TrainConfig(lr_p=1e-2, lr_estimator=1e-2))
+        torch.manual_seed(7)  # the same sleep samples on both ranks: only the wake batches differ
+        _, bad = train_step(model, est, opt, _shard(_data(), rank))
+        torch.save({"bad": bad, "params": [p.detach().clone() for p in list(model.parameters()) + list(est.parameters())]},
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_synchronised_alws_model_step_with_fixed_sleep_samples_equals_the_union_step(tmp_path):
+    """ALWS's loss is its kernel loss (a function of the sleep samples only) minus the mean over
+    the wake batch of Ĵ(x_m); with the same sleep samples on both ranks, the mean of the two
+    shard losses is the loss of the union wake batch."""
+    alws = pytest.importorskip("wakesleep.estimators.alws")
+    _start(_alws_worker, str(tmp_path / "store"), str(tmp_path / "rank"))
+    ranks = [torch.load(tmp_path / f"rank.{r}", weights_only=False) for r in range(2)]
+    assert ranks[0]["bad"] is None and ranks[1]["bad"] is None
+
+    model, est = _model(), alws.ALWS(sleep_samples=40, valid_samples=20, lam=1e-2).double()
+    opt = build_optimizer(model, est, TrainConfig(lr_p=1e-2, lr_estimator=1e-2))
+    losses = []
+    for r in range(2):
+        torch.manual_seed(7)
+        losses.append(est(model, _shard(_data(), r)).loss)
+    opt.zero_grad()
+    (0.5 * (losses[0] + losses[1])).backward()
+    opt.step()
+    for p, a, b in zip(list(model.parameters()) + list(est.parameters()), ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, p.detach(), rtol=1e-10, atol=1e-10)
+    assert any(not torch.equal(a, p0) for a, p0 in zip(ranks[0]["params"], _model().parameters()))  # θ moved
 
 
 def _free_port() -> int:
