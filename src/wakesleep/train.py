@@ -326,6 +326,11 @@ def train(
     With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch) and
     ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt``.
 
+    Runs on the model's device.  In a ``torch.distributed`` process group of N > 1 processes
+    (``torchrun``; :mod:`wakesleep.distributed`) every process calls ``train`` alike: each takes
+    ``batch_size / N`` datapoints a step from its shard, draws its own particles, and the
+    gradients are averaged; only rank 0 validates and writes files.
+
     Args:
         model: a :class:`~wakesleep.models.HelmholtzMachine` (or compatible).
         estimator: a :class:`~wakesleep.estimators.Estimator`.
@@ -339,7 +344,8 @@ def train(
         :class:`FitResult`.
 
     Raises:
-        ValueError: bad settings, an empty data set, or data of the wrong width.
+        ValueError: bad settings, an empty data set, data of the wrong width, or (under torchrun) a
+            batch size that the number of processes does not divide.
         TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
         CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint.
     """
