@@ -8,7 +8,7 @@ amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as ba
 >>> est = ws.RWS(k=5)
 """
 
-from wakesleep import data, estimators, evaluate, models
+from wakesleep import data, distributed, estimators, evaluate, models
 from wakesleep.estimators import ALWS, IWAE, RWS, VAE, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
@@ -18,5 +18,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALWS", "IWAE", "RWS", "VAE", "WakeSleep", "HelmholtzMachine", "LogLikelihood", "FitResult", "TrainConfig",
-    "data", "estimators", "evaluate", "models", "train", "log_likelihood", "exact_log_likelihood",
+    "data", "distributed", "estimators", "evaluate", "models", "train", "log_likelihood", "exact_log_likelihood",
 ]

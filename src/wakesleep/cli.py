@@ -4,6 +4,10 @@
 A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
 ``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
 log-likelihood: mean, standard error, K), ``samples.png`` and ``curves.png``.
+
+``--device cpu|cuda|auto`` picks where training and evaluation run.  Under ``torchrun`` the same
+``train`` command trains data-parallel (:mod:`wakesleep.distributed`): rank 0 sets up the run
+directory, prints, checkpoints and evaluates; every rank trains on its shard.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import cli_tools, plots
+from wakesleep import cli_tools, distributed, plots
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
-from wakesleep.evaluate import log_likelihood
+from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.train import (
     BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, fault_point, load_checkpoint, load_model_state, train,
@@ -49,6 +53,24 @@ def _positive_float(text: str) -> float:
     if not (v > 0 and v != float("inf")):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return v
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"``/``"cuda:N"`` checked for availability.
+
+    Raises:
+        UsageError: CUDA asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("CUDA is not available on this machine; use --device cpu (or auto)")
+    return device
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda (cuda:N) or auto: CUDA when available (default: cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted)")
     t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_device(t)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run", description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).")
     e.add_argument("run", help="run directory")
@@ -99,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "valid", "train"], default="test")
     e.add_argument("--batch-size", type=_positive_int, default=100)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-memory-mib", type=_positive_float, default=DEFAULT_MAX_MEMORY_MIB,
+                   help=f"cap on the evaluation's working memory, MiB (default: {DEFAULT_MAX_MEMORY_MIB:.0f})")
     e.add_argument("--no-progress", action="store_true")
+    _add_device(e)
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples from a trained run's generative model and write them as a PNG grid.")
     s.add_argument("run", help="run directory")
@@ -203,21 +229,31 @@ def write_pictures(run: Path, model, image_shape, n: int = 64) -> tuple[Path, Pa
 def cmd_train(a: argparse.Namespace) -> int:
     if not isinstance(a.dataset, str) or not a.dataset.strip("- "):
         raise UsageError(f"--dataset needs a data set name (digits, binarized-mnist, mnist-gray) or a .npz path, got {a.dataset!r}")
-    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
-    data = load_dataset(a.dataset, data_dir=a.data_dir)
-    torch.manual_seed(a.seed)
+    device = resolve_device(a.device)
+    if not distributed.launched_by_torchrun():
+        return _train(a, device)
+    device = distributed.setup(device)
+    try:
+        return _train(a, device)
+    finally:
+        distributed.teardown()
+
+
+def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
+    """Rank 0's part of starting a run: read or write ``config.json``; returns (config, resume)."""
     if a.resume:
         if not (run / CONFIG).is_file():
             raise CheckpointError(f"cannot resume: {run} has no {CONFIG}; start the run without --resume")
         try:
             config = json.loads((run / CONFIG).read_text())
-            model = HelmholtzMachine.from_config(config["model"])
+            HelmholtzMachine.from_config(config["model"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"cannot resume: {run / CONFIG} is damaged ({e}); start a new run") from None
         if not (run / CHECKPOINT).is_file():
             # Stopped before its first checkpoint: nothing was trained yet, so start from the beginning.
             print(f"{run} has no checkpoint yet; starting it from the beginning")
-            a.resume = False
+            return config, False
+        return config, True
     else:
         model = model_from_args(a, data.dim, data.binary)
         config = {
@@ -239,11 +275,30 @@ def cmd_train(a: argparse.Namespace) -> int:
                 (run / name).unlink(missing_ok=True)
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / CONFIG, json.dumps(config, indent=2))
-    estimator = estimator_from(config["algorithm"], config["estimator"])
+        return config, False
+
+
+def _train(a: argparse.Namespace, device: torch.device) -> int:
+    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
+    data = load_dataset(a.dataset, data_dir=a.data_dir)
+    main = distributed.is_main()
+    try:
+        prepared = _prepare_run(a, run, data) if main else None
+    except (CheckpointError, UsageError, ValueError) as e:
+        prepared = e
+    config, resume = distributed.broadcast_object(prepared)  # an error on rank 0 stops every rank
+    torch.manual_seed(a.seed)
+    model = HelmholtzMachine.from_config(config["model"]).to(device)
+    estimator = estimator_from(config["algorithm"], config["estimator"]).to(device)
     tcfg = TrainConfig(**config["train"], progress=not a.no_progress)
-    print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
-          f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}); run: {run}")
-    fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=a.resume)
+    rank, world_size = distributed.world()
+    if main:
+        where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
+        print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
+              f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}")
+    fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
+    if not main:
+        return 0
     model.eval()
     test_k = config.get("test_k", a.test_k)
     fault_point("evaluate")
@@ -266,8 +321,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     run = Path(a.run)
     model, config = load_run(run)
+    model.to(resolve_device(a.device))
     data = _dataset(config)
-    ll = log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, progress=not a.no_progress, seed=a.seed)
+    ll = log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
+                        progress=not a.no_progress, seed=a.seed)
     print(f"{a.split} log-likelihood: {ll}")
     path = run / SUMMARY
     summary = json.loads(path.read_text()) if path.is_file() else {}
@@ -296,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (DataError, CheckpointError, UsageError, TrainingError, ValueError) as e:
-        print(f"wakesleep {args.command}: error: {e}", file=sys.stderr)
+        rank, world_size = distributed.world()
+        print(f"wakesleep {args.command}{f' (rank {rank})' if world_size > 1 else ''}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wakesleep {args.command}: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)

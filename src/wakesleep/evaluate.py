@@ -16,8 +16,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-#: Default cap on the elements of one [K_chunk, B_chunk, width] activation during evaluation.
-DEFAULT_MAX_ELEMENTS = 2**24
+#: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
+DEFAULT_MAX_MEMORY_MIB = 256.0
+
+#: How many [K_chunk, B_chunk, width] tensors one chunk is budgeted for: logits, the log-density's
+#: temporaries and samples are 3 at a time, but the CPU allocator's retained, fragmented blocks
+#: made the resident set grow by up to 7 of them in ``benchmarks/evaluate.py`` (SBN and
+#: Gaussian-latent models); 10 leaves a margin.
+WORKING_COPIES = 10
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,26 @@ def _as_tensor(model, data) -> Tensor:
     return x.to(device=p.device, dtype=p.dtype)
 
 
+def chunk_sizes(model, n: int, k: int, batch_size: int, max_memory_mib: float, itemsize: int = 4) -> tuple[int, int]:
+    """(datapoints, particles) per chunk so that a chunk's working memory stays within
+    ``max_memory_mib``: ``WORKING_COPIES × B_chunk × K_chunk × width × itemsize`` bytes, where
+    width is the model's widest layer.  Particles are cut before datapoints; one particle for one
+    datapoint is the floor, whatever the cap.
+
+    Raises:
+        ValueError: for a non-positive cap.
+    """
+    if not (max_memory_mib > 0):
+        raise ValueError(f"max_memory_mib must be > 0, got {max_memory_mib!r}")
+    width = max(model.data_dim, *model.latent_sizes)
+    budget = int(max_memory_mib * 2**20) // (WORKING_COPIES * width * itemsize)  # elements of [K, B] per chunk
+    b = max(1, min(batch_size, n, budget))
+    return b, max(1, min(k, budget // b))
+
+
 def importance_log_marginal(
-    model, x: Tensor, k: int, particle_chunk: int | None = None, max_elements: int = DEFAULT_MAX_ELEMENTS
+    model, x: Tensor, k: int, particle_chunk: int | None = None, max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB,
+    progress=None,
 ) -> Tensor:
     """Per-datapoint log (1/K) Σ_k w_k, with the K particles drawn in chunks, no gradient.
 
@@ -79,23 +103,28 @@ def importance_log_marginal(
         model: a model with ``log_weights(x, k) -> [k, B]``.
         x: [B, D].
         k: particles per datapoint (≥ 1).
-        particle_chunk: particles per chunk; by default the largest that keeps
-            chunk × B × (widest layer) ≤ ``max_elements``.
+        particle_chunk: particles per chunk; by default the most that keep the chunk's working
+            memory within ``max_memory_mib`` (:func:`chunk_sizes`).
+        progress: an optional tqdm bar, advanced by B for every particle drawn.
 
     Returns:
         [B], nats.
+
+    Raises:
+        ValueError: for k < 1.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    width = max(model.data_dim, *model.latent_sizes)
     if particle_chunk is None:
-        particle_chunk = max(1, min(k, max_elements // max(1, x.shape[0] * width)))
+        particle_chunk = chunk_sizes(model, x.shape[0], k, x.shape[0], max_memory_mib, x.element_size())[1]
     acc = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     done = 0
     while done < k:
         kc = min(particle_chunk, k - done)
         acc = torch.logaddexp(acc, torch.logsumexp(model.log_weights(x, kc), 0))
         done += kc
+        if progress is not None:
+            progress.update(kc * x.shape[0])
     return acc - math.log(k)
 
 
@@ -104,37 +133,44 @@ def log_likelihood(
     data,
     k: int = 5000,
     batch_size: int = 100,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB,
     progress: bool = False,
     seed: int | None = None,
 ) -> LogLikelihood:
     """Importance-sampled test log-likelihood with the model's proposal q(z | x) (IWAE protocol).
 
-    Memory is bounded: datapoints go in batches of ``batch_size`` and particles in chunks so
-    that one activation holds at most ``max_elements`` numbers (2^24 floats = 64 MiB by default).
+    Memory is bounded: datapoints go in batches of at most ``batch_size`` and particles in
+    chunks, both sized (:func:`chunk_sizes`) so that the tensors of one chunk take at most
+    ``max_memory_mib`` MiB (256 by default) on top of the model and the data.  The recognition
+    network's first layer runs once per datapoint batch, whatever K.
 
     Args:
         model: a :class:`~wakesleep.models.HelmholtzMachine` (or anything with ``log_weights``,
             ``data_dim``, ``latent_sizes``).
         data: [N, D] tensor or array.
         k: particles per datapoint (5000 is the standard).
-        batch_size: datapoints per batch.
-        progress: show a progress bar over batches.
+        batch_size: the most datapoints per batch.
+        max_memory_mib: cap on the working memory of one chunk, MiB (> 0).
+        progress: show a progress bar over the N·K particle evaluations.
         seed: seeds torch's generator for a reproducible estimate (restores nothing afterwards).
 
     Returns:
         :class:`LogLikelihood` (mean and standard error over datapoints, nats).
 
     Raises:
-        ValueError: for k < 1, an empty data set, or data of the wrong width.
+        ValueError: for k < 1, an empty data set, data of the wrong width, or a cap ≤ 0.
     """
     x = _as_tensor(model, data)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     if seed is not None:
         torch.manual_seed(seed)
+    b, kc = chunk_sizes(model, x.shape[0], k, batch_size, max_memory_mib, x.element_size())
     out = []
-    with torch.no_grad():
-        for xb in tqdm(x.split(batch_size), desc=f"log-likelihood K={k}", disable=not progress, leave=False):
-            out.append(importance_log_marginal(model, xb, k, max_elements=max_elements))
+    with torch.no_grad(), tqdm(total=x.shape[0] * k, desc=f"log-likelihood K={k}", unit="particle", unit_scale=True,
+                               disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        for xb in x.split(b):
+            out.append(importance_log_marginal(model, xb, k, particle_chunk=kc, progress=bar))
     return _summary(torch.cat(out), k)
 
 

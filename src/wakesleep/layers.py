@@ -53,13 +53,52 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
 
 
+class _BernoulliLogProb(torch.autograd.Function):
+    """Σ_i [v_i l_i − softplus(l_i)] as one autograd node.
+
+    Autograd of the plain expression keeps five nodes and, on the backward pass, runs
+    ``softplus_backward``, a broadcast multiply and a sum over the [K, B, D] tensor; this node's
+    backward is the closed form ∂/∂l = v − σ(l), three in-place passes, and ∂/∂v = l.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, value: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, value)
+        return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, value = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        grad_logits = grad_value = None
+        if ctx.needs_input_grad[0]:
+            shape = torch.broadcast_shapes(logits.shape, value.shape)
+            if torch.is_grad_enabled() or logits.shape != shape:  # differentiable / broadcasting form
+                grad_logits = ((value - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
+            else:
+                grad_logits = torch.sigmoid(logits).sub_(value).mul_(-g)
+        if ctx.needs_input_grad[1]:
+            grad_value = (logits * g).sum_to_size(value.shape)
+        return grad_logits, grad_value
+
+
 def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
     """Σ_i log Bernoulli(value_i; σ(logits_i)) over the last dimension, broadcasting, in nats.
 
-    Uses x·l − softplus(l), which equals ``-binary_cross_entropy_with_logits`` but broadcasts
-    ``value [B, D]`` against ``logits [K, B, D]`` without materialising an expanded copy of x.
+    Computes x·l − softplus(l), which equals ``-binary_cross_entropy_with_logits`` but broadcasts
+    ``value [B, D]`` against ``logits [K, B, D]`` without materialising an expanded copy of x,
+    as a single autograd node whose backward is the closed form ∂/∂l = x − σ(l).
     """
-    return (value * logits).sum(-1) - F.softplus(logits).sum(-1)
+    if logits.dtype != value.dtype:
+        value = value.to(logits.dtype)
+    if max(logits.numel(), value.numel()) < _FUSE_FROM:
+        # Small tensors: the per-node cost of a Python autograd.Function exceeds the arithmetic.
+        return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
+    return _BernoulliLogProb.apply(logits, value)
+
+
+#: Tensors with at least this many elements take the fused autograd node in bernoulli_log_prob.
+_FUSE_FROM = 2**16
 
 
 def bernoulli_sample(probs: Tensor, sample_shape: tuple[int, ...] = ()) -> Tensor:
@@ -70,7 +109,7 @@ def bernoulli_sample(probs: Tensor, sample_shape: tuple[int, ...] = ()) -> Tenso
     reports it) instead of raising inside the sampler.
     """
     u = torch.rand(*sample_shape, *probs.shape, dtype=probs.dtype, device=probs.device)
-    return (u < probs).to(probs.dtype)
+    return u.lt_(probs)  # in place: the 0/1 result lands in u's floating dtype, no bool copy
 
 
 def normal_log_prob(mean: Tensor, log_scale: Tensor, value: Tensor) -> Tensor:

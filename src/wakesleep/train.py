@@ -2,9 +2,14 @@
 early stopping, JSON-lines metrics, atomic checkpoints and resume.
 
 It knows nothing of any estimator's math: it asks the estimator for a surrogate loss, calls
-``backward()`` and steps.  Randomness is reproducible: the data order of epoch e comes from a
-generator seeded by (seed, e), and the global torch RNG state is saved with every checkpoint, so
-a resumed run carries on exactly where the stopped one left off.
+``backward()`` and steps (:func:`train_step`).  Randomness is reproducible: the data order of
+epoch e comes from a generator seeded by (seed, e), and the global torch RNG state (CPU, and CUDA
+when the model is there; every rank's, under torchrun) is saved with every checkpoint, so a
+resumed run carries on exactly where the stopped one left off.
+
+The model's device is the run's device: move the model (``model.to("cuda")``) before calling
+:func:`train`; the data and the estimator follow it.  Under ``torchrun`` (a process group of more
+than one process) the same call trains data-parallel; see :mod:`wakesleep.distributed`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from wakesleep import distributed
+from wakesleep.estimators.base import EstimatorOutput
 from wakesleep.evaluate import log_likelihood
 
 CHECKPOINT = "checkpoint.pt"
@@ -234,7 +241,11 @@ def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, w
 # ------------------------------------------------------------------ training
 
 
-def _optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The trainer's Adam: one parameter group each for θ (``lr_p``), φ (``lr_q``) and the
+    estimator's own parameters (``lr_estimator``), in that order (groups without parameters are
+    left out).  Uses PyTorch's fused Adam kernel (one pass per tensor instead of about ten; the
+    same update up to rounding) where every parameter is a floating tensor on a device it supports."""
     groups = [{"params": model.p_parameters(), "lr": cfg.lr_p, "name": "p"}]
     q = model.q_parameters()
     if q:
@@ -242,7 +253,54 @@ def _optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer:
     e = [p for p in estimator.parameters() if p.requires_grad]
     if e:
         groups.append({"params": e, "lr": cfg.lr_estimator, "name": "estimator"})
-    return torch.optim.Adam(groups)
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(groups, fused=fused or None)
+
+
+def _grad_norm(grads: list[Tensor]) -> Tensor:
+    if not grads:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+
+
+def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor) -> tuple[EstimatorOutput, str | None]:
+    """One training step: ``estimator(model, x)`` → ``backward()`` → (in a process group, the
+    gradient average over ranks) → Adam step, unless the loss or a gradient is non-finite.
+
+    Finiteness is checked once per step, on the loss and the total gradient norm together (one
+    host-device synchronisation on CUDA); only when that fails are the parameters searched for
+    the culprit.
+
+    Args:
+        model, estimator: as for :func:`train`.
+        opt: the optimiser over ``model`` and ``estimator`` (:func:`build_optimizer`).
+        x: this process's minibatch [B, D].
+
+    Returns:
+        ``(output, bad)``: the estimator's output, and ``None`` after a step, or the name of the
+        non-finite quantity (``"loss"`` or ``"gradient of NAME"``) when no step was taken (the
+        gradients are then cleared).
+    """
+    out = estimator(model, x)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    fault_point("step")
+    params = [p for g in opt.param_groups for p in g["params"]]
+    loss = out.loss.detach()
+    if distributed.world()[1] > 1:
+        loss = distributed.average_gradients(params, out.loss)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not bool(torch.isfinite(torch.stack([loss, _grad_norm(grads).to(loss.device, loss.dtype)])).all()):
+        bad = "loss" if not bool(torch.isfinite(loss)) else _nonfinite(model, estimator)
+        if bad is not None:
+            opt.zero_grad(set_to_none=True)
+            return out, bad
+    opt.step()
+    return out, None
 
 
 def _nonfinite(model, estimator) -> str | None:
@@ -273,6 +331,11 @@ def train(
     With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch) and
     ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt``.
 
+    Runs on the model's device.  In a ``torch.distributed`` process group of N > 1 processes
+    (``torchrun``; :mod:`wakesleep.distributed`) every process calls ``train`` alike: each takes
+    ``batch_size / N`` datapoints a step from its shard, draws its own particles, and the
+    gradients are averaged; only rank 0 validates and writes files.
+
     Args:
         model: a :class:`~wakesleep.models.HelmholtzMachine` (or compatible).
         estimator: a :class:`~wakesleep.estimators.Estimator`.
@@ -286,17 +349,24 @@ def train(
         :class:`FitResult`.
 
     Raises:
-        ValueError: bad settings, an empty data set, or data of the wrong width.
+        ValueError: bad settings, an empty data set, data of the wrong width, or (under torchrun) a
+            batch size that the number of processes does not divide.
         TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
         CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint.
     """
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig.from_dict({**asdict(cfg), **overrides})
+    rank, world_size = distributed.world()
+    main = rank == 0
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; "
+                         f"use a multiple of {world_size}")
     estimator.check_model(model)
     train_data = torch.as_tensor(train_data)
     check_data(model, train_data, "train_data")
     param = next(model.parameters())
+    estimator.to(device=param.device)
     train_data = train_data.to(param.device, param.dtype)
     if valid is not None:
         valid = torch.as_tensor(valid)
@@ -305,15 +375,18 @@ def train(
     best_state = None  # in-memory copy of the best parameters when there is no run directory
 
     run = Path(run_dir) if run_dir is not None else None
-    opt = _optimizer(model, estimator, cfg)
+    opt = build_optimizer(model, estimator, cfg)
     result = FitResult()
     start_epoch, start_batch, since_best, elapsed = 0, 0, 0, 0.0
-    sums: dict[str, float] = {}  # running sums of the epoch's metrics (kept in mid-epoch checkpoints)
+    sums: dict[str, Tensor] = {}  # running sums of the epoch's metrics (kept in mid-epoch checkpoints)
     count = 0
+    if world_size > 1:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, rank))  # each rank its own particles
     if resume:
         if run is None:
             raise ValueError("resume needs a run_dir")
-        ckpt = load_checkpoint(run / CHECKPOINT)
+        # Rank 0 reads the file and sends it (or the error) to the others: no shared disk needed.
+        ckpt = distributed.broadcast_object(_read_checkpoint_or_error(run / CHECKPOINT) if main else None)
         if ckpt.get("model_config") != getattr(model, "config", None):
             raise CheckpointError(
                 f"{run / CHECKPOINT} was written for model {ckpt.get('model_config')}, not {getattr(model, 'config', None)}; "
@@ -325,21 +398,27 @@ def train(
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the optimiser state in {run / CHECKPOINT} does not fit this model ({str(e).splitlines()[0]})") from None
-        torch.set_rng_state(ckpt["rng"])
+        _set_rng_states(ckpt, rank, world_size, param.device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
-        start_batch, sums, count = ckpt.get("batch", 0), ckpt.get("sums", {}), ckpt.get("count", 0)
+        start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)
+        ranks = ckpt.get("ranks") or []
+        saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
+        sums = {k: torch.tensor(v, dtype=torch.float64, device=param.device) for k, v in saved.items()}
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
-        write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
+        if main:
+            write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
         # A run that ended early or on its clock is done; one that ran out of epochs may be extended.
         if ckpt.get("finished") and not (ckpt.get("stopped") == "epochs" and cfg.epochs > start_epoch):
             result.stopped, result.seconds = ckpt.get("stopped", "epochs"), elapsed
-            _restore_best(model, run)
+            _finish(model, run, None)
             return result
+    distributed.broadcast_state([model, estimator])  # identical starting points on every rank
 
     n = train_data.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_batch, disable=not cfg.progress,
+    local_batch = cfg.batch_size // world_size  # each rank's share of the global batch
+    steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_batch, disable=not (cfg.progress and main),
                desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
     now = time.perf_counter if cfg.clock == "wall" else time.process_time
     t0 = now() - elapsed
@@ -347,7 +426,13 @@ def train(
     result.stopped = "epochs"
 
     def save(epoch_done: int, batch: int, finished: bool) -> None:
-        """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one."""
+        """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
+        every rank (the RNG states are gathered), written by rank 0."""
+        rng = _rng_states(param.device)
+        # Every rank's RNG state and partial metric sums, for an exact resume.
+        ranks = distributed.gather_object({"rng": rng, "sums": {k: float(v) for k, v in sums.items()}}) if world_size > 1 else None
+        if not main:
+            return
         atomic_torch_save(
             {
                 "format": "wakesleep-checkpoint-1",
@@ -356,10 +441,13 @@ def train(
                 "estimator": estimator.state_dict(),
                 "estimator_settings": estimator.settings(),
                 "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng["cpu"],
+                "cuda_rng": rng["cuda"],
+                "ranks": ranks,
+                "world_size": world_size,
                 "epoch": epoch_done,
                 "batch": batch,
-                "sums": sums,
+                "sums": {k: float(v) for k, v in sums.items()},
                 "count": count,
                 "since_best": since_best,
                 "seconds": now() - t0,
@@ -376,25 +464,18 @@ def train(
 
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen).to(train_data.device)
+        order = distributed.shard(torch.randperm(n, generator=gen), rank, world_size).to(train_data.device)
         model.train()
         first = start_batch if epoch == start_epoch else 0
         if first == 0:
             sums, count = {}, 0
         for b in range(first, steps_per_epoch):
-            x = train_data[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-            out = estimator(model, x)
-            opt.zero_grad(set_to_none=True)
-            bad = None if torch.isfinite(out.loss) else "loss"
-            if bad is None:
-                out.loss.backward()
-                bad = _nonfinite(model, estimator)
+            x = train_data[order[b * local_batch : (b + 1) * local_batch]]
+            out, bad = train_step(model, estimator, opt, x)
             step += 1
-            fault_point("step")
             if bad is not None:
                 if cfg.nan_policy == "skip":
                     result.skipped_steps += 1
-                    opt.zero_grad(set_to_none=True)
                     bar.update(1)
                     continue
                 raise TrainingError(
@@ -402,17 +483,26 @@ def train(
                     f"the last good checkpoint is kept{' in ' + str(run) if run else ''}. Lower the learning rates, "
                     "check the data, or pass nan_policy='skip' (--skip-nonfinite) to skip such steps"
                 )
-            opt.step()
+            if step == 1 and world_size > 1:
+                # Lazy initialisations in the first forward pass (e.g. a kernel bandwidth set from
+                # this rank's samples) may differ across ranks: adopt rank 0's.
+                distributed.broadcast_state([model, estimator])
             count += 1
-            for key, v in out.metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(v)
+            for key, v in out.metrics.items():  # summed on the device: no synchronisation per step
+                v = v.detach().to(torch.float64)
+                sums[key] = sums[key] + v if key in sums else v
             bar.update(1)
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 save(epoch, b + 1, False)
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-        record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+        if world_size > 1:  # means over every rank's steps
+            keys = sorted(sums)
+            total = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), dtype=torch.float64, device=param.device)]))
+            record.update({f"train_{k}": float(v) / max(float(total[-1]), 1.0) for k, v in zip(keys, total[:-1])})
+        else:
+            record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
         improved = False
-        if valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
+        if main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
             fault_point("validate")
             ll = log_likelihood(model, valid, k=cfg.valid_k)
@@ -432,22 +522,56 @@ def train(
             result.stopped = "early"
         elif cfg.max_seconds is not None and record["time"] >= cfg.max_seconds:
             result.stopped = "time"
+        result.stopped = distributed.broadcast_object(result.stopped)  # rank 0 decides for all
         finished = result.stopped != "epochs" or epoch + 1 == cfg.epochs
         if run is not None:
-            if improved or (valid is None):
+            if main and (improved or valid is None):
                 atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
             sums, count = {}, 0
             save(epoch + 1, 0, finished)
-            write_jsonl(run / METRICS, result.history)
+            if main:
+                write_jsonl(run / METRICS, result.history)
         if finished:
             break
     bar.close()
     result.seconds = now() - t0
-    if run is not None:
-        _restore_best(model, run)
-    elif best_state is not None:
-        model.load_state_dict(best_state)
+    _finish(model, run, best_state)
     return result
+
+
+def _read_checkpoint_or_error(path: Path):
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        return e
+
+
+def _rng_states(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_states(ckpt: dict, rank: int, world_size: int, device: torch.device) -> None:
+    """Restore this rank's RNG state from a checkpoint: its own where the checkpoint was written
+    by as many processes; otherwise (another world size) a fresh per-rank seed, which continues
+    the run statistically but not bit for bit."""
+    ranks = ckpt.get("ranks")
+    if world_size > 1 and not (ranks and len(ranks) == world_size):
+        torch.manual_seed(distributed.rank_seed(ckpt["train_config"].get("seed", 0) + ckpt["epoch"], rank))
+        return
+    state = ranks[rank]["rng"] if world_size > 1 else {"cpu": ckpt["rng"], "cuda": ckpt.get("cuda_rng")}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _finish(model, run: Path | None, best_state: dict | None) -> None:
+    """Load the best parameters (rank 0's) into the model on every rank."""
+    if distributed.is_main():
+        if run is not None:
+            _restore_best(model, run)
+        elif best_state is not None:
+            model.load_state_dict(best_state)
+    distributed.broadcast_state([model])
 
 
 def check_data(model, x: Tensor, name: str) -> None:

@@ -38,8 +38,8 @@ class RWS(Estimator):
         ValueError: for k < 1 or an unknown q_update.
 
     Metrics: ``objective`` = mean_b log (1/K) Σ_k w_k (the IWAE bound, nats per datapoint),
-    ``ess`` = mean effective sample size of the K particles, and ``dead_datapoints`` when some
-    datapoint's K log-weights are all −inf (it then contributes no gradient).
+    ``ess`` = mean effective sample size of the K particles over live datapoints, and
+    ``dead_datapoints``: how many datapoints had all K log-weights −inf (they contribute no gradient).
     """
 
     name = "rws"
@@ -76,8 +76,9 @@ class RWS(Estimator):
         else:
             loss = loss + 0.5 * (wake_phi + sleep_phi)
         objective = (torch.logsumexp(log_w, 0) - math.log(self.k)).mean()
-        ess = (1.0 / (w * w).sum(0))[~dead].mean()
-        metrics = {"objective": objective, "ess": ess}
-        if dead.any():
-            metrics["dead_datapoints"] = dead.sum().to(log_w.dtype)
+        # Mean ESS over the live datapoints (NaN if none), and the count of dead ones: written
+        # without boolean indexing or a branch on data, so that no step waits on the device.
+        n_dead = dead.sum().to(log_w.dtype)
+        ess = torch.where(dead, 0.0, 1.0 / (w * w).sum(0)).sum() / (dead.numel() - n_dead)
+        metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)

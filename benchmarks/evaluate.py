@@ -1,0 +1,131 @@
+"""Time and peak memory of the K = 5000 importance-sampled log-likelihood on binarised MNIST.
+
+The evaluation (``wakesleep.evaluate.log_likelihood``) runs in a fresh child process so that its
+memory is measured cleanly: the child loads only the test images, the model and torch, does a
+tiny warm-up evaluation, then records its resident set size (RSS) as the baseline.  The peak
+during the evaluation is the larger of ``getrusage(RUSAGE_SELF).ru_maxrss`` (when it rose during
+the evaluation) and an RSS sampled every millisecond by a thread; the script reports peak −
+baseline, the memory the evaluation itself took, against the cap it was given
+(``max_memory_mib``).  Times are the child's wall time and CPU time with one intra-op thread.
+
+    PYTHONPATH=src python benchmarks/evaluate.py --run runs/sbn200         # a trained run, full test set
+    PYTHONPATH=src python benchmarks/evaluate.py --n 500                   # 500 test images, extrapolated
+    PYTHONPATH=src python benchmarks/evaluate.py --max-memory-mib 64
+
+Without ``--run`` the model is an untrained one-layer SBN-200 (timing and memory do not depend
+on training; the log-likelihood then means nothing).  Data: ``wakesleep.data.binarized_mnist()``
+(``$WAKESLEEP_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(a: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from wakesleep.cli import load_run
+    from wakesleep.evaluate import chunk_sizes, log_likelihood
+    from wakesleep.models import HelmholtzMachine
+
+    torch.set_num_threads(a.threads)
+    x = torch.from_numpy(np.load(a.data))[: a.n]
+    if a.run:
+        model = load_run(Path(a.run))[0]
+    else:
+        torch.manual_seed(0)
+        model = HelmholtzMachine.sbn([784, 200]) if a.model == "sbn" else HelmholtzMachine.gaussian([784, 50])
+    model.eval()
+    log_likelihood(model, x[:10], k=10)  # warm-up: torch's lazy initialisation is not the evaluation's
+    baseline, peak_before = rss_mib(), max_rss_mib()
+    sampled = [baseline]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            sampled[0] = max(sampled[0], rss_mib())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    ll = log_likelihood(model, x, k=a.k, max_memory_mib=a.max_memory_mib, progress=a.progress, seed=0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    stop.set()
+    thread.join()
+    peak_after = max_rss_mib()
+    peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
+    b, kc = chunk_sizes(model, x.shape[0], a.k, 100, a.max_memory_mib, x.element_size())
+    print(json.dumps({
+        "n": ll.n, "k": ll.k, "mean": ll.mean, "stderr": ll.stderr, "wall_s": wall, "cpu_s": cpu,
+        "baseline_mib": baseline, "peak_mib": peak, "eval_mib": peak - baseline, "chunk": [b, kc],
+    }))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default=None, help="a run directory with a trained model (default: an untrained SBN-200)")
+    p.add_argument("--model", choices=["sbn", "gaussian"], default="sbn",
+                   help="untrained model without --run: SBN 784-200, or Gaussian 784-[200,200]-50")
+    p.add_argument("--n", type=int, default=10000, help="test images (default: all 10,000)")
+    p.add_argument("--k", type=int, default=5000)
+    p.add_argument("--max-memory-mib", type=float, default=256.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        return child(a)
+
+    import numpy as np
+
+    from wakesleep.data import binarized_mnist
+
+    test = binarized_mnist().test.numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test.npy"
+        np.save(path, test)
+        cmd = [sys.executable, __file__, "--child", "--data", str(path), "--n", str(a.n), "--k", str(a.k),
+               "--max-memory-mib", str(a.max_memory_mib), "--threads", str(a.threads)]
+        cmd += ["--run", a.run] if a.run else ["--model", a.model]
+        cmd += ["--progress"] if a.progress else []
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    n_all = test.shape[0]
+    print(f"model: {a.run or {'sbn': 'untrained SBN 784-200', 'gaussian': 'untrained Gaussian 784-[200,200]-50'}[a.model]}; K = {res['k']}; {res['n']} of {n_all} test images; "
+          f"{a.threads} thread(s); chunks of {res['chunk'][0]} images x {res['chunk'][1]} particles")
+    print(f"log-likelihood: {res['mean']:.2f} ± {res['stderr']:.2f} nats")
+    print(f"time: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU "
+          f"({res['n'] * res['k'] / res['cpu_s'] / 1e6:.2f} M particles per CPU second)")
+    if res["n"] < n_all:
+        f = n_all / res["n"]
+        print(f"extrapolated to all {n_all} images (x{f:.0f}, linear in n): {res['wall_s'] * f:.0f} s wall, "
+              f"{res['cpu_s'] * f:.0f} s CPU")
+    print(f"memory: baseline RSS {res['baseline_mib']:.0f} MiB, peak {res['peak_mib']:.0f} MiB: "
+          f"the evaluation took {res['eval_mib']:.0f} MiB against a cap of {a.max_memory_mib:.0f} MiB "
+          f"({'under' if res['eval_mib'] <= a.max_memory_mib else 'OVER'} the cap)")
+
+
+if __name__ == "__main__":
+    main()

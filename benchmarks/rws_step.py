@@ -1,0 +1,233 @@
+"""One training step of wakesleep against Pyro, and against the machine's own matrix-multiply rate.
+
+A step is what the trainer does per minibatch: the estimator's surrogate loss, ``backward()`` and
+an Adam step over every parameter.  For each model the script times, in this one process:
+
+- **ours**: ``wakesleep`` (the estimator, and the trainer's optimiser);
+- **Pyro**: the same model and guide written for Pyro 1.9 and stepped by ``pyro.infer.SVI`` with
+  ``pyro.optim.Adam``: ``ReweightedWakeSleep`` for RWS (``insomnia=0.5`` is our
+  ``q_update="both"``: half wake-φ, half sleep-φ, one sleep sample per datapoint), and
+  ``RenyiELBO(alpha=0)`` (the IWAE bound) for IWAE.  Pyro's two objectives normalise the weights
+  once per batch, not per datapoint, so they compute a different (wrong) estimator at the same
+  cost; the timing comparison is still like for like;
+- **the ceiling**: Pyro's time divided by the time our step's matrix products alone would take at
+  the machine's rate: the most any step doing those products could gain over Pyro;
+- **the machine**: one large ``torch.mm`` (n × n by n × n, 2n³ FLOPs).  The step's matmul FLOPs
+  (every ``mm``/``addmm``/``bmm`` in the forward and backward pass, counted by
+  ``torch.utils.flop_counter``) divided by the step's time is the rate the step attains.
+
+Times are medians over ``--repeats`` steps after ``--warmup`` steps.  They are CPU time of this
+thread (``time.thread_time``) by default, which other people's jobs on a shared machine inflate
+far less than elapsed time (they still compete for caches and memory bandwidth), with one
+intra-op thread; ``--clock wall`` uses elapsed time instead.  Ours, Pyro's steps and the large
+``torch.mm`` are interleaved in rounds so that a slow patch of the machine hits all of them.
+Subnormal floats are flushed to zero for both sides (see ``main``).
+
+    PYTHONPATH=src python benchmarks/rws_step.py                 # all three models
+    PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 --compile
+    PYTHONPATH=src python benchmarks/rws_step.py --device cuda --clock wall
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import wakesleep as ws
+from wakesleep.train import TrainConfig, build_optimizer, train_step
+
+B, K = 100, 5
+MODELS = {
+    # name: (builder, estimator, Pyro's matching algorithm or None)
+    "sbn1": (lambda: ws.HelmholtzMachine.sbn([784, 200]), lambda: ws.RWS(k=K), "rws"),
+    "sbn2": (lambda: ws.HelmholtzMachine.sbn([784, 200, 200]), lambda: ws.RWS(k=K), "rws"),
+    "gauss": (lambda: ws.HelmholtzMachine.gaussian([784, 50], hidden=(200, 200)), lambda: ws.IWAE(k=K), "iwae"),
+    "sbn1-ws": (lambda: ws.HelmholtzMachine.sbn([784, 200]), lambda: ws.WakeSleep(), None),
+}
+LABELS = {
+    "sbn1": "SBN 784-200, RWS",
+    "sbn2": "SBN 784-200-200, RWS",
+    "gauss": "Gaussian 784-[200,200]-50, IWAE",
+    "sbn1-ws": "SBN 784-200, wake-sleep (no Pyro counterpart)",
+}
+
+
+# ------------------------------------------------------------------ Pyro's side
+
+
+def pyro_step(model: ws.HelmholtzMachine, algorithm: str, x: torch.Tensor):
+    """A Pyro model and guide with the same layers (copies of ``model``'s parameters) and an SVI step."""
+    import copy
+
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, RenyiELBO, ReweightedWakeSleep
+
+    pyro.clear_param_store()
+    pyro.enable_validation(False)  # support checks cost time and change nothing here
+    gen = copy.deepcopy(model.generative)
+    rec = copy.deepcopy(model.recognition)
+    prior = copy.deepcopy(model.prior)
+    kind = model.config["kind"]
+
+    def bernoulli(net, parent):
+        return dist.Bernoulli(logits=net(parent)).to_event(1)
+
+    def normal(layer, parent):
+        mean, log_scale = layer.params(parent)
+        return dist.Normal(mean, log_scale.exp()).to_event(1)
+
+    def p_model(observations):
+        xs = observations["x"]
+        pyro.module("generative", gen)
+        if kind == "sbn":
+            prior_logits = pyro.param("prior_logits", prior.logits.detach().clone())
+        with pyro.plate("data", xs.shape[0]):
+            if kind == "sbn":
+                z = pyro.sample("z_top", dist.Bernoulli(logits=prior_logits).expand([xs.shape[0], prior.out_features]).to_event(1))
+                for i in reversed(range(1, len(gen))):
+                    z = pyro.sample(f"z{i}", bernoulli(gen[i].net, z))
+                pyro.sample("x", bernoulli(gen[0].net, z), obs=xs)
+            else:
+                loc = torch.zeros(xs.shape[0], prior.out_features, dtype=xs.dtype, device=xs.device)
+                z = pyro.sample("z_top", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
+                pyro.sample("x", bernoulli(gen[0].net, z), obs=xs)
+
+    def guide(observations):
+        xs = observations["x"]
+        pyro.module("recognition", rec)
+        with pyro.plate("data", xs.shape[0]):
+            names = [f"z{i}" for i in range(1, len(rec))] + ["z_top"]
+            h = xs
+            for layer, name in zip(rec, names):
+                h = pyro.sample(name, bernoulli(layer.net, h) if kind == "sbn" else normal(layer, h))
+
+    if algorithm == "rws":
+        loss = ReweightedWakeSleep(num_particles=K, insomnia=0.5, num_sleep_particles=1, vectorize_particles=True, max_plate_nesting=1)
+    else:
+        loss = RenyiELBO(alpha=0.0, num_particles=K, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(p_model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
+    return lambda: svi.step(observations={"x": x})
+
+
+# ------------------------------------------------------------------ ours
+
+
+def our_step(model, estimator, x, compile_step: bool = False):
+    """The trainer's step (:func:`wakesleep.train.train_step`): loss, backward, finiteness check, Adam."""
+    opt = build_optimizer(model, estimator, TrainConfig())
+    if compile_step:
+        estimator = torch.compile(estimator)
+    return lambda: train_step(model, estimator, opt, x)
+
+
+def matmul_flops(step) -> int:
+    """FLOPs of every matrix product in one call of ``step`` (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+MM_N = 2048
+
+
+def big_mm(device):
+    """One n × n by n × n ``torch.mm`` (2n³ FLOPs), n = ``MM_N``."""
+    a = torch.randn(MM_N, MM_N, device=device)
+    b = torch.randn(MM_N, MM_N, device=device)
+    return lambda: torch.mm(a, b)
+
+
+def sample_times(fn, clock, device, repeats: int) -> list[float]:
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = []
+    for _ in range(repeats):
+        sync()
+        t0 = now()
+        fn()
+        sync()
+        out.append(now() - t0)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: a shared machine)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="cpu: this thread's CPU time; wall: elapsed")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=60, help="timed steps per side (in rounds of 10)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of our step")
+    p.add_argument("--no-pyro", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.clock == "cpu" and a.threads != 1:
+        p.error("--clock cpu measures one thread; use --threads 1 or --clock wall")
+    torch.set_num_threads(a.threads)
+    # Pyro's per-batch weights send gradients into the subnormal range, where a CPU matmul runs
+    # 10x slower; flushing subnormals to zero (both sides) times the arithmetic, not that trap.
+    torch.set_flush_denormal(True)
+    device = torch.device(a.device)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    mm = big_mm(device)
+    mm()  # warm-up
+    mm_times = []
+    rows = []
+    for name in a.models:
+        build, make_est, algorithm = MODELS[name]
+        torch.manual_seed(a.seed)
+        model = build().to(device)
+        estimator = make_est().to(device)
+        x = (torch.rand(B, 784, device=device) < 0.3).float()
+        sides = {"ours": our_step(model, estimator, x)}
+        flops = matmul_flops(sides["ours"])
+        if a.compile:
+            sides["ours, compiled"] = our_step(model, estimator, x, compile_step=True)
+        if not a.no_pyro and algorithm is not None:
+            sides["pyro"] = pyro_step(model, algorithm, x)
+        for fn in sides.values():
+            for _ in range(a.warmup):
+                fn()
+        times = {k: [] for k in sides}
+        for _ in range(max(1, a.repeats // 10)):
+            mm_times += sample_times(mm, a.clock, device, 2)
+            for k, fn in sides.items():
+                times[k] += sample_times(fn, a.clock, device, 10)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        pyro_flops = matmul_flops(sides["pyro"]) if "pyro" in sides else None
+        rows.append((name, flops, pyro_flops, med))
+
+    rate = 2 * MM_N**3 / statistics.median(mm_times)
+    print(f"torch {torch.__version__}, device {device}, {a.threads} thread(s), clock={a.clock}")
+    print(f"machine: torch.mm {MM_N}x{MM_N}: {rate / 1e9:.1f} GFLOP/s (median of {len(mm_times)}, interleaved with the steps)")
+    print()
+    print(f"| model, estimator | ours, ms | step GFLOP/s (matmul) | / machine | Pyro, ms | Pyro / ours | ceiling |{' compiled, ms |' if a.compile else ''}")
+    print(f"|---|---|---|---|---|---|---|{'---|' if a.compile else ''}")
+    for name, flops, pyro_flops, med in rows:
+        ours = med["ours"]
+        step_rate = flops / ours
+        pyro = med.get("pyro")
+        cells = [
+            LABELS[name], f"{ours * 1e3:.2f}", f"{step_rate / 1e9:.1f} ({flops / 1e6:.0f} MFLOP)", f"{step_rate / rate:.2f}",
+            f"{pyro * 1e3:.2f}" if pyro else "n/a", f"{pyro / ours:.1f}x" if pyro else "n/a",
+            # Pyro's time over the time of our matmuls alone at the machine's rate: no step that
+            # does these products can beat Pyro by more than this.
+            f"{pyro / (flops / rate):.1f}x (Pyro: {pyro_flops / 1e6:.0f} MFLOP)" if pyro else "n/a",
+        ]
+        if a.compile:
+            c = med["ours, compiled"]
+            cells.append(f"{c * 1e3:.2f} ({flops / c / rate:.2f} of machine)")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
