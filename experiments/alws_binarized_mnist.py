@@ -20,8 +20,8 @@ on the first ``--test-n`` test images (a subset, for time), in nats, with its st
     python experiments/alws_binarized_mnist.py                       # 3 × 6 CPU-minutes + evaluation
     python experiments/alws_binarized_mnist.py --cpu-minutes 1 --test-n 100 --test-k 500   # smoke test
 
-Writes docs/figures/alws_mnist_samples.png (64 samples, means of p(x | z), for each model) and
-a JSON summary (``--summary``).
+Writes docs/figures/alws_mnist_samples.png (64 samples, means of p(x | z), for each model), a
+JSON summary (``--summary``) and each trained model's parameters next to it (NAME.pt).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from wakesleep.estimators import ALWS, RWS, VAE
 from wakesleep.evaluate import log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import _save_atomic, tile_images
-from wakesleep.train import TrainConfig, atomic_write_text, train
+from wakesleep.train import TrainConfig, atomic_torch_save, atomic_write_text, train
 
 
 def estimators(sleep_samples: int) -> dict:
@@ -91,11 +91,12 @@ def main(argv=None) -> int:
         print(f"{name}: {ll} after {len(fit.history)} epochs ({steps} steps, {fit.seconds:.0f} CPU s)", flush=True)
         torch.manual_seed(a.seed)
         grids[name] = tile_images(model.sample_mean(64).cpu(), (28, 28), nrow=8)
+        atomic_torch_save({"model": model.state_dict(), "config": model.config}, summary_path.parent / f"{name}.pt")
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(summary_path, json.dumps({"settings": vars(a), "results": results}, indent=2))
 
     if grids:
-        fig = Figure(figsize=(4 * len(grids), 4.4))
+        fig = Figure(figsize=(4 * len(grids), 4.9))
         axes = fig.subplots(1, len(grids), squeeze=False)[0]
         for ax, (name, grid) in zip(axes, grids.items()):
             r = results[name]
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
                          f"({r['epochs']} epochs, {r['cpu_seconds'] / 60:.1f} CPU min)", fontsize=10)
             ax.axis("off")
         fig.suptitle(f"binarised MNIST, same generator, K = {a.test_k} log-likelihood on {a.test_n} test images", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         _save_atomic(fig, a.figure)
         print(f"figure: {a.figure}")
     return 0

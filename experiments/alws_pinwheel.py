@@ -2,13 +2,16 @@
 
 Data: 5 arms of 500 points each, radial s.d. 0.3, tangential s.d. 0.1, rate 0.2 (the pinwheel of
 Johnson et al. 2016). Model (``HelmholtzMachine.mixture``): c ~ Cat(π) over 10 components,
-y | c ~ N(μ_c, diag σ_c²) in 2-D, x | y ~ N(MLP(y), diag σ²) with learned σ.  θ is learned by
+y | c ~ N(μ_c, diag σ_c²) in 2-D, x | y ~ N(MLP(y), diag σ²) with learned σ and one tanh hidden
+layer of 20 (``--hidden``; with two layers of 50 the decoder folds one component over several
+arms and fewer components survive).  θ is learned by
 ALWS (exponential-family target, Gaussian kernel on x, learned bandwidth and λ); a sparsity prior
 on π, Dirichlet(α) with α < 1, is added to the objective (MAP for π: −log Dir(π; α) / N_data per
 datapoint).  The proposal q(y | x) q(c | y) is trained alongside by sleep-phase updates, only to
 report an importance-sampled log-likelihood.
 
     python experiments/alws_pinwheel.py                  # about 10 CPU-minutes on one core
+    python experiments/alws_pinwheel.py --hidden 50 50 --figure docs/figures/alws_pinwheel_h50.png
     python experiments/alws_pinwheel.py --steps 300      # a quick look
 
 Writes docs/figures/alws_pinwheel.png (data, model samples coloured by component, sorted mixture
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lr-kernel", type=float, default=1e-2)
     ap.add_argument("--components", type=int, default=10)
+    ap.add_argument("--hidden", type=int, nargs="*", default=[20], help="hidden widths of the decoder MLP(y)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--figure", default="docs/figures/alws_pinwheel.png")
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
 
     x, labels = pinwheel(seed=a.seed)
     n_data = x.shape[0]
-    model = HelmholtzMachine.mixture(2, 2, a.components, hidden=(50, 50), q_hidden=(50, 50))
+    model = HelmholtzMachine.mixture(2, 2, a.components, hidden=tuple(a.hidden), q_hidden=(50, 50))
     with torch.no_grad():  # spread the initial component means over the data's range
         model.generative[1].net.bias[:2].zero_()
         model.generative[1].net.weight[:2].copy_(torch.randn(2, a.components))
