@@ -64,3 +64,70 @@ def test_in_place_bernoulli_sampler_has_the_right_frequencies():
     assert freq[0] == 0 and freq[-1] == 1
     assert ((freq[1:-1] - p[1:-1]).abs() / se[1:-1]).max() < 4.5
     assert math.isclose(bernoulli_sample(torch.tensor([float("nan")]), (3,)).sum().item(), 0.0)
+
+
+# ------------------------------------------------------------------ compiled kernels (opt-in)
+
+
+@pytest.fixture
+def compiled():
+    """The compiled kernels switched on for one test (skips where Inductor cannot compile here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ok = layers.use_compiled_kernels(True)
+    if not ok:
+        pytest.skip("torch.compile is unavailable on this machine (no C++ compiler?)")
+    yield
+    layers.use_compiled_kernels(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernels_compute_the_same_log_density_and_gradient(compiled, dtype):
+    torch.manual_seed(3)
+    logits = (torch.randn(5, 100, 200, dtype=dtype) * 4).requires_grad_()
+    logits.data[0, 0, :4] = torch.tensor([30.0, -30.0, 90.0, -90.0])  # saturated units
+    value = (torch.rand(100, 200, dtype=dtype) < 0.4).to(dtype)
+    weight = torch.randn(5, 100, dtype=dtype)
+    out = bernoulli_log_prob(logits, value)
+    assert type(out.grad_fn).__name__ == "_BernoulliLogProbBackward"
+    (g,) = torch.autograd.grad((weight * out).sum(), logits)
+    ref = plain(logits, value)
+    # The closed form in float64 (autograd of torch's softplus is not a reference past its
+    # threshold of 20, where it returns a gradient of exactly 1 instead of σ(l)).
+    l64, v64 = logits.detach().double(), value.double()
+    g_ref = ((v64 - torch.sigmoid(l64)) * weight.double().unsqueeze(-1)).to(dtype)
+    # Rounding only: each of the 200 terms is off by at most a few ulps of its magnitude (the
+    # compiled form also drops log(1 + e) for e = e^{-|l|} below epsilon, an error below eps·|l|).
+    eps = torch.finfo(dtype).eps
+    tol = 8 * eps * (value * logits).abs().add(F_softplus(logits)).sum(-1).detach()
+    assert ((out - ref).abs() <= tol).all()
+    torch.testing.assert_close(g, g_ref, rtol=4 * eps, atol=4 * eps * weight.abs().max().item())
+
+
+def test_compiled_kernels_switch_off_and_on():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        on = layers.use_compiled_kernels(True)
+    try:
+        assert (layers._compiled is not None) == on
+    finally:
+        assert layers.use_compiled_kernels(False) is False
+    assert layers._compiled is None
+
+
+def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        assert layers.use_compiled_kernels(True) is False
+    assert layers._compiled is None
+
+
+def F_softplus(x):
+    return torch.nn.functional.softplus(x)
