@@ -124,6 +124,7 @@ def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(layers, "_compiled_cache", None)  # as in a fresh process
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
         assert layers.use_compiled_kernels(True) is False
     assert layers._compiled is None
@@ -131,3 +132,11 @@ def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
 
 def F_softplus(x):
     return torch.nn.functional.softplus(x)
+
+
+def test_train_config_compile_must_be_a_bool():
+    from wakesleep.train import TrainConfig
+
+    assert TrainConfig(compile=True).compile is True
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        TrainConfig(compile="yes")
