@@ -11,6 +11,7 @@ baseline, the memory the evaluation itself took, against the cap it was given
     PYTHONPATH=src python benchmarks/evaluate.py --run runs/sbn200         # a trained run, full test set
     PYTHONPATH=src python benchmarks/evaluate.py --n 500                   # 500 test images, extrapolated
     PYTHONPATH=src python benchmarks/evaluate.py --max-memory-mib 64
+    PYTHONPATH=src python benchmarks/evaluate.py --n 500 --compile        # with compiled kernels
 
 Without ``--run`` the model is an untrained one-layer SBN-200 (timing and memory do not depend
 on training; the log-likelihood then means nothing).  Data: ``wakesleep.data.binarized_mnist()``
@@ -56,6 +57,12 @@ def child(a: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = HelmholtzMachine.sbn([784, 200]) if a.model == "sbn" else HelmholtzMachine.gaussian([784, 50])
     model.eval()
+    if a.compile:
+        from wakesleep.layers import use_compiled_kernels
+
+        if not use_compiled_kernels(True):
+            raise SystemExit("--compile: torch.compile is unavailable here")
+        log_likelihood(model, x[:2], k=a.k, max_memory_mib=a.max_memory_mib)  # compile for the chunk shapes first
     log_likelihood(model, x[:10], k=10)  # warm-up: torch's lazy initialisation is not the evaluation's
     baseline, peak_before = rss_mib(), max_rss_mib()
     sampled = [baseline]
@@ -92,6 +99,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-memory-mib", type=float, default=256.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--compile", action="store_true", help="with compiled kernels (wakesleep evaluate --compile)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -110,11 +118,12 @@ def main(argv=None) -> None:
                "--max-memory-mib", str(a.max_memory_mib), "--threads", str(a.threads)]
         cmd += ["--run", a.run] if a.run else ["--model", a.model]
         cmd += ["--progress"] if a.progress else []
+        cmd += ["--compile"] if a.compile else []
         r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     res = json.loads(r.stdout.strip().splitlines()[-1])
     n_all = test.shape[0]
     print(f"model: {a.run or {'sbn': 'untrained SBN 784-200', 'gaussian': 'untrained Gaussian 784-[200,200]-50'}[a.model]}; K = {res['k']}; {res['n']} of {n_all} test images; "
-          f"{a.threads} thread(s); chunks of {res['chunk'][0]} images x {res['chunk'][1]} particles")
+          f"{a.threads} thread(s){', compiled kernels' if a.compile else ''}; chunks of {res['chunk'][0]} images x {res['chunk'][1]} particles")
     print(f"log-likelihood: {res['mean']:.2f} ± {res['stderr']:.2f} nats")
     print(f"time: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU "
           f"({res['n'] * res['k'] / res['cpu_s'] / 1e6:.2f} M particles per CPU second)")

@@ -64,3 +64,111 @@ def test_in_place_bernoulli_sampler_has_the_right_frequencies():
     assert freq[0] == 0 and freq[-1] == 1
     assert ((freq[1:-1] - p[1:-1]).abs() / se[1:-1]).max() < 4.5
     assert math.isclose(bernoulli_sample(torch.tensor([float("nan")]), (3,)).sum().item(), 0.0)
+
+
+# ------------------------------------------------------------------ compiled kernels (opt-in)
+
+
+@pytest.fixture
+def compiled():
+    """The compiled kernels switched on for one test (skips where Inductor cannot compile here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ok = layers.use_compiled_kernels(True)
+    if not ok:
+        pytest.skip("torch.compile is unavailable on this machine (no C++ compiler?)")
+    yield
+    layers.use_compiled_kernels(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernels_compute_the_same_log_density_and_gradient(compiled, dtype):
+    torch.manual_seed(3)
+    logits = (torch.randn(5, 100, 200, dtype=dtype) * 4).requires_grad_()
+    logits.data[0, 0, :4] = torch.tensor([30.0, -30.0, 90.0, -90.0])  # saturated units
+    value = (torch.rand(100, 200, dtype=dtype) < 0.4).to(dtype)
+    weight = torch.randn(5, 100, dtype=dtype)
+    out = bernoulli_log_prob(logits, value)
+    assert type(out.grad_fn).__name__ == "_BernoulliLogProbBackward"
+    (g,) = torch.autograd.grad((weight * out).sum(), logits)
+    ref = plain(logits, value)
+    # The closed form in float64 (autograd of torch's softplus is not a reference past its
+    # threshold of 20, where it returns a gradient of exactly 1 instead of σ(l)).
+    l64, v64 = logits.detach().double(), value.double()
+    g_ref = ((v64 - torch.sigmoid(l64)) * weight.double().unsqueeze(-1)).to(dtype)
+    # Rounding only: each of the 200 terms is off by at most a few ulps of its magnitude (the
+    # compiled form also drops log(1 + e) for e = e^{-|l|} below epsilon, an error below eps·|l|).
+    eps = torch.finfo(dtype).eps
+    tol = 8 * eps * (value * logits).abs().add(F_softplus(logits)).sum(-1).detach()
+    assert ((out - ref).abs() <= tol).all()
+    torch.testing.assert_close(g, g_ref, rtol=4 * eps, atol=4 * eps * weight.abs().max().item())
+
+
+def test_compiled_kernels_switch_off_and_on():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        on = layers.use_compiled_kernels(True)
+    try:
+        assert (layers._compiled is not None) == on
+    finally:
+        assert layers.use_compiled_kernels(False) is False
+    assert layers._compiled is None
+
+
+def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(layers, "_compiled_cache", None)  # as in a fresh process
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        assert layers.use_compiled_kernels(True) is False
+    assert layers._compiled is None
+
+
+def F_softplus(x):
+    return torch.nn.functional.softplus(x)
+
+
+def test_train_config_compile_must_be_a_bool():
+    from wakesleep.train import TrainConfig
+
+    assert TrainConfig(compile=True).compile is True
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        TrainConfig(compile="yes")
+
+
+@pytest.mark.parametrize("kind,algorithm", [("sbn", "rws"), ("sbn", "ws"), ("gaussian", "iwae")])
+def test_compiled_step_draws_the_same_particles_and_computes_the_same_loss_and_gradient(compiled, kind, algorithm):
+    """``TrainConfig(compile=True)``'s step against the eager one from the same seed.
+
+    Random draws come from ATen in both (``fallback_random``), so the only differences are float32
+    rounding in reordered sums (≤ ~1e-6 relative for these sizes; 1e-4 leaves room for the
+    log-sum-exp and Adam-free gradient paths).  A different random stream would change the loss
+    by whole nats.
+    """
+    import wakesleep as ws
+    from wakesleep.train import compile_estimator
+
+    torch.manual_seed(0)
+    model = ws.HelmholtzMachine.sbn([784, 64]) if kind == "sbn" else ws.HelmholtzMachine.gaussian([784, 8], hidden=(32,))
+    from wakesleep.estimators import ESTIMATORS
+
+    estimator = ESTIMATORS[algorithm]()
+    x = (torch.rand(100, 784) < 0.3).float()
+    forward = compile_estimator(estimator)
+    results = []
+    for fn in (estimator, forward):
+        torch.manual_seed(1)
+        model.zero_grad(set_to_none=True)
+        out = fn(model, x)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_e, grads_e), (loss_c, grads_c) = results
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-4)
+    for g_c, g_e in zip(grads_c, grads_e):
+        torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-4 * g_e.abs().max().item() + 1e-6)

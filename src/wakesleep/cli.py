@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import cli_tools, distributed, plots
+from wakesleep import cli_tools, distributed, layers, plots
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted)")
     t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler; faster for long runs, see docs/benchmarks.md)")
     _add_device(t)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run", description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).")
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-memory-mib", type=_positive_float, default=DEFAULT_MAX_MEMORY_MIB,
                    help=f"cap on the evaluation's working memory, MiB (default: {DEFAULT_MAX_MEMORY_MIB:.0f})")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler)")
     _add_device(e)
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples from a trained run's generative model and write them as a PNG grid.")
@@ -264,7 +266,7 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
             "train": {
                 "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "lr_estimator": a.lr_kernel, "seed": a.seed,
                 "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock, "checkpoint_every": a.checkpoint_every,
-                "nan_policy": "skip" if a.skip_nonfinite else "error",
+                "nan_policy": "skip" if a.skip_nonfinite else "error", "compile": a.compile,
             },
             "test_k": a.test_k,
         }
@@ -323,6 +325,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     model, config = load_run(run)
     model.to(resolve_device(a.device))
     data = _dataset(config)
+    if a.compile:
+        layers.use_compiled_kernels(True)
     ll = log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
                         progress=not a.no_progress, seed=a.seed)
     print(f"{a.split} log-likelihood: {ll}")

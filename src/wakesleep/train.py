@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wakesleep import distributed
+from wakesleep import distributed, layers
 from wakesleep.estimators.base import EstimatorOutput
 from wakesleep.evaluate import log_likelihood
 
@@ -65,6 +65,11 @@ class TrainConfig:
         nan_policy: ``"error"`` stops with :class:`TrainingError` on a non-finite loss or
             gradient; ``"skip"`` skips that step and counts it.
         progress: show a progress bar.
+        compile: ``torch.compile`` the training step (:func:`compile_estimator`) and the
+            Bernoulli log-density kernels used by validation and evaluation
+            (:func:`wakesleep.layers.use_compiled_kernels`, which stay switched on for the rest
+            of the process).  Needs a C++ compiler; falls back to eager with a warning; the same
+            draws and results up to float rounding.
     """
 
     epochs: int = 50
@@ -81,6 +86,7 @@ class TrainConfig:
     clock: str = "wall"
     nan_policy: str = "error"
     progress: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def count(name: str, optional: bool = False) -> None:
@@ -106,6 +112,8 @@ class TrainConfig:
         positive("max_seconds", optional=True)
         if self.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         if self.nan_policy not in ("error", "skip"):
             raise ValueError(f"nan_policy must be 'error' or 'skip', got {self.nan_policy!r}")
 
@@ -267,7 +275,38 @@ def _grad_norm(grads: list[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
 
 
-def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor) -> tuple[EstimatorOutput, str | None]:
+def compile_estimator(estimator):
+    """``torch.compile`` of an estimator's forward (surrogate loss and, through AOTAutograd, its
+    backward), as a callable ``(model, x) -> EstimatorOutput`` (``TrainConfig(compile=True)``).
+
+    Random numbers are drawn by ATen, as in eager mode (Inductor's ``fallback_random``), so the
+    compiled step draws the same particles and sleep samples as the eager one from the same
+    seed and computes the same loss up to float rounding (``tests/test_fused.py``).  Compiling
+    happens on the first call (seconds) and again once when the batch shape changes.  If it
+    fails (no C++ compiler, an operation Inductor cannot handle) this warns once and calls the
+    eager estimator from then on.
+    """
+    compiled = torch.compile(estimator, options={"fallback_random": True})
+    state = {"fn": compiled}
+
+    def forward(model, x: Tensor) -> EstimatorOutput:
+        if state["fn"] is estimator:
+            return estimator(model, x)
+        try:
+            return state["fn"](model, x)
+        except Exception as err:  # Dynamo/Inductor raise many types; the eager call below re-raises real errors
+            import warnings
+
+            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); training on with the eager step",
+                          RuntimeWarning, stacklevel=2)
+            state["fn"] = estimator
+            return estimator(model, x)
+
+    return forward
+
+
+def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=None) -> tuple[EstimatorOutput, str | None]:
     """One training step: ``estimator(model, x)`` → ``backward()`` → (in a process group, the
     gradient average over ranks) → Adam step, unless the loss or a gradient is non-finite.
 
@@ -279,13 +318,15 @@ def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor) -> tuple
         model, estimator: as for :func:`train`.
         opt: the optimiser over ``model`` and ``estimator`` (:func:`build_optimizer`).
         x: this process's minibatch [B, D].
+        forward: what computes the estimator's output (default ``estimator`` itself; the trainer
+            passes :func:`compile_estimator`'s callable under ``TrainConfig(compile=True)``).
 
     Returns:
         ``(output, bad)``: the estimator's output, and ``None`` after a step, or the name of the
         non-finite quantity (``"loss"`` or ``"gradient of NAME"``) when no step was taken (the
         gradients are then cleared).
     """
-    out = estimator(model, x)
+    out = (forward or estimator)(model, x)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     fault_point("step")
@@ -375,6 +416,10 @@ def train(
     best_state = None  # in-memory copy of the best parameters when there is no run directory
 
     run = Path(run_dir) if run_dir is not None else None
+    forward = None
+    if cfg.compile:
+        layers.use_compiled_kernels(True)
+        forward = compile_estimator(estimator)
     opt = build_optimizer(model, estimator, cfg)
     result = FitResult()
     start_epoch, start_batch, since_best, elapsed = 0, 0, 0, 0.0
@@ -471,7 +516,7 @@ def train(
             sums, count = {}, 0
         for b in range(first, steps_per_epoch):
             x = train_data[order[b * local_batch : (b + 1) * local_batch]]
-            out, bad = train_step(model, estimator, opt, x)
+            out, bad = train_step(model, estimator, opt, x, forward)
             step += 1
             if bad is not None:
                 if cfg.nan_policy == "skip":
