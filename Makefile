@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One intra-op thread unless the caller says otherwise: the default models are small, and on a
+# machine whose cores are busy OpenMP threads spin waiting for each other (make run took ~10x
+# longer with 2 threads on 2 shared cores than with 1).
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
 
 .PHONY: setup run test bench clean
 
