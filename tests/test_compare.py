@@ -44,34 +44,18 @@ def test_alws_settings_the_estimator_rejects_name_the_row():
         parse_config(raw, "x.toml")
 
 
-TINY = """
-name = "tiny"
-seeds = [0]
-threads = 1
-[data]
-dataset = "digits"
-[model]
-kind = "sbn"
-layers = [8]
-[train]
-epochs = 1
-batch_size = 100
-valid_k = 5
-clock = "process"
-[evaluate]
-test_k = 10
-test_n = 20
-valid_n = 20
-[[estimators]]
-label = "WS"
-algorithm = "ws"
-"""
+def tiny(**train) -> dict:
+    """One estimator, one seed, one epoch on the embedded digits."""
+    return {
+        "name": "tiny", "seeds": [0], "threads": 1, "data": {"dataset": "digits"}, "model": {"kind": "sbn", "layers": [8]},
+        "train": {"epochs": 1, "batch_size": 100, "valid_k": 5, "clock": "process", **train},
+        "evaluate": {"test_k": 10, "test_n": 20, "valid_n": 20}, "estimators": [{"label": "WS", "algorithm": "ws"}],
+    }
 
 
 def test_a_run_recorded_before_a_trainer_field_existed_is_reused(tmp_path):
-    cfg_path, out = tmp_path / "tiny.toml", tmp_path / "out"
-    cfg_path.write_text(TINY)
-    first, _, _ = run_compare(load_config(cfg_path), out, progress=False)
+    out = tmp_path / "out"
+    first, _, _ = run_compare(parse_config(tiny()), out, progress=False)
     run_json = out / "WS" / "seed0" / "run.json"
     recorded = json.loads(run_json.read_text())
     assert recorded["train"]["checkpoint_every"] is None
@@ -79,9 +63,8 @@ def test_a_run_recorded_before_a_trainer_field_existed_is_reused(tmp_path):
     del recorded["train"]["checkpoint_every"]
     run_json.write_text(json.dumps(recorded))
     (out / "WS" / "seed0" / "metrics.jsonl").unlink()  # would be rewritten by a retrain
-    again, _, _ = run_compare(load_config(cfg_path), out, progress=False)
+    again, _, _ = run_compare(parse_config(tiny()), out, progress=False)
     assert again == first and not (out / "WS" / "seed0" / "metrics.jsonl").exists()
     # A value other than the default is a different run.
-    cfg_path.write_text(TINY.replace('clock = "process"', 'clock = "process"\ncheckpoint_every = 3'))
     with pytest.raises(ConfigError, match="different config"):
-        run_compare(load_config(cfg_path), out, progress=False)
+        run_compare(parse_config(tiny(checkpoint_every=3)), out, progress=False)
