@@ -15,7 +15,9 @@ Each trains with Adam (lr 1e-3, batch 100) on the 50,000 training images until i
 time passes ``--cpu-minutes`` (checked at the end of each epoch, so a run may overshoot by up to one
 epoch; the time actually used is reported), one thread, no validation during training.  Then the
 test log-likelihood is estimated with K = 5000 importance samples from each model's own proposal
-on the first ``--test-n`` test images (a subset, for time), in nats, with its standard error.
+on a fixed random ``--test-n`` of the 10,000 test images (for time; the same subset as
+``wakesleep compare``'s ``test_n``, ``wakesleep.compare.subset``: the test file is ordered by class,
+so its first images are a biased sample), in nats, with its standard error over those images.
 
     python experiments/alws_binarized_mnist.py                       # 3 × 6 CPU-minutes + evaluation
     python experiments/alws_binarized_mnist.py --cpu-minutes 1 --test-n 100 --test-k 500   # smoke test
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from wakesleep.compare import subset
 from wakesleep.data import binarized_mnist
 from wakesleep.estimators import ALWS, RWS, VAE
 from wakesleep.evaluate import log_likelihood
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-minutes", type=float, default=6.0, help="training budget per model, process CPU minutes")
     ap.add_argument("--sleep-samples", type=int, default=1000)
     ap.add_argument("--lr-kernel", type=float, default=3e-3)
-    ap.add_argument("--test-n", type=int, default=500, help="test images for the K-sample log-likelihood (the first ones)")
+    ap.add_argument("--test-n", type=int, default=500, help="test images for the K-sample log-likelihood (a fixed random subset, seed 0)")
     ap.add_argument("--test-k", type=int, default=5000)
     ap.add_argument("--only", nargs="*", default=None, help="run only these of alws, rws, vae")
     ap.add_argument("--data-dir", default=None)
@@ -68,11 +71,14 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     data = binarized_mnist(a.data_dir, download=False)
-    test = data.test[: a.test_n]
+    test = subset(data.test, a.test_n)
     results, grids = {}, {}
     summary_path = Path(a.summary)
-    if summary_path.is_file():  # keep earlier models' results when re-running some of them
-        results = json.loads(summary_path.read_text()).get("results", {})
+    evaluation = {"test_n": a.test_n, "test_k": a.test_k, "seed": a.seed, "test_subset": "random (wakesleep.compare.subset)"}
+    if summary_path.is_file():  # keep earlier models' results when re-running some of them on the same test images
+        earlier = json.loads(summary_path.read_text())
+        if {k: earlier.get("settings", {}).get(k) for k in evaluation} == evaluation:
+            results = earlier.get("results", {})
     for name, est in estimators(a.sleep_samples).items():
         if a.only and name not in a.only:
             continue
@@ -93,7 +99,7 @@ def main(argv=None) -> int:
         grids[name] = tile_images(model.sample_mean(64).cpu(), (28, 28), nrow=8)
         atomic_torch_save({"model": model.state_dict(), "config": model.config}, summary_path.parent / f"{name}.pt")
         summary_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(summary_path, json.dumps({"settings": vars(a), "results": results}, indent=2))
+        atomic_write_text(summary_path, json.dumps({"settings": {**vars(a), **evaluation}, "results": results}, indent=2))
 
     if grids:
         fig = Figure(figsize=(4 * len(grids), 4.9))
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
             ax.set_title(f"{name.upper()}: {r['test_log_likelihood']['mean']:.1f} nats\n"
                          f"({r['epochs']} epochs, {r['cpu_seconds'] / 60:.1f} CPU min)", fontsize=10)
             ax.axis("off")
-        fig.suptitle(f"binarised MNIST, same generator, K = {a.test_k} log-likelihood on {a.test_n} test images", fontsize=10)
+        fig.suptitle(f"binarised MNIST, same generator, K = {a.test_k} log-likelihood on {len(test)} random test images", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
         _save_atomic(fig, a.figure)
         print(f"figure: {a.figure}")

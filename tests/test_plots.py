@@ -89,7 +89,11 @@ def test_comparison_plot_png(tmp_path):
     }
     path = plots.comparison_plot(series, tmp_path / "cmp.png", "time (s)",
                                  "test log-likelihood (nats)", title="estimators")
-    assert_png(path)
+    inside = assert_png(path)
+    # Legend under the axes: the figure grows by the legend's height; the axes keep the top rows.
+    below = assert_png(plots.comparison_plot(series, tmp_path / "below.png", "time (s)", "test log-likelihood (nats)",
+                                             title="estimators", legend_below=True))
+    assert below.shape[1] == inside.shape[1] and below.shape[0] > inside.shape[0]
     with pytest.raises(ValueError, match="'bad'"):
         plots.comparison_plot({"bad": [(1.0, 2.0), (1.0, 2.0, 0.1)]}, tmp_path / "b.png", "x", "y")
 

@@ -285,6 +285,21 @@ def build_model(cfg: CompareConfig, data_dim: int) -> HelmholtzMachine:
     return MODEL_KINDS[cfg.model["kind"]]([data_dim, *cfg.model["layers"]], **kw)
 
 
+def same_run(recorded: dict, current: dict) -> bool:
+    """Whether a run's recorded fingerprint (``run.json``) describes the same run as ``current``.
+
+    Equal, except that a ``train`` key missing from the record (a :class:`TrainConfig` field added
+    after the run was made) matches when its current value is the field's default: the run is
+    the one the current config would make.
+    """
+    if recorded.keys() != current.keys():
+        return False
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    train = {k: v for k, v in current.get("train", {}).items()
+             if k in recorded.get("train", {}) or k not in defaults or v != defaults[k]}
+    return recorded == {**current, "train": train} if "train" in current else recorded == current
+
+
 def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path, progress: bool = True) -> dict:
     """Train one estimator at one seed in ``run`` (resuming if a checkpoint exists) and evaluate it.
 
@@ -299,7 +314,7 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     fingerprint = {"data": [cfg.dataset, cfg.data_dir], "model": cfg.model, "train": {**asdict(tcfg), "progress": None},
                    "estimator": asdict(spec), "evaluate": [cfg.test_k, cfg.test_n, cfg.valid_n, "random-subset"]}
     if (run / RUN).is_file():
-        if json.loads((run / RUN).read_text()) != json.loads(json.dumps(fingerprint)):
+        if not same_run(json.loads((run / RUN).read_text()), json.loads(json.dumps(fingerprint))):
             raise ConfigError(f"{run} holds a run of a different config (see {run / RUN}); use another --out or delete it")
         if (run / SUMMARY).is_file():
             return json.loads((run / SUMMARY).read_text())

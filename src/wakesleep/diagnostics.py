@@ -540,4 +540,5 @@ def error_time_plot(
         raise ValueError(f"no diagnostics rows for target {target!r}")
     series = {_with_range(name, pts, rows): pts for name, pts in series.items()}
     return plots.comparison_plot(series, path, xlabel=("process CPU" if clock == "cpu_seconds" else "wall") + " seconds per estimate",
-                                 ylabel=f"RMSE / ‖g‖ ({target} gradient)", title=title, logx=True, logy=True)
+                                 ylabel=f"RMSE / ‖g‖ ({target} gradient)", title=title, logx=True, logy=True,
+                                 legend_below=True)

@@ -254,6 +254,7 @@ def comparison_plot(
     title: str | None = None,
     logx: bool = False,
     logy: bool = False,
+    legend_below: bool = False,
 ) -> Path:
     """One line per named series, e.g. held-out log-likelihood (nats) against time (s) for
     several estimators.
@@ -266,6 +267,8 @@ def comparison_plot(
         xlabel, ylabel: axis labels (put the units in them).
         title: optional title.
         logx, logy: logarithmic axes (e.g. error against time per estimate).
+        legend_below: put the legend under the axes (the figure grows to fit it), for many or
+            long series names that would cover the data inside the axes.
 
     Returns:
         The path written.
@@ -275,7 +278,7 @@ def comparison_plot(
     """
     if not series:
         raise ValueError("comparison_plot: no series to plot")
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(6, 4 + (0.2 * len(series) + 0.2 if legend_below else 0)), layout="constrained")
     ax = fig.add_subplot()
     for name, points in series.items():
         lengths = {len(p) for p in points}
@@ -296,5 +299,8 @@ def comparison_plot(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
-    ax.legend(fontsize="small")
+    if legend_below:
+        fig.legend(loc="outside lower center", fontsize="small", ncols=1)
+    else:
+        ax.legend(fontsize="small")
     return _save_atomic(fig, path)

@@ -1,0 +1,70 @@
+"""The comparison configs shipped in experiments/ parse into the estimators they describe, and finished
+runs are reused across harmless changes of the trainer's fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wakesleep.compare import ConfigError, load_config, parse_config, run_compare
+from wakesleep.estimators import ALWS, ESTIMATORS
+from wakesleep.kernels import MLPFeatures
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def test_binarized_mnist_alws_row_parses_to_learned_feature_krr():
+    cfg = load_config(EXPERIMENTS / "compare_binarized_mnist.toml")
+    assert [s.label for s in cfg.estimators] == ["WS", "RWS K=5", "IWAE K=5", "ALWS"]
+    spec = cfg.estimators[-1]
+    est = ESTIMATORS[spec.algorithm](**spec.settings)
+    assert isinstance(est, ALWS)
+    s = est.settings()
+    assert (s["target"], s["krr"], s["kernel"], s["features"]) == ("exp_family", "exact", "gaussian", "mlp")
+    assert (s["sleep_samples"], s["valid_samples"], s["lam"], s["q_update"]) == (1000, 250, 1e-3, "sleep")
+    # The TOML list feature_hidden = [256] builds a 784 -> 256 -> 32 feature network.
+    features = [m for m in est.modules() if isinstance(m, MLPFeatures)]
+    assert len(features) == 1
+    widths = [(p.shape[1], p.shape[0]) for name, p in features[0].named_parameters() if name.endswith("weight")]
+    assert widths == [(784, 256), (256, 32)]
+    tcfg = cfg.train_config(spec, seed=1)
+    assert tcfg.lr_estimator == 3e-3 and tcfg.max_seconds == 240 and tcfg.clock == "process" and tcfg.seed == 1
+    # The other rows keep the shared learning rates.
+    assert cfg.train_config(cfg.estimators[0], seed=0).lr_estimator == 1e-3
+
+
+def test_alws_settings_the_estimator_rejects_name_the_row():
+    raw = {
+        "data": {"dataset": "digits"}, "model": {"kind": "gaussian", "layers": [4]}, "train": {"epochs": 1},
+        "estimators": [{"label": "ALWS", "algorithm": "alws", "settings": {"features": "mlp"}}],  # no data_dim
+    }
+    with pytest.raises(ConfigError, match=r"estimators\[0\]\.settings.*data_dim"):
+        parse_config(raw, "x.toml")
+
+
+def tiny(**train) -> dict:
+    """One estimator, one seed, one epoch on the embedded digits."""
+    return {
+        "name": "tiny", "seeds": [0], "threads": 1, "data": {"dataset": "digits"}, "model": {"kind": "sbn", "layers": [8]},
+        "train": {"epochs": 1, "batch_size": 100, "valid_k": 5, "clock": "process", **train},
+        "evaluate": {"test_k": 10, "test_n": 20, "valid_n": 20}, "estimators": [{"label": "WS", "algorithm": "ws"}],
+    }
+
+
+def test_a_run_recorded_before_a_trainer_field_existed_is_reused(tmp_path):
+    out = tmp_path / "out"
+    first, _, _ = run_compare(parse_config(tiny()), out, progress=False)
+    run_json = out / "WS" / "seed0" / "run.json"
+    recorded = json.loads(run_json.read_text())
+    assert recorded["train"]["checkpoint_every"] is None
+    # As written by a version of the trainer without checkpoint_every (default None): still this run.
+    del recorded["train"]["checkpoint_every"]
+    run_json.write_text(json.dumps(recorded))
+    (out / "WS" / "seed0" / "metrics.jsonl").unlink()  # would be rewritten by a retrain
+    again, _, _ = run_compare(parse_config(tiny()), out, progress=False)
+    assert again == first and not (out / "WS" / "seed0" / "metrics.jsonl").exists()
+    # A value other than the default is a different run.
+    with pytest.raises(ConfigError, match="different config"):
+        run_compare(parse_config(tiny(checkpoint_every=3)), out, progress=False)
