@@ -68,3 +68,25 @@ def test_a_run_recorded_before_a_trainer_field_existed_is_reused(tmp_path):
     # A value other than the default is a different run.
     with pytest.raises(ConfigError, match="different config"):
         run_compare(parse_config(tiny(checkpoint_every=3)), out, progress=False)
+
+
+def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
+    from wakesleep.cli import main
+
+    out = tmp_path / "out"
+    run_compare(parse_config(tiny()), out, progress=False)
+    run = out / "WS" / "seed0"
+    assert not (run / "config.json").exists()  # a compare run, not a `wakesleep train` one
+    assert main(["evaluate", str(run), "--k", "10", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "test log-likelihood:" in said and "K=10, n=250" in said
+    evaluations = json.loads((run / "summary.json").read_text())["evaluations"]
+    assert evaluations[-1]["k"] == 10 and evaluations[-1]["n"] == 250
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    from wakesleep.cli import load_run
+    from wakesleep.train import CheckpointError
+
+    (run / "run.json").write_text("{")
+    with pytest.raises(CheckpointError, match="run.json is damaged"):
+        load_run(run)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from wakesleep import cli_tools, distributed, layers, plots
+from wakesleep.compare import RUN as COMPARE_RUN
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
@@ -176,20 +177,40 @@ def estimator_settings(a: argparse.Namespace, data_dim: int | None = None) -> di
     return {}
 
 
+def _compare_run_config(run: Path) -> dict:
+    """The ``config.json`` equivalent of one ``wakesleep compare`` run (``NAME/LABEL/seedS``): its data
+    from ``run.json``, its model from the checkpoint's recorded model config."""
+    try:
+        recorded = json.loads((run / COMPARE_RUN).read_text())
+        dataset, data_dir = recorded["data"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run / COMPARE_RUN} is damaged ({e}); rerun the comparison") from None
+    model_config = load_checkpoint(run / CHECKPOINT).get("model_config")
+    if not model_config:
+        raise CheckpointError(f"{run / CHECKPOINT} does not record its model; rerun the comparison")
+    return {"model": model_config, "data": {"dataset": dataset, "data_dir": data_dir}}
+
+
 def load_run(run: Path):
-    """Rebuild (model, config, dataset) of a run directory, with the best parameters loaded.
+    """Rebuild (model, config) of a run directory, with the best parameters loaded.
+
+    A run directory is what ``wakesleep train`` writes (``config.json``), or one run of
+    ``wakesleep compare`` (``OUT/LABEL/seedS`` with ``run.json``).
 
     Raises:
         CheckpointError: a missing or damaged config or checkpoint.
     """
     run = Path(run)
     cfg_path = run / CONFIG
-    if not cfg_path.is_file():
+    if not cfg_path.is_file() and (run / COMPARE_RUN).is_file():
+        config, cfg_path = _compare_run_config(run), run / COMPARE_RUN
+    elif not cfg_path.is_file():
         raise CheckpointError(f"{run} is not a run directory (no {CONFIG}); train one with `wakesleep train --run-dir {run}`")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
+    else:
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
     try:
         model = HelmholtzMachine.from_config(config["model"])
     except (KeyError, TypeError, ValueError) as e:
