@@ -320,6 +320,9 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
               f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}")
     fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
+    # Every rank leaves the process group together now: the rest (evaluation, pictures) is rank
+    # 0's alone and needs no collectives, and a rank that left alone could crash at exit.
+    distributed.teardown(barrier=True)
     if not main:
         return 0
     model.eval()

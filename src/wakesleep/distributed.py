@@ -73,9 +73,19 @@ def setup(device: torch.device | str = "cpu", timeout_s: float = 1800.0) -> torc
     return device
 
 
-def teardown() -> None:
-    """Leave the process group (if any)."""
+def teardown(barrier: bool = False) -> None:
+    """Leave the process group (if any).
+
+    Args:
+        barrier: first wait until every rank gets here, so that all ranks destroy the group
+            together rather than one leaving while rank 0 still evaluates (the two-process
+            torchrun test once saw a rank abort with "terminate called without an active
+            exception"; the cause was not pinned down).  Use it on the normal path; leave it off
+            when unwinding from an error, where a peer may never arrive.
+    """
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
