@@ -161,8 +161,6 @@ def log_likelihood(
         ValueError: for k < 1, an empty data set, data of the wrong width, or a cap ≤ 0.
     """
     x = _as_tensor(model, data)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     if seed is not None:
         torch.manual_seed(seed)
     b, kc = chunk_sizes(model, x.shape[0], k, batch_size, max_memory_mib, x.element_size())

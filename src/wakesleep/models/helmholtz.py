@@ -296,7 +296,8 @@ class HelmholtzMachine(nn.Module):
             ``(zs, log_q)``: zs = [z_1 [K, B, d_1], …], log_q [K, B] in nats.
 
         Raises:
-            ValueError: if k < 1, or reparameterize with discrete latents.
+            ValueError: if k < 1, reparameterize with discrete latents, or the model has no
+                proposal (built with ``recognition=None``).
         """
         if k < 1:
             raise ValueError(f"the number of particles k must be >= 1, got {k}")
@@ -310,7 +311,11 @@ class HelmholtzMachine(nn.Module):
         return zs, log_q
 
     def log_proposal(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
-        """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l])."""
+        """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l]).
+
+        Raises:
+            ValueError: the model has no proposal (built with ``recognition=None``).
+        """
         self._check_proposal()
         lq = self.recognition[0].log_prob(zs[0], x)
         for i in range(1, len(self.recognition)):
@@ -318,7 +323,12 @@ class HelmholtzMachine(nn.Module):
         return lq
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ~ q, [K, B], no gradient."""
+        """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ~ q, [K, B] in nats, for
+        x [B, D]; no gradient.
+
+        Raises:
+            ValueError: k < 1, or the model has no proposal (built with ``recognition=None``).
+        """
         with torch.no_grad():
             zs, log_q = self.propose(x, k)
             return self.log_joint(x, zs) - log_q
