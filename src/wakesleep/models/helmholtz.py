@@ -13,7 +13,6 @@ Conventions (see ``../shared/DESIGN.md``):
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -346,8 +345,15 @@ class HelmholtzMachine(nn.Module):
         if total > MAX_ENUMERATED_LATENTS:
             raise ValueError(f"{total} binary latents give 2^{total} states; enumeration is limited to {MAX_ENUMERATED_LATENTS}")
         p = next(self.parameters())
-        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=total)), dtype=p.dtype, device=p.device)
-        return list(states.split(list(self.latent_sizes), dim=-1))
+        return list(binary_states(total, p.dtype, p.device).split(list(self.latent_sizes), dim=-1))
+
+
+def binary_states(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """Every binary vector of length n, [2^n, n] of 0.0/1.0, in counting order: row i is i in binary,
+    most significant bit first (``itertools.product([0, 1], repeat=n)``'s order)."""
+    idx = torch.int32 if n < 31 else torch.int64  # half the memory of int64 for the 2^24 states of 24 latents
+    bits = torch.arange(2**n, dtype=idx, device=device)[:, None] >> torch.arange(n - 1, -1, -1, dtype=idx, device=device)
+    return (bits & 1).to(dtype)
 
 
 def _check_sizes(sizes: Sequence[int]) -> list[int]:
