@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 
+BATCH = 100  # datapoints per evaluation batch (log_likelihood's default)
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -76,13 +79,13 @@ def child(a: argparse.Namespace) -> None:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     t0, c0 = time.perf_counter(), time.process_time()
-    ll = log_likelihood(model, x, k=a.k, max_memory_mib=a.max_memory_mib, progress=a.progress, seed=0)
+    ll = log_likelihood(model, x, k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib, progress=a.progress, seed=0)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     thread.join()
     peak_after = max_rss_mib()
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
-    b, kc = chunk_sizes(model, x.shape[0], a.k, 100, a.max_memory_mib, x.element_size())
+    b, kc = chunk_sizes(model, x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
     print(json.dumps({
         "n": ll.n, "k": ll.k, "mean": ll.mean, "stderr": ll.stderr, "wall_s": wall, "cpu_s": cpu,
         "baseline_mib": baseline, "peak_mib": peak, "eval_mib": peak - baseline, "chunk": [b, kc],

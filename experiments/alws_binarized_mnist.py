@@ -98,7 +98,6 @@ def main(argv=None) -> int:
         torch.manual_seed(a.seed)
         grids[name] = tile_images(model.sample_mean(64).cpu(), (28, 28), nrow=8)
         atomic_torch_save({"model": model.state_dict(), "config": model.config}, summary_path.parent / f"{name}.pt")
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(summary_path, json.dumps({"settings": {**vars(a), **evaluation}, "results": results}, indent=2))
 
     if grids:

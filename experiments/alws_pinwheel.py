@@ -151,7 +151,6 @@ def main(argv=None) -> int:
     summary = {"steps": steps_done, "cpu_seconds": cpu, "log_likelihood": ll.as_dict(), "weights_sorted": weights[order].tolist(),
                "components_above_0.02": kept, "bandwidth": est.krr.kernel.bandwidth.item(), "lam": est.krr.lam.item(),
                "settings": vars(a), "history": history}
-    Path(a.summary).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(a.summary), json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("steps", "cpu_seconds", "log_likelihood", "weights_sorted", "components_above_0.02")}, indent=1))
     print(f"figure: {a.figure}")

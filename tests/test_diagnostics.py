@@ -22,10 +22,10 @@ import matplotlib.image
 import pytest
 import torch
 
+from wakesleep import compare as compare_module
 from wakesleep import diagnostics as D
 from wakesleep.cli import main
 from wakesleep.compare import ConfigError, load_config, parse_config, run_compare
-from wakesleep.estimators import ESTIMATORS
 from wakesleep.references import build_reference
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -70,12 +70,27 @@ def test_settings_parse_and_build():
         D.Setting.parse("nope:k=1")
     with pytest.raises(ValueError, match="name=value"):
         D.Setting.parse("rws:8")
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match=r"k \(particles\)"):
         D.Setting.parse("rws:k=0").build()
     sbn, _ = build_reference("sbn")
     assert not any(s.algorithm in ("vae", "iwae") for s in D.default_settings(sbn))
     fa, _ = build_reference("factor-analysis")
     assert any(s.algorithm == "iwae" for s in D.default_settings(fa))
+
+
+def test_plot_families_leave_out_only_the_particle_and_sample_counts():
+    def row(text):
+        s = D.Setting.parse(text)
+        return {"algorithm": s.algorithm, "params": json.dumps(s.kwargs, sort_keys=True)}
+
+    assert D._family(row("rws:k=8,q_update=wake")) == D._family(row("rws:k=32,q_update=wake")) == "rws(q_update=wake)"
+    assert D._family(row("rws:k=8,q_update=wake,sleep_batch=50")) == "rws(q_update=wake,sleep_batch=50)"
+    assert D._family(row("ws:samples=4")) == "ws(samples=4)" and D._count(row("ws:samples=4")) is None
+    alws = row("alws:sleep_samples=100,kernel=matern32")
+    assert D._family(alws) == "alws(kernel=matern32)" and D._count(alws) == ("sleep_samples", 100)
+    assert [s.label for s in D.alws_settings(ns=(50, 800), kernels=("gaussian", "matern32"))] == [
+        "alws(kernel=gaussian,sleep_samples=50)", "alws(kernel=gaussian,sleep_samples=800)",
+        "alws(kernel=matern32,sleep_samples=50)", "alws(kernel=matern32,sleep_samples=800)"]
 
 
 # ------------------------------------------------------------------ theory
@@ -121,11 +136,8 @@ def test_wake_sleep_theta_gradient_is_biased_and_its_sleep_phi_is_not():
     assert by_setting(rows)["rws(k=128,q_update=wake)"]["rel_bias"] < 0.5 * ws["rel_bias"]
 
 
-@pytest.mark.skipif("alws" not in ESTIMATORS, reason="ALWS is not registered in wakesleep.estimators yet")
 def test_alws_error_falls_with_n():
     settings = D.alws_settings(ns=(50, 800))
-    if len(settings) < 2:
-        pytest.skip("this ALWS takes no sleep-sample-count argument that diagnostics recognises")
     small, large = settings[0], settings[1]  # same kernel, N = 50 and 800
     model, x = build_reference("sbn")
     rows = by_setting(D.diagnose(model, x, [small, large], repeats=50, progress=False))
@@ -150,13 +162,13 @@ def test_diagnose_command_writes_table_and_plots(tmp_path, capsys):
 
 def test_diagnose_command_rejects_bad_settings(capsys):
     assert main(["diagnose", "--reference", "sbn", "--estimator", "rws:k=zero", "--repeats", "3", "--no-progress"]) == 2
-    assert "k" in capsys.readouterr().err
+    assert "k (particles)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ compare
 
 
-def tiny_config(tmp_path, **changes):
+def tiny_config(**changes):
     raw = {
         "name": "tiny", "seeds": [0, 1], "threads": 1,
         "data": {"dataset": "digits"},
@@ -169,7 +181,15 @@ def tiny_config(tmp_path, **changes):
     return raw
 
 
-def test_compare_runs_end_to_end_and_resumes(tmp_path, capsys):
+def test_compare_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
+    initial = {}  # (label, seed directory) -> the model's parameters when training starts
+    real_train = compare_module.train
+
+    def recording_train(model, estimator, *args, run_dir=None, **kwargs):
+        initial[(run_dir.parent.name, run_dir.name)] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_train(model, estimator, *args, run_dir=run_dir, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", recording_train)
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text("""
 name = "tiny"
@@ -208,11 +228,26 @@ settings = { k = 3 }
     record = json.loads((out / "RWS-3" / "seed1" / "summary.json").read_text())
     assert record["epochs"] == 1 and record["test_k"] == 20 and record["test_n"] == 50
     assert math.isfinite(record["test_log_likelihood"]) and record["test_log_likelihood"] < 0
-    # Equal budgets and like-for-like seeds: both estimators start from the same model at seed s.
     assert "test log-likelihood" in capsys.readouterr().out
-    # A second run finds every summary and trains nothing: the same numbers come back.
+    # Equal budgets and like-for-like seeds: both estimators start from the same model at seed s
+    # (and the seeds differ), and train for the same number of epochs.
+    assert sorted(initial) == [(label, f"seed{s}") for label in ("RWS-3", "WS") for s in (0, 1)]
+    for s in (0, 1):
+        ws, rws = initial["WS", f"seed{s}"], initial["RWS-3", f"seed{s}"]
+        assert ws.keys() == rws.keys() and all(torch.equal(ws[k], rws[k]) for k in ws)
+    assert not all(torch.equal(initial["WS", "seed0"][k], initial["WS", "seed1"][k]) for k in initial["WS", "seed0"])
+    assert [json.loads(p.read_text())["epochs"] for p in sorted(out.glob("*/seed*/summary.json"))] == [1, 1, 1, 1]
+    # A second run finds every summary and trains nothing: no run is trained again (its metrics
+    # would be rewritten) and the same table comes back.
+    runs = sorted(out.glob("*/seed*"))
+    assert len(runs) == 4
+    for run in runs:
+        (run / "metrics.jsonl").unlink()
+    per_seed_before = (out / "per_seed.csv").read_text()
+    initial.clear()
     records, _, _ = run_compare(load_config(cfg_path), out, progress=False)
-    assert [r["test_log_likelihood"] for r in records] == [json.loads((out / r["label"] / f"seed{r['seed']}" / "summary.json").read_text())["test_log_likelihood"] for r in records]
+    assert initial == {} and not any((run / "metrics.jsonl").exists() for run in runs)
+    assert len(records) == 4 and (out / "per_seed.csv").read_text() == per_seed_before
     # ...but a changed config does not silently reuse the old runs.
     cfg_path.write_text(cfg_path.read_text().replace("epochs = 1", "epochs = 2"))
     with pytest.raises(ConfigError, match="different config"):
@@ -236,8 +271,8 @@ settings = { k = 3 }
     ({"estimators": [{"algorithm": "rws", "train": {"epochs": 5}}]}, "estimators[0].train.epochs"),
     ({"estimators": [{"algorithm": "rws"}, {"algorithm": "rws"}]}, "repeated"),
 ])
-def test_bad_configs_name_the_key(tmp_path, change, key):
-    raw = tiny_config(tmp_path, **change)
+def test_bad_configs_name_the_key(change, key):
+    raw = tiny_config(**change)
     raw = {k: v for k, v in raw.items() if v is not None}
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_config(raw, "bad.toml")
@@ -251,4 +286,4 @@ def test_bad_config_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
     with pytest.raises(ConfigError, match="no estimator labelled"):
-        parse_config(tiny_config(tmp_path), "x.toml", only=["IWAE"])
+        parse_config(tiny_config(), "x.toml", only=["IWAE"])

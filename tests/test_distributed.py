@@ -6,8 +6,7 @@
   the batch and over the sleep samples, so the mean of the two shard losses *is* the loss of the
   union batch (with the union of the particles and of the sleep samples); one Adam step on it from
   the same start must give the ranks' parameters to rounding (float64).
-- The same for ALWS's step (model and kernel) with the same sleep samples on both ranks (skipped
-  where ``wakesleep.estimators.alws`` is not installed).
+- The same for ALWS's step (model and kernel) with the same sleep samples on both ranks.
 - A two-process run killed mid-epoch resumes from its checkpoint to exactly the parameters and
   metrics of an uninterrupted two-process run (every rank's RNG state and partial metric sums are
   saved): through the Python API with ``torch.multiprocessing``, and (``-m slow``) through
@@ -28,7 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from wakesleep import distributed
-from wakesleep.estimators import RWS
+from wakesleep.estimators import ALWS, RWS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import read_jsonl
 from wakesleep.train import CHECKPOINT, FAULT_ENV, METRICS, TrainConfig, build_optimizer, load_checkpoint, train_step
@@ -93,8 +92,6 @@ def test_one_synchronised_rws_step_equals_the_step_on_the_union(tmp_path):
 
 
 def _alws_worker(rank: int, store: str, out: str) -> None:
-    from wakesleep.estimators.alws import ALWS
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -112,12 +109,11 @@ def test_one_synchronised_alws_model_step_with_fixed_sleep_samples_equals_the_un
     """ALWS's loss is its kernel loss (a function of the sleep samples only) minus the mean over
     the wake batch of Ĵ(x_m); with the same sleep samples on both ranks, the mean of the two
     shard losses is the loss of the union wake batch."""
-    alws = pytest.importorskip("wakesleep.estimators.alws")
     _start(_alws_worker, str(tmp_path / "store"), str(tmp_path / "rank"))
     ranks = [torch.load(tmp_path / f"rank.{r}", weights_only=False) for r in range(2)]
     assert ranks[0]["bad"] is None and ranks[1]["bad"] is None
 
-    model, est = _model(), alws.ALWS(sleep_samples=40, valid_samples=20, lam=1e-2).double()
+    model, est = _model(), ALWS(sleep_samples=40, valid_samples=20, lam=1e-2).double()
     opt = build_optimizer(model, est, TrainConfig(lr_p=1e-2, lr_estimator=1e-2))
     losses = []
     for r in range(2):
@@ -208,7 +204,7 @@ def test_two_process_torchrun_run_resumes_from_its_checkpoint(tmp_path):
     _same_run(tmp_path / "ref", tmp_path / "run")
 
 
-def test_shards_are_disjoint_equal_and_cover_the_data():
+def test_shards_are_equal_and_cover_the_data():
     order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
     parts = [distributed.shard(order, r, 3) for r in range(3)]
     assert {p.numel() for p in parts} == {4}

@@ -16,17 +16,14 @@ from exactness import bias_norm_band, cosine, grads, small_sbn, z_scores
 from wakesleep.estimators import IWAE, RWS, VAE, WakeSleep, sleep_phase_loss
 from wakesleep.evaluate import effective_sample_size, exact_log_marginal, importance_log_marginal, log_likelihood
 from wakesleep.models import HelmholtzMachine
-from wakesleep.references import exact_theta_grad, exact_wake_phi_target as exact_wake_phi_grad
+from wakesleep.references import exact_theta_grad, exact_wake_phi_target as exact_wake_phi_grad, sbn_reference
 
 Z_MAX = 4.5
 
 
 @pytest.fixture(scope="module")
 def sbn():
-    model = small_sbn()
-    torch.manual_seed(1)
-    _, x = model.sample(4)
-    return model, x
+    return sbn_reference(batch=4)  # the model of small_sbn() and a batch of 4 drawn from it
 
 
 def rws_grads(model, x, k, repeats):

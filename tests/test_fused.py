@@ -101,7 +101,7 @@ def test_compiled_kernels_compute_the_same_log_density_and_gradient(compiled, dt
     # Rounding only: each of the 200 terms is off by at most a few ulps of its magnitude (the
     # compiled form also drops log(1 + e) for e = e^{-|l|} below epsilon, an error below eps·|l|).
     eps = torch.finfo(dtype).eps
-    tol = 8 * eps * (value * logits).abs().add(F_softplus(logits)).sum(-1).detach()
+    tol = 8 * eps * (value * logits).abs().add(torch.nn.functional.softplus(logits)).sum(-1).detach()
     assert ((out - ref).abs() <= tol).all()
     torch.testing.assert_close(g, g_ref, rtol=4 * eps, atol=4 * eps * weight.abs().max().item())
 
@@ -128,10 +128,6 @@ def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
         assert layers.use_compiled_kernels(True) is False
     assert layers._compiled is None
-
-
-def F_softplus(x):
-    return torch.nn.functional.softplus(x)
 
 
 def test_train_config_compile_must_be_a_bool():

@@ -111,6 +111,20 @@ def test_models_without_an_exact_form_are_refused():
         build_reference("nope")
 
 
+def test_factor_analysis_with_a_learned_prior_has_no_closed_form_posterior():
+    """The posterior, φ-targets and χ² assume the fixed prior N(0, I); log p(x) does not."""
+    from wakesleep.references import chi_square
+
+    torch.manual_seed(0)
+    model = HelmholtzMachine.factor_analysis(4, 2, learn_prior=True).double()
+    x = model.sample(3)[1]
+    assert torch.isfinite(exact_theta_grad(model, x)).all()
+    for quantity in (lambda: fa_posterior(model, x), lambda: exact_wake_phi_target(model, x),
+                     lambda: exact_sleep_phi_target(model), lambda: chi_square(model, x)):
+        with pytest.raises(NoExactReference, match=r"learns its prior.*learn_prior=True"):
+            quantity()
+
+
 @pytest.mark.parametrize("name", ["factor-analysis", "sbn", "gaussian-quadrature"])
 def test_chi_square_is_the_second_moment_of_the_weights(name):
     """1 + χ²(p(z|x) ‖ q) = E_q[(w / p(x))²], estimated with 50000 proposal draws per datapoint and the exact p(x)."""

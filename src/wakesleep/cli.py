@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted)")
     t.add_argument("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    t.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler; faster for long runs, see docs/benchmarks.md)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the training step and the log-density kernels (needs a C++ compiler; faster for long runs, see docs/benchmarks.md)")
     _add_device(t)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run", description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).")
@@ -257,10 +257,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not distributed.launched_by_torchrun():
         return _train(a, device)
     device = distributed.setup(device)
+    main = distributed.is_main()
     try:
-        return _train(a, device)
+        code = _train(a, device)
     finally:
         distributed.teardown()
+    if not main:
+        # A worker has written nothing and has nothing left to do.  Its interpreter shutdown
+        # sometimes aborted in C++ ("terminate called without an active exception", with no
+        # Python frame on the stack: about 1 run in 15 on a loaded machine), after which torchrun
+        # killed rank 0 mid-evaluation; leaving without the interpreter's teardown avoids that.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
@@ -315,7 +325,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
     model = HelmholtzMachine.from_config(config["model"]).to(device)
     estimator = estimator_from(config["algorithm"], config["estimator"]).to(device)
     tcfg = TrainConfig(**config["train"], progress=not a.no_progress)
-    rank, world_size = distributed.world()
+    world_size = distributed.world()[1]
     if main:
         where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
         print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
@@ -325,13 +335,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
     # 0's alone and needs no collectives, and a rank that left alone could crash at exit.
     distributed.teardown(barrier=True)
     if not main:
-        # A worker has written nothing and has nothing left to do.  Its interpreter shutdown
-        # sometimes aborted in C++ ("terminate called without an active exception", with no
-        # Python frame on the stack: about 1 run in 15 on a loaded machine), after which torchrun
-        # killed rank 0 mid-evaluation; leaving without the interpreter's teardown avoids that.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return 0
     model.eval()
     test_k = config.get("test_k", a.test_k)
     fault_point("evaluate")
@@ -388,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (DataError, CheckpointError, UsageError, TrainingError, ValueError) as e:
-        rank, world_size = distributed.world()
-        print(f"wakesleep {args.command}{f' (rank {rank})' if world_size > 1 else ''}: error: {e}", file=sys.stderr)
+        rank = f" (rank {os.environ.get('RANK', '?')})" if distributed.launched_by_torchrun() else ""
+        print(f"wakesleep {args.command}{rank}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wakesleep {args.command}: interrupted; the last checkpoint is kept (resume with --resume)", file=sys.stderr)

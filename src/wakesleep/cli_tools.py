@@ -31,7 +31,7 @@ def add_subcommands(sub, positive_int, positive_float) -> None:
                    help="exact reference model(s) (default: factor-analysis sbn)")
     d.add_argument("--estimator", nargs="+", default=None, metavar="SPEC",
                    help="settings such as ws rws:k=8,q_update=wake iwae:k=32 alws:... (default: WS; RWS K=2,8,32,128,512 "
-                        "wake, K=8 sleep/both; VAE and IWAE K=2..512 where latents are Gaussian; ALWS if installed)")
+                        "wake, K=8 sleep/both; VAE and IWAE K=2..512 where latents are Gaussian; ALWS N=100,400,1600 with gaussian and matern32 kernels)")
     d.add_argument("--repeats", type=positive_int, default=200, help="estimates per setting, R (default: 200)")
     d.add_argument("--batch", type=positive_int, default=16, help="datapoints in the reference batch (default: 16)")
     d.add_argument("--seed", type=int, default=0, help="seed of the reference model, its batch and the estimates")

@@ -53,6 +53,8 @@ import io
 import json
 import math
 import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -60,11 +62,11 @@ from typing import Any
 import torch
 
 from wakesleep import plots
-from wakesleep.data import load_dataset
+from wakesleep.data import SPLITS, load_dataset
 from wakesleep.estimators import ESTIMATORS, Estimator, EstimatorOutput, sleep_phase_loss
-from wakesleep.evaluate import log_likelihood
+from wakesleep.evaluate import log_likelihood, mean_stderr
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, train
+from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, check_data, train
 
 SUMMARY, RUN = "summary.json", "run.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
@@ -105,6 +107,7 @@ class CompareConfig:
     out_dir: str | None = None
 
     def train_config(self, spec: EstimatorSpec, seed: int, progress: bool = True) -> TrainConfig:
+        """The :class:`TrainConfig` of ``spec`` at ``seed``: [train], then the estimator's overrides (no early stopping by default)."""
         return TrainConfig.from_dict({"patience": None, **self.train, **spec.train, "seed": seed, "progress": progress})
 
 
@@ -269,7 +272,8 @@ class SleepPhaseProposal(Estimator):
 
 
 def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:
-    """A fixed random subset of n rows (all rows if n is None or ≥ len(x)), the same in every run.
+    """A fixed random subset of n rows (all rows if n is None or ≥ len(x)), the same in every run:
+    x [N, D] → [min(n, N), D].
 
     Random, not the first n: data files are often not shuffled (for one model, binarised MNIST's
     first 100 test images averaged −110 nats and its first 2000 −81).
@@ -367,12 +371,26 @@ SUMMARY_COLUMNS = ("label", "algorithm", "settings", "seeds", "test_log_likeliho
                    "test_k", "test_n", "train_seconds", "clock", "epochs")
 
 
-def _csv(rows: list[dict], columns) -> str:
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """The rows as CSV text with header ``columns`` (full precision; empty cells for None or missing
+    keys; other keys ignored)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(n)`` (None: leave the count as is); the previous count is restored after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def markdown_table(summary: list[dict]) -> str:
@@ -403,8 +421,8 @@ def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
         for i in range(min(len(r) for r in runs)):
             t = torch.tensor([r[i]["time"] for r in runs], dtype=torch.float64)
             v = torch.tensor([r[i]["valid_log_likelihood"] for r in runs], dtype=torch.float64)
-            se = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else 0.0
-            points.append((t.mean().item(), v.mean().item(), se))
+            ll = mean_stderr(v)
+            points.append((t.mean().item(), ll.mean, ll.stderr))
         series[spec.label] = points
     if not series:
         return None
@@ -430,24 +448,23 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress:
     probe = build_model(cfg, data.dim)
     for spec in cfg.estimators:
         ESTIMATORS[spec.algorithm](**spec.settings).check_model(probe)
-    if probe.binary_data and not data.binary:
-        raise ValueError(f"{data.name} is not binary but the model's likelihood is Bernoulli: set model.likelihood = \"gaussian\"")
+    for split in SPLITS:  # before any run starts: e.g. a Bernoulli likelihood on grey levels
+        try:
+            check_data(probe, getattr(data, split), f"{data.name} ({split})")
+        except ValueError as e:
+            hint = ' (in the config: [model] likelihood = "gaussian")' if probe.binary_data and not data.binary else ""
+            raise ValueError(f"{e}{hint}") from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
-    previous = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     records = []
-    try:
+    with torch_threads(cfg.threads):
         for spec in cfg.estimators:
             for seed in cfg.seeds:
                 print(f"[{cfg.name}] {spec.label} seed {seed}", flush=True)
                 records.append(run_one(cfg, spec, seed, data, out / spec.label / f"seed{seed}", progress))
-                atomic_write_text(out / "per_seed.csv", _csv(records, PER_SEED_COLUMNS))
-    finally:
-        torch.set_num_threads(previous)
+                atomic_write_text(out / "per_seed.csv", csv_text(records, PER_SEED_COLUMNS))
     summary = summarise(records)
-    atomic_write_text(out / "summary.csv", _csv(summary, SUMMARY_COLUMNS))
+    atomic_write_text(out / "summary.csv", csv_text(summary, SUMMARY_COLUMNS))
     atomic_write_text(out / "summary.md", markdown_table(summary) + "\n")
     curves_plot(cfg, out, out / "curves.png")
     return records, summary, out

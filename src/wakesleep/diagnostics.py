@@ -22,8 +22,7 @@ the estimator's φ-update aims at, see :func:`phi_target`) this reports, in unit
 - ``ll_gap``: for estimators that report an ``objective`` (the importance-sampled bound
   log (1/K) Σ_k w_k, nats per datapoint), its mean minus the exact mean log p(x), with ``ll_gap_se``.
 
-Settings are strings ``"rws:k=8,q_update=wake"`` (:meth:`Setting.parse`); an ALWS row appears
-only when ``wakesleep.estimators.ESTIMATORS`` has ``"alws"``.  Source of the protocol:
+Settings are strings ``"rws:k=8,q_update=wake"`` (:meth:`Setting.parse`).  Source of the protocol:
 ``../shared/reference/ALGORITHMS.md`` §5 (bias and variance of each gradient estimator against the
 exact gradient), and §4/§7.1 of the ALWS paper (Wenliang et al. 2020: gradient estimation on a
 model with a known gradient).
@@ -32,9 +31,6 @@ model with a known gradient).
 from __future__ import annotations
 
 import copy
-import csv
-import inspect
-import io
 import json
 import math
 import time
@@ -48,12 +44,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wakesleep import plots
+from wakesleep.compare import csv_text, torch_threads
 from wakesleep.estimators import ESTIMATORS
+from wakesleep.evaluate import mean_stderr
 from wakesleep.references import (
     NoExactReference,
     exact_log_marginal,
     exact_sleep_phi_target,
-    exact_theta_grad,
     exact_wake_phi_target,
     flat_grad,
 )
@@ -69,8 +66,9 @@ COLUMNS = (
 #: Columns shown by :func:`format_table`.
 SHOWN = ("setting", "target", "rel_bias", "rel_bias_se", "bias_z", "rel_variance", "rel_rmse", "rel_rmse_budget",
          "cos_mean", "cos_single", "cpu_seconds", "ll_gap")
-#: Names of an ALWS constructor argument that sets the number of sleep samples N, tried in order.
-ALWS_N_NAMES = ("n", "n_sleep", "sleep_samples", "num_sleep", "sleep_size", "num_samples", "samples", "sleep_batch")
+#: The settings that count particles or samples: K (RWS, IWAE) and ALWS's number of sleep samples N.
+#: Plots draw one line per setting with these left out (:func:`_family`).
+COUNT_NAMES = ("k", "sleep_samples")
 
 
 # ------------------------------------------------------------------ settings
@@ -90,6 +88,7 @@ class Setting:
 
     @classmethod
     def of(cls, algorithm: str, **params) -> "Setting":
+        """The setting ``algorithm`` with constructor arguments ``params`` (stored sorted by name)."""
         return cls(algorithm, tuple(sorted(params.items())))
 
     @classmethod
@@ -146,39 +145,20 @@ def _parse_value(text: str):
 
 
 def alws_settings(ns: Sequence[int] = (100, 400, 1600), kernels: Sequence[str] = ("gaussian", "matern32")) -> list[Setting]:
-    """ALWS settings at several numbers of sleep samples N and kernels, if ALWS is registered.
+    """ALWS settings ``alws:sleep_samples=N,kernel=...`` for every kernel, and within each every N.
 
-    The ALWS constructor is inspected for an argument setting N (one of :data:`ALWS_N_NAMES`) and
-    one named ``kernel``; settings it rejects are left out with a warning.
-
-    Returns:
-        [] when ``"alws"`` is not in ``ESTIMATORS``.
+    Settings ALWS rejects (e.g. N < 2, an unknown kernel) are left out with a warning.
     """
-    if "alws" not in ESTIMATORS:
-        return []
-    try:
-        names = inspect.signature(ESTIMATORS["alws"]).parameters
-    except (TypeError, ValueError):
-        names = {}
-    n_name = next((n for n in ALWS_N_NAMES if n in names), None)
-    kernel_values: list = list(kernels) if "kernel" in names else [None]
     out = []
-    for kernel in kernel_values:
-        for n in ns if n_name else [None]:
-            params = {}
-            if n_name:
-                params[n_name] = n
-            if kernel is not None:
-                params["kernel"] = kernel
-            s = Setting.of("alws", **params)
+    for kernel in kernels:
+        for n in ns:
+            s = Setting.of("alws", sleep_samples=n, kernel=kernel)
             try:
                 s.build()
-            except (ValueError, TypeError) as e:
+            except ValueError as e:
                 warnings.warn(f"leaving out {s.label}: {e}", stacklevel=2)
                 continue
             out.append(s)
-    if n_name is None:
-        warnings.warn(f"ALWS takes none of {ALWS_N_NAMES}; diagnosing its default N only", stacklevel=2)
     return out
 
 
@@ -186,8 +166,8 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
     """The settings :func:`diagnose` runs by default for ``model``.
 
     WS (K = 1); RWS at every K with wake-φ updates, and at K = 8 with sleep and both; for
-    reparameterisable models VAE and IWAE at every K; ALWS at several N and kernels when
-    registered (:func:`alws_settings`).
+    reparameterisable models VAE and IWAE at every K; ALWS at several N and kernels
+    (:func:`alws_settings`).
     """
     out = [Setting.of("ws")]
     out += [Setting.of("rws", k=k, q_update="wake") for k in ks]
@@ -199,17 +179,15 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
 
 
 def phi_target(estimator) -> str | None:
-    """Which known quantity an estimator's φ-update estimates.
+    """Which known quantity an estimator's φ-update estimates: its ``q_update`` attribute, if one of
 
-    ``"sleep"``: E_{p(z,x)}∇φ log q(z|x) (WS; RWS with q_update="sleep");
+    ``"sleep"``: E_{p(z,x)}∇φ log q(z|x) (WS, whose class sets it; RWS with q_update="sleep";
+    ALWS with ``q_update="sleep"``);
     ``"wake"``: −∇φ KL(p(z|x) ‖ q(z|x)) (RWS wake-φ, consistent in K);
-    ``"both"``: their average (RWS q_update="both"); the same for any estimator with a
-    ``q_update`` attribute of those values (ALWS with ``q_update="sleep"``); None otherwise
-    (VAE/IWAE ascend ∇φ of a bound; ALWS by default leaves φ alone).
+    ``"both"``: their average (RWS q_update="both");
+    None otherwise (VAE/IWAE ascend ∇φ of a bound; ALWS by default leaves φ alone).
     """
-    if getattr(estimator, "name", None) == "ws":
-        return "sleep"
-    q_update = getattr(estimator, "q_update", None)  # RWS; ALWS with q_update="sleep"
+    q_update = getattr(estimator, "q_update", None)  # WS ("sleep"); RWS; ALWS with q_update="sleep"
     return q_update if q_update in ("wake", "sleep", "both") else None
 
 
@@ -297,7 +275,14 @@ def loglog_slope(x: Sequence[float], y: Sequence[float], y_se: Sequence[float]) 
 
 @dataclass
 class Targets:
-    """The exact quantities estimators are compared with (flattened gradients; None where unknown)."""
+    """The exact quantities estimators are compared with.
+
+    Attributes:
+        theta: ∇θ mean_b log p_θ(x_b), flattened over ``model.p_parameters()`` [P_θ].
+        log_marginal: mean_b log p_θ(x_b), nats, a detached scalar tensor.
+        phi: φ-target name (``"wake"``, ``"sleep"``, ``"both"``) → flattened target over
+            ``model.q_parameters()`` [P_φ]; names the model has no exact form of are absent.
+    """
 
     theta: Tensor
     log_marginal: Tensor
@@ -307,12 +292,19 @@ class Targets:
 def exact_targets(model, x: Tensor) -> Targets:
     """Exact θ-gradient, mean log p(x), and the φ-targets this model has ("wake", "sleep", "both").
 
+    Args:
+        x: the data batch [B, D].
+
+    Returns:
+        :class:`Targets`: theta [P_θ]; log_marginal, a scalar (nats, mean over the batch);
+        phi[name] [P_φ].
+
     Raises:
         NoExactReference: the model has no exact log p(x).
     """
-    theta = exact_theta_grad(model, x)
-    with torch.no_grad():
-        log_marginal = exact_log_marginal(model, x).mean()
+    lm = exact_log_marginal(model, x)  # [B], with gradient
+    theta = flat_grad(model.p_parameters(), lm.mean())
+    log_marginal = lm.detach().mean()
     phi = {}
     for name, fn in (("wake", lambda: exact_wake_phi_target(model, x)), ("sleep", lambda: exact_sleep_phi_target(model))):
         try:
@@ -401,18 +393,13 @@ def diagnose(
         raise ValueError(f"x must be [B, {model.data_dim}], got {tuple(x.shape)}")
     settings = default_settings(model) if settings is None else [Setting.parse(s) if isinstance(s, str) else s for s in settings]
     p = next(model.parameters())
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         targets = exact_targets(model, x)
         rows = []
         bar = tqdm(settings, desc=f"diagnose {reference}".strip(), disable=not progress)
         for setting in bar:
             bar.set_postfix_str(setting.label)
             rows += _diagnose_one(model, x, setting, targets, repeats, seed, reference, budget_s, p)
-    finally:
-        torch.set_num_threads(previous)
     return [{c: r.get(c) for c in COLUMNS} for r in rows]
 
 
@@ -430,8 +417,8 @@ def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, r
             "cpu_seconds": res["cpu_seconds"]}
     row = {**base, "target": "theta", **gradient_stats(res["theta"], targets.theta, res["cpu_seconds"], budget_s)}
     if res["objective"] is not None:
-        gap = res["objective"] - targets.log_marginal.item()
-        row["ll_gap"], row["ll_gap_se"] = gap.mean().item(), gap.std().item() / math.sqrt(repeats)
+        gap = mean_stderr(res["objective"] - targets.log_marginal.item())
+        row["ll_gap"], row["ll_gap_se"] = gap.mean, gap.stderr
     rows = [row]
     which = phi_target(est)
     if which in targets.phi:
@@ -450,44 +437,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def to_csv(rows: Sequence[dict]) -> str:
-    """The rows as CSV text with header :data:`COLUMNS` (full precision; empty cells for None)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in COLUMNS})
-    return buf.getvalue()
-
-
 def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write :func:`to_csv` to ``path`` atomically; returns the path."""
+    """Write the rows as CSV with header :data:`COLUMNS` (full precision; empty cells for None) to
+    ``path`` atomically; returns the path."""
     path = Path(path)
-    atomic_write_text(path, to_csv(rows))
+    atomic_write_text(path, csv_text(rows, COLUMNS))
     return path
 
 
-def read_csv(path: str | Path) -> list[dict]:
-    """Read a table written by :func:`write_csv` back into rows (numbers as float, empty cells as None)."""
-    def value(v: str):
-        if v == "":
-            return None
-        try:
-            return float(v)
-        except ValueError:
-            return v
-
-    with open(path, newline="") as f:
-        return [{k: (v if k in ("reference", "setting", "algorithm", "params", "target") else value(v)) for k, v in r.items()}
-                for r in csv.DictReader(f)]
-
-
-def format_table(rows: Sequence[dict], columns: Sequence[str] = SHOWN, markdown: bool = False) -> str:
-    """A fixed-width (or markdown) text table of ``columns`` with 3 significant figures."""
+def format_table(rows: Sequence[dict], columns: Sequence[str] = SHOWN) -> str:
+    """A fixed-width text table of ``columns`` with 3 significant figures."""
     cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
@@ -496,17 +456,18 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = SHOWN, markdown:
 
 def _family(row: dict) -> str:
     """Series name: the algorithm with its settings other than the particle/sample count."""
-    params = {k: v for k, v in json.loads(row["params"] or "{}").items() if k not in ("k",) + ALWS_N_NAMES}
+    params = {k: v for k, v in json.loads(row["params"] or "{}").items() if k not in COUNT_NAMES}
     return row["algorithm"] + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
 
 
 def _count(row: dict) -> tuple[str, object] | None:
     """The particle/sample-count setting of a row (k for RWS/IWAE, N for ALWS), if any."""
     params = json.loads(row["params"] or "{}")
-    return next(((k, params[k]) for k in ("k",) + ALWS_N_NAMES if k in params), None)
+    return next(((k, params[k]) for k in COUNT_NAMES if k in params), None)
 
 
-def _with_range(name: str, points: list, rows: Sequence[dict]) -> str:
+def _with_range(name: str, rows: Sequence[dict]) -> str:
+    """``name`` with the counts its family's rows run over appended, e.g. ``rws(q_update=wake) k=2,8,32``."""
     base = name.split(" [")[0]
     counts = [c for r in rows if _family(r) == base and (c := _count(r)) is not None]
     values = sorted({v for _, v in counts})
@@ -515,30 +476,31 @@ def _with_range(name: str, points: list, rows: Sequence[dict]) -> str:
     return name
 
 
-def error_time_plot(
-    rows: Sequence[dict], path: str | Path, target: str = "theta", title: str | None = None, clock: str = "cpu_seconds"
-) -> Path:
-    """Relative RMSE of a single estimate against time per estimate, log-log, one line per family
-    (e.g. RWS over K, IWAE over K, ALWS over N for one kernel).
+def error_time_plot(rows: Sequence[dict], path: str | Path, target: str = "theta", title: str | None = None) -> Path:
+    """Relative RMSE of a single estimate against process-CPU seconds per estimate (robust on a
+    shared machine), log-log, one line per family (e.g. RWS over K, IWAE over K, ALWS over N for
+    one kernel).
 
     Args:
+        rows: rows of :func:`diagnose` (dicts with :data:`COLUMNS`).
+        path: the PNG file to write.
         target: ``"theta"``, ``"phi"`` (every φ target, one line each) or one of ``"phi-wake"``,
             ``"phi-sleep"``, ``"phi-both"``.
-        clock: ``"cpu_seconds"`` (process CPU time, robust on a shared machine) or ``"seconds"`` (wall).
+
+    Returns:
+        ``path``.
 
     Raises:
-        ValueError: no rows for ``target``, or an unknown clock.
+        ValueError: no rows for ``target``.
     """
-    if clock not in ("cpu_seconds", "seconds"):
-        raise ValueError(f"clock must be 'cpu_seconds' or 'seconds', got {clock!r}")
     series: dict[str, list] = {}
     for r in rows:
         if r["target"] == target or (target == "phi" and r["target"].startswith("phi-")):
             name = _family(r) + (f" [{r['target']}]" if target == "phi" else "")
-            series.setdefault(name, []).append((r[clock], r["rel_rmse"], r["rel_rmse_se"]))
+            series.setdefault(name, []).append((r["cpu_seconds"], r["rel_rmse"], r["rel_rmse_se"]))
     if not series:
         raise ValueError(f"no diagnostics rows for target {target!r}")
-    series = {_with_range(name, pts, rows): pts for name, pts in series.items()}
-    return plots.comparison_plot(series, path, xlabel=("process CPU" if clock == "cpu_seconds" else "wall") + " seconds per estimate",
+    series = {_with_range(name, rows): pts for name, pts in series.items()}
+    return plots.comparison_plot(series, path, xlabel="process CPU seconds per estimate",
                                  ylabel=f"RMSE / ‖g‖ ({target} gradient)", title=title, logx=True, logy=True,
                                  legend_below=True)

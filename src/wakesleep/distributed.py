@@ -78,10 +78,8 @@ def teardown(barrier: bool = False) -> None:
 
     Args:
         barrier: first wait until every rank gets here, so that all ranks destroy the group
-            together rather than one leaving while rank 0 still evaluates (the two-process
-            torchrun test once saw a rank abort with "terminate called without an active
-            exception"; the cause was not pinned down).  Use it on the normal path; leave it off
-            when unwinding from an error, where a peer may never arrive.
+            together rather than one leaving while rank 0 still evaluates.  Use it on the normal
+            path; leave it off when unwinding from an error, where a peer may never arrive.
     """
     if dist.is_initialized():
         if barrier:
@@ -134,7 +132,7 @@ def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
     Raises:
         RuntimeError: if a parameter has a gradient on some ranks and not on others.
     """
-    rank, size = world()
+    size = world()[1]
     have = [p.grad is not None for p in params]
     grads = [p.grad for p in params if p.grad is not None]
     like = grads[0] if grads else loss

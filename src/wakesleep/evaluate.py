@@ -55,7 +55,13 @@ class LogLikelihood:
         return f"{self.mean:.3f} ± {self.stderr:.3f} nats ({how}, n={self.n})"
 
 
-def _summary(values: Tensor, k: int) -> LogLikelihood:
+def mean_stderr(values: Tensor, k: int = 0) -> LogLikelihood:
+    """Mean of ``values`` [N] (nats) with its standard error, ``std / √N`` (unbiased std; 0 for N = 1).
+
+    Args:
+        values: [N] per-datapoint (or per-seed, per-repeat) log-likelihoods or gaps, nats.
+        k: particles per value, recorded in the result (0: exact values, or not an estimate).
+    """
     values = values.double()
     n = values.numel()
     se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else 0.0
@@ -161,8 +167,6 @@ def log_likelihood(
         ValueError: for k < 1, an empty data set, data of the wrong width, or a cap ≤ 0.
     """
     x = _as_tensor(model, data)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     if seed is not None:
         torch.manual_seed(seed)
     b, kc = chunk_sizes(model, x.shape[0], k, batch_size, max_memory_mib, x.element_size())
@@ -171,7 +175,7 @@ def log_likelihood(
                                disable=not progress, leave=False, dynamic_ncols=True) as bar:
         for xb in x.split(b):
             out.append(importance_log_marginal(model, xb, k, particle_chunk=kc, progress=bar))
-    return _summary(torch.cat(out), k)
+    return mean_stderr(torch.cat(out), k)
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
@@ -199,7 +203,7 @@ def exact_log_likelihood(model, data) -> LogLikelihood:
     """Exact mean log-likelihood over ``data`` (see :func:`exact_log_marginal`), nats."""
     x = _as_tensor(model, data)
     with torch.no_grad():
-        return _summary(exact_log_marginal(model, x), 0)
+        return mean_stderr(exact_log_marginal(model, x), 0)
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:

@@ -66,7 +66,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         ctx.save_for_backward(logits, value)
         if _compiled is not None:
             return _compiled[0](logits, value)
-        return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
+        return _plain_log_prob(logits, value)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -97,8 +97,12 @@ def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
         value = value.to(logits.dtype)
     if max(logits.numel(), value.numel()) < _FUSE_FROM:
         # Small tensors: the per-node cost of a Python autograd.Function exceeds the arithmetic.
-        return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
+        return _plain_log_prob(logits, value)
     return _BernoulliLogProb.apply(logits, value)
+
+
+def _plain_log_prob(logits: Tensor, value: Tensor) -> Tensor:
+    return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
 
 
 #: Tensors with at least this many elements take the fused autograd node in bernoulli_log_prob.
@@ -114,6 +118,13 @@ def _log_prob_kernel(logits: Tensor, value: Tensor) -> Tensor:
 
 def _grad_kernel(logits: Tensor, value: Tensor, grad: Tensor) -> Tensor:
     return (value - torch.sigmoid(logits)) * grad.unsqueeze(-1)
+
+
+def first_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``: a compile failure's cause in one line (Inductor's
+    messages run to pages)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 #: (forward, backward) compiled kernels of the fused Bernoulli node, or None (eager ATen).
@@ -155,7 +166,7 @@ def use_compiled_kernels(enabled: bool = True) -> bool:
     except Exception as err:  # Inductor raises many types (missing compiler, codegen errors)
         import warnings
 
-        warnings.warn(f"torch.compile is unavailable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+        warnings.warn(f"torch.compile is unavailable ({first_line(err)}); "
                       "using the eager kernels (same results, slower). Install a C++ compiler to use --compile.",
                       RuntimeWarning, stacklevel=2)
         _compiled = None

@@ -4,7 +4,9 @@ Three references, each a builder returning ``(model, x)`` (a float64 model and a
 drawn from it) and served by the same functions:
 
 - **factor analysis** (:func:`factor_analysis_reference`): z ~ N(0, I), x | z ~ N(W z + b, diag σ²);
-  p(x) = N(b, W Wᵀ + diag σ²) and the posterior p(z | x) are Gaussian in closed form.
+  p(x) = N(b, W Wᵀ + diag σ²) and the posterior p(z | x) are Gaussian in closed form.  With a
+  learned prior (``factor_analysis(learn_prior=True)``) only log p(x) and the θ-gradient are served:
+  the posterior, φ-targets and χ² assume N(0, I) and raise :class:`NoExactReference`.
 - **small sigmoid belief network** (:func:`sbn_reference`): ≤ 24 binary latents, summed over
   all 2^H states.
 - **Gaussian latent, Bernoulli likelihood** (:func:`quadrature_reference`): a 1-D or 2-D
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 from wakesleep.layers import BernoulliLayer, GaussianLayer
 from wakesleep.evaluate import exact_log_marginal as _enumerated_or_closed_form
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS
+from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS, binary_states
 
 #: Largest latent dimension integrated by tensor-product quadrature (order^dim nodes).
 MAX_QUADRATURE_DIM = 3
@@ -58,13 +60,13 @@ class NoExactReference(ValueError):
 # ------------------------------------------------------------------ helpers
 
 
-def flat_grad(params: Sequence[Tensor], loss: Tensor, retain_graph: bool = False) -> Tensor:
+def flat_grad(params: Sequence[Tensor], loss: Tensor) -> Tensor:
     """The gradient of scalar ``loss`` w.r.t. ``params``, flattened and concatenated [Σ numel].
 
     Parameters that ``loss`` does not depend on contribute zeros.
     """
     params = list(params)
-    gs = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
+    gs = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, gs)])
 
 
@@ -189,18 +191,39 @@ def exact_theta_grad(model, x: Tensor, order: int | None = None) -> Tensor:
     return flat_grad(model.p_parameters(), exact_log_marginal(model, x, order).mean())
 
 
+def _check_fixed_prior(model, what: str) -> None:
+    """Raise NoExactReference for a factor-analysis model whose prior is learned: ``what`` assumes z ~ N(0, I)."""
+    if getattr(model, "config", {}).get("learn_prior"):
+        raise NoExactReference(
+            f"{what} assumes factor analysis's fixed prior z ~ N(0, I), but this model learns its prior "
+            "(factor_analysis(learn_prior=True)); build it with learn_prior=False"
+        )
+
+
+def _fa_posterior_cov(layer) -> tuple[Tensor, Tensor]:
+    """Ψ⁻¹ = diag σ⁻² as [D] and the posterior covariance S = (I + Wᵀ Ψ⁻¹ W)⁻¹ [d, d] of a
+    factor-analysis generative layer (prior N(0, I))."""
+    w = layer.net.weight  # [D, d]
+    psi_inv = torch.exp(-2 * layer.log_scale)
+    eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+    return psi_inv, torch.linalg.inv(eye + w.T @ (psi_inv[:, None] * w))
+
+
 def fa_posterior(model, x: Tensor) -> tuple[Tensor, Tensor]:
     """Factor-analysis posterior p(z | x) = N(m(x), S): means [B, d] and the shared covariance [d, d].
 
     S = (I + Wᵀ Ψ⁻¹ W)⁻¹, m = S Wᵀ Ψ⁻¹ (x − b), Ψ = diag σ² (Bishop, PRML §12.2.4).  Differentiable in θ.
+
+    Raises:
+        NoExactReference: not a factor-analysis model, or one with a learned prior (these forms
+            assume N(0, I)).
     """
     if kind(model) != "factor_analysis":
         raise NoExactReference("fa_posterior needs a HelmholtzMachine.factor_analysis model")
+    _check_fixed_prior(model, "the closed-form factor-analysis posterior")
     layer = model.generative[0]
     w, b = layer.net.weight, layer.net.bias  # [D, d], [D]
-    psi_inv = torch.exp(-2 * layer.log_scale)
-    eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
-    cov = torch.linalg.inv(eye + w.T @ (psi_inv[:, None] * w))
+    psi_inv, cov = _fa_posterior_cov(layer)
     mean = (x - b) @ (psi_inv[:, None] * w) @ cov  # cov symmetric
     return mean, cov
 
@@ -270,11 +293,6 @@ def chi_square(model, x: Tensor, order: int | None = None) -> Tensor:
         return torch.expm1(torch.logsumexp(log_post + log_density - model.log_proposal(x, zs), 0))
 
 
-def _binary_states(n: int, dtype, device) -> Tensor:
-    bits = torch.arange(2**n, device=device)[:, None] >> torch.arange(n - 1, -1, -1, device=device)
-    return (bits & 1).to(dtype)
-
-
 def exact_sleep_phi_target(model, order: int | None = None, chunk: int = 4096) -> Tensor:
     """E_{(z, x)~p_θ}[∇φ log q_φ(z | x)] over ``model.q_parameters()`` [P_φ]: what the sleep phase estimates.
 
@@ -297,7 +315,7 @@ def exact_sleep_phi_target(model, order: int | None = None, chunk: int = 4096) -
             f"(got width {model.data_dim}, binary={model.binary_data})"
         )
     p = next(model.parameters())
-    xs = _binary_states(model.data_dim, p.dtype, p.device)
+    xs = binary_states(model.data_dim, p.dtype, p.device)
     with torch.no_grad():
         zs, log_mass = latent_states(model, order)
         logits = model.generative[0].logits(zs[0])  # [S, D]; log p(x | z) for all pairs as one product
@@ -332,6 +350,7 @@ def _weighted_log_q(model, x: Tensor, zs: list[Tensor], mass: Tensor) -> Tensor:
 
 
 def _fa_expected_sleep_log_q(model) -> Tensor:
+    _check_fixed_prior(model, "the closed-form sleep-φ target")
     rec = model.recognition[0].net
     if not isinstance(rec, nn.Linear):
         raise NoExactReference("the closed-form sleep-φ target needs a linear proposal (HelmholtzMachine.factor_analysis builds one)")
@@ -383,9 +402,8 @@ def factor_analysis_reference(
         gen.net.weight.normal_()
         gen.net.bias.normal_()
         gen.log_scale.copy_(math.log(0.5) + 0.1 * torch.randn(data_dim, dtype=torch.float64))
-        psi_inv = torch.exp(-2 * gen.log_scale)
         w = gen.net.weight
-        cov = torch.linalg.inv(torch.eye(latent_dim, dtype=w.dtype) + w.T @ (psi_inv[:, None] * w))
+        psi_inv, cov = _fa_posterior_cov(gen)
         a = cov @ w.T * psi_inv  # posterior mean = a (x − b)
         sd = torch.linalg.eigvalsh(cov).max().sqrt()
         rec.weight[:latent_dim] = a * (1 + 0.1 * mismatch * torch.randn_like(a))

@@ -287,20 +287,19 @@ def compile_estimator(estimator):
     eager estimator from then on.
     """
     compiled = torch.compile(estimator, options={"fallback_random": True})
-    state = {"fn": compiled}
 
     def forward(model, x: Tensor) -> EstimatorOutput:
-        if state["fn"] is estimator:
+        nonlocal compiled
+        if compiled is None:
             return estimator(model, x)
         try:
-            return state["fn"](model, x)
+            return compiled(model, x)
         except Exception as err:  # Dynamo/Inductor raise many types; the eager call below re-raises real errors
             import warnings
 
-            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); training on with the eager step",
-                          RuntimeWarning, stacklevel=2)
-            state["fn"] = estimator
+            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({layers.first_line(err)}); "
+                          "training on with the eager step", RuntimeWarning, stacklevel=2)
+            compiled = None
             return estimator(model, x)
 
     return forward

@@ -293,10 +293,21 @@ class ALWS(Estimator):
 
     def loss_from_samples(self, model, x: Tensor, zs: Sequence[Tensor], x_sleep: Tensor,
                           zs_val: Sequence[Tensor] | None = None, x_val: Tensor | None = None) -> EstimatorOutput:
-        """The loss of :meth:`forward` for given sleep samples (zs, x_sleep [N, D]) and validation
-        samples (zs_val, x_val [V, D]; unused, and may be None, without kernel learning), e.g. to
-        compare kernel methods on the same draws.  Sets the bandwidth by the median heuristic on
-        x_sleep if not yet done."""
+        """The loss of :meth:`forward` for the wake batch x [M, D] and given sleep samples
+        (zs = [z_1 [N, d_1], …], x_sleep [N, D]) and validation samples (zs_val, x_val [V, D];
+        unused, and may be None, without kernel learning), e.g. to compare kernel methods on the
+        same draws.  Sets the bandwidth by the median heuristic on x_sleep if not yet done.  Unlike
+        :meth:`forward` it does not check the model or the devices.
+
+        Returns:
+            :class:`EstimatorOutput`: the scalar loss (nats) and the metrics of :meth:`forward`.
+
+        Raises:
+            ValueError: kernel learning without validation samples.
+            wakesleep.kernels.KernelRidgeError: the regularised kernel matrix is not positive definite even with jitter.
+        """
+        if self.learn_kernel and x_val is None:
+            raise ValueError("kernel learning needs validation samples (zs_val, x_val); pass them or build ALWS(learn_kernel=False)")
         target = self.resolved_target(model)
         if not bool(self.bandwidth_initialised):
             self.krr.kernel.init_bandwidth_(x_sleep)

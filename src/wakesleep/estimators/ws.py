@@ -40,6 +40,8 @@ class WakeSleep(Estimator):
     """
 
     name = "ws"
+    #: φ is updated by the sleep phase only (the attribute RWS sets per instance; read by diagnostics).
+    q_update = "sleep"
 
     def __init__(self, samples: int = 1, sleep_batch: int | None = None):
         super().__init__()

@@ -13,7 +13,6 @@ Conventions (see ``../shared/DESIGN.md``):
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -296,7 +295,8 @@ class HelmholtzMachine(nn.Module):
             ``(zs, log_q)``: zs = [z_1 [K, B, d_1], …], log_q [K, B] in nats.
 
         Raises:
-            ValueError: if k < 1, or reparameterize with discrete latents.
+            ValueError: if k < 1, reparameterize with discrete latents, or the model has no
+                proposal (built with ``recognition=None``).
         """
         if k < 1:
             raise ValueError(f"the number of particles k must be >= 1, got {k}")
@@ -310,7 +310,11 @@ class HelmholtzMachine(nn.Module):
         return zs, log_q
 
     def log_proposal(self, x: Tensor, zs: Sequence[Tensor]) -> Tensor:
-        """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l])."""
+        """log q_φ(z | x) in nats, [K, B] (x [B, D] broadcast against zs [K, B, d_l]).
+
+        Raises:
+            ValueError: the model has no proposal (built with ``recognition=None``).
+        """
         self._check_proposal()
         lq = self.recognition[0].log_prob(zs[0], x)
         for i in range(1, len(self.recognition)):
@@ -318,7 +322,12 @@ class HelmholtzMachine(nn.Module):
         return lq
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ~ q, [K, B], no gradient."""
+        """Importance log-weights log w_k = log p(x, z_k) − log q(z_k | x), z_k ~ q, [K, B] in nats, for
+        x [B, D]; no gradient.
+
+        Raises:
+            ValueError: k < 1, or the model has no proposal (built with ``recognition=None``).
+        """
         with torch.no_grad():
             zs, log_q = self.propose(x, k)
             return self.log_joint(x, zs) - log_q
@@ -336,8 +345,15 @@ class HelmholtzMachine(nn.Module):
         if total > MAX_ENUMERATED_LATENTS:
             raise ValueError(f"{total} binary latents give 2^{total} states; enumeration is limited to {MAX_ENUMERATED_LATENTS}")
         p = next(self.parameters())
-        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=total)), dtype=p.dtype, device=p.device)
-        return list(states.split(list(self.latent_sizes), dim=-1))
+        return list(binary_states(total, p.dtype, p.device).split(list(self.latent_sizes), dim=-1))
+
+
+def binary_states(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """Every binary vector of length n, [2^n, n] of 0.0/1.0, in counting order: row i is i in binary,
+    most significant bit first (``itertools.product([0, 1], repeat=n)``'s order)."""
+    idx = torch.int32 if n < 31 else torch.int64  # half the memory of int64 for the 2^24 states of 24 latents
+    bits = torch.arange(2**n, dtype=idx, device=device)[:, None] >> torch.arange(n - 1, -1, -1, dtype=idx, device=device)
+    return (bits & 1).to(dtype)
 
 
 def _check_sizes(sizes: Sequence[int]) -> list[int]:
