@@ -50,6 +50,7 @@ def child(a: argparse.Namespace) -> None:
 
     from wakesleep.cli import load_run
     from wakesleep.evaluate import chunk_sizes, log_likelihood
+    from wakesleep.models.contract import particle_width
     from wakesleep.models import HelmholtzMachine
 
     torch.set_num_threads(a.threads)
@@ -85,7 +86,7 @@ def child(a: argparse.Namespace) -> None:
     thread.join()
     peak_after = max_rss_mib()
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
-    b, kc = chunk_sizes(model, x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
+    b, kc = chunk_sizes(particle_width(model, x), x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
     print(json.dumps({
         "n": ll.n, "k": ll.k, "mean": ll.mean, "stderr": ll.stderr, "wall_s": wall, "cpu_s": cpu,
         "baseline_mib": baseline, "peak_mib": peak, "eval_mib": peak - baseline, "chunk": [b, kc],

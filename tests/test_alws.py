@@ -23,7 +23,7 @@ from wakesleep.layers import (
     PoissonLayer,
 )
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.protocol import ALWSModel, ExponentialFamilyModel, check_alws_model
+from wakesleep.models.contract import EXPONENTIAL_FAMILY, GENERATIVE, ExponentialFamilyModel, LatentVariableModel, ModelContractError, check_model
 from wakesleep.train import TrainConfig, train
 
 F64 = torch.float64
@@ -140,17 +140,17 @@ def test_circle_prior_is_a_normalised_von_mises_on_the_circle():
 
 def test_protocol_checks():
     fa = HelmholtzMachine.factor_analysis(3, 2)
-    assert isinstance(fa, ALWSModel) and isinstance(fa, ExponentialFamilyModel)
-    check_alws_model(fa, exponential_family=True)
+    assert isinstance(fa, LatentVariableModel) and isinstance(fa, ExponentialFamilyModel)
+    check_model(fa, GENERATIVE + EXPONENTIAL_FAMILY, "ALWS")
 
-    class OnlySamples:
-        data_dim = 3
-
+    class OnlySamples(torch.nn.Module):
         def sample(self, n):
             return [torch.zeros(n, 1)], torch.zeros(n, 3)
 
-    with pytest.raises(TypeError, match="log_joint, log_prior"):
-        check_alws_model(OnlySamples())
+    with pytest.raises(ModelContractError, match="lacks log_joint, p_parameters, log_prior, exponential_family, sufficient_statistics"):
+        check_model(OnlySamples(), GENERATIVE + EXPONENTIAL_FAMILY, "ALWS")
+    with pytest.raises(TypeError, match="ALWS.*lacks log_joint, p_parameters \\("):
+        ALWS(target="generic").check_model(OnlySamples())
 
 
 # ------------------------------------------------------------------ the estimator on factor analysis
@@ -492,9 +492,10 @@ def test_bad_settings_and_models_are_named():
             return []
 
     sim = Generic()
-    with pytest.raises(ValueError, match="target='generic'"):
+    # The missing members are named (not a list of likelihood types).
+    with pytest.raises(ModelContractError, match="lacks exponential_family, sufficient_statistics"):
         ALWS(target="exp_family").check_model(sim)
-    with pytest.raises(ValueError, match="q_update=None"):
+    with pytest.raises(ModelContractError, match="lacks log_proposal"):
         ALWS(q_update="sleep").check_model(sim)
     est = ALWS(sleep_samples=100, valid_samples=20)
     assert est.resolved_target(sim) == "generic" and est.resolved_target(model) == "exp_family"
@@ -608,7 +609,7 @@ def test_a_model_without_proposal_on_the_circle_trains_by_alws():
     assert all(torch.isfinite(t).all() for t in g) and torch.count_nonzero(g[0]) == 2  # ν first
     with pytest.raises(ValueError, match="no proposal"):
         model.log_weights(x, 3)
-    with pytest.raises(ValueError, match="q_update=None"):
+    with pytest.raises(ModelContractError, match="lacks log_proposal"):
         ALWS(q_update="sleep").check_model(model)
     with pytest.raises(ValueError, match="recognition"):
         HelmholtzMachine(CirclePrior(), [GaussianLayer(2, 5)], [GaussianLayer(5, 2), GaussianLayer(2, 2)])

@@ -14,6 +14,7 @@ import torch
 from wakesleep.cli import UsageError, main, resolve_device
 from wakesleep.estimators import IWAE, RWS
 from wakesleep.evaluate import WORKING_COPIES, chunk_sizes, log_likelihood
+from wakesleep.models.contract import particle_width
 from wakesleep.models import HelmholtzMachine
 from wakesleep.train import CHECKPOINT, load_checkpoint, train
 
@@ -29,8 +30,7 @@ def binary(n, d, seed=0):
 
 @pytest.mark.parametrize("cap", [0.01, 1.0, 64.0, 10_000.0])
 def test_chunks_stay_within_the_memory_cap(cap):
-    model = HelmholtzMachine.sbn([784, 200])
-    b, k = chunk_sizes(model, n=10_000, k=5000, batch_size=100, max_memory_mib=cap)
+    b, k = chunk_sizes(784, n=10_000, k=5000, batch_size=100, max_memory_mib=cap)
     assert 1 <= b <= 100 and 1 <= k <= 5000
     used = WORKING_COPIES * b * k * 784 * 4 / 2**20
     assert used <= cap or (b, k) == (1, 1)  # one particle for one datapoint is the floor
@@ -38,7 +38,7 @@ def test_chunks_stay_within_the_memory_cap(cap):
 
 def test_chunk_sizes_reject_a_non_positive_cap():
     with pytest.raises(ValueError, match="max_memory_mib"):
-        chunk_sizes(HelmholtzMachine.sbn([8, 3]), 10, 10, 10, 0.0)
+        chunk_sizes(8, 10, 10, 10, 0.0)
 
 
 def test_particle_chunking_does_not_change_the_estimate():
@@ -49,7 +49,7 @@ def test_particle_chunking_does_not_change_the_estimate():
     x = binary(30, 20).double()
     whole = log_likelihood(model, x, k=64, batch_size=30, seed=3)
     cap = WORKING_COPIES * 30 * 5 * 20 * 8 / 2**20  # room for 5 particles of 30 datapoints
-    assert chunk_sizes(model, 30, 64, 30, cap, 8) == (30, 5)
+    assert chunk_sizes(particle_width(model, x), 30, 64, 30, cap, 8) == (30, 5)
     chunked = log_likelihood(model, x, k=64, batch_size=30, max_memory_mib=cap, seed=3)
     assert math.isclose(whole.mean, chunked.mean, rel_tol=1e-12) and math.isclose(whole.stderr, chunked.stderr, rel_tol=1e-9)
 

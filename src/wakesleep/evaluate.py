@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from wakesleep.models import contract
+
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
 DEFAULT_MAX_MEMORY_MIB = 256.0
 
@@ -69,23 +71,25 @@ def mean_stderr(values: Tensor, k: int = 0) -> LogLikelihood:
 
 
 def _as_tensor(model, data) -> Tensor:
-    p = next(model.parameters())
+    device, dtype = contract.device_dtype(model)
     x = torch.as_tensor(data)
     if x.ndim == 1:
         x = x[None]
     if x.ndim != 2:
         raise ValueError(f"data must be [N, D], got shape {tuple(x.shape)}")
-    if x.shape[1] != model.data_dim:
-        raise ValueError(f"data has width {x.shape[1]} but the model expects {model.data_dim}")
+    dim = getattr(model, "data_dim", None)
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"data has width {x.shape[1]} but the model expects {dim}")
     if x.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty data set")
-    return x.to(device=p.device, dtype=p.dtype)
+    return x.to(device=device, dtype=dtype)
 
 
-def chunk_sizes(model, n: int, k: int, batch_size: int, max_memory_mib: float, itemsize: int = 4) -> tuple[int, int]:
+def chunk_sizes(width: int, n: int, k: int, batch_size: int, max_memory_mib: float, itemsize: int = 4) -> tuple[int, int]:
     """(datapoints, particles) per chunk so that a chunk's working memory stays within
     ``max_memory_mib``: ``WORKING_COPIES × B_chunk × K_chunk × width × itemsize`` bytes, where
-    width is the model's widest layer.  Particles are cut before datapoints; one particle for one
+    width is the elements per particle and datapoint (:func:`wakesleep.models.contract.particle_width`:
+    the model's widest layer).  Particles are cut before datapoints; one particle for one
     datapoint is the floor, whatever the cap.
 
     Raises:
@@ -93,10 +97,27 @@ def chunk_sizes(model, n: int, k: int, batch_size: int, max_memory_mib: float, i
     """
     if not (max_memory_mib > 0):
         raise ValueError(f"max_memory_mib must be > 0, got {max_memory_mib!r}")
-    width = max(model.data_dim, *model.latent_sizes)
     budget = int(max_memory_mib * 2**20) // (WORKING_COPIES * width * itemsize)  # elements of [K, B] per chunk
     b = max(1, min(batch_size, n, budget))
     return b, max(1, min(k, budget // b))
+
+
+def check_evaluable(model, x: Tensor) -> None:
+    """Check that ``model`` can be evaluated by importance sampling on data like x [N, D]: it has
+    a proposal and ``propose``/``log_joint`` return the contract's shapes on two datapoints.
+
+    Raises:
+        wakesleep.models.contract.ModelContractError: (a ``TypeError``) no proposal, naming the members.
+        wakesleep.models.contract.ModelShapeError: a member returning the wrong shape.
+    """
+    if not contract.has_proposal(model):
+        raise contract.ModelContractError(
+            f"{type(model).__name__} has no proposal q(z | x), which importance-sampled evaluation needs "
+            f"({contract.MEMBERS['propose']}): give it one, fit one by sleep-phase updates "
+            "(wakesleep.estimators.train_proposal), or evaluate exactly where the latents can be enumerated"
+        )
+    contract.check_model(model, contract.EVALUATION, "importance-sampled evaluation")
+    contract.check_shapes(model, x, contract.EVALUATION)
 
 
 def importance_log_marginal(
@@ -106,7 +127,7 @@ def importance_log_marginal(
     """Per-datapoint log (1/K) Σ_k w_k, with the K particles drawn in chunks, no gradient.
 
     Args:
-        model: a model with ``log_weights(x, k) -> [k, B]``.
+        model: a model with a proposal (``propose`` and ``log_joint``; ``log_weights`` if it has a faster one).
         x: [B, D].
         k: particles per datapoint (≥ 1).
         particle_chunk: particles per chunk; by default the most that keep the chunk's working
@@ -122,12 +143,12 @@ def importance_log_marginal(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if particle_chunk is None:
-        particle_chunk = chunk_sizes(model, x.shape[0], k, x.shape[0], max_memory_mib, x.element_size())[1]
+        particle_chunk = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, x.shape[0], max_memory_mib, x.element_size())[1]
     acc = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
     done = 0
     while done < k:
         kc = min(particle_chunk, k - done)
-        acc = torch.logaddexp(acc, torch.logsumexp(model.log_weights(x, kc), 0))
+        acc = torch.logaddexp(acc, torch.logsumexp(contract.log_weights(model, x, kc), 0))
         done += kc
         if progress is not None:
             progress.update(kc * x.shape[0])
@@ -151,8 +172,7 @@ def log_likelihood(
     network's first layer runs once per datapoint batch, whatever K.
 
     Args:
-        model: a :class:`~wakesleep.models.HelmholtzMachine` (or anything with ``log_weights``,
-            ``data_dim``, ``latent_sizes``).
+        model: a model with a proposal: ``propose`` and ``log_joint`` (:mod:`wakesleep.models.contract`).
         data: [N, D] tensor or array.
         k: particles per datapoint (5000 is the standard).
         batch_size: the most datapoints per batch.
@@ -165,11 +185,14 @@ def log_likelihood(
 
     Raises:
         ValueError: for k < 1, an empty data set, data of the wrong width, or a cap ≤ 0.
+        wakesleep.models.contract.ModelContractError: (a ``TypeError``) a model without a proposal.
+        wakesleep.models.contract.ModelShapeError: a member returning the wrong shape.
     """
     x = _as_tensor(model, data)
+    check_evaluable(model, x)
     if seed is not None:
         torch.manual_seed(seed)
-    b, kc = chunk_sizes(model, x.shape[0], k, batch_size, max_memory_mib, x.element_size())
+    b, kc = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, batch_size, max_memory_mib, x.element_size())
     out = []
     with torch.no_grad(), tqdm(total=x.shape[0] * k, desc=f"log-likelihood K={k}", unit="particle", unit_scale=True,
                                disable=not progress, leave=False, dynamic_ncols=True) as bar:
@@ -179,24 +202,16 @@ def log_likelihood(
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
-    """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ.
-
-    - Binary latents (an SBN with ≤ 24 latent units): log Σ_z p(x, z) over all 2^H states.
-    - Factor analysis (``HelmholtzMachine.factor_analysis``): log N(x; W μ₀ + b, W diag(s²) Wᵀ + diag σ²)
-      for the prior N(μ₀, diag s²) (μ₀ = 0, s = 1 unless learned).
+    """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ: the model's own
+    ``exact_log_marginal(x)`` (a Helmholtz machine's closed form for factor analysis, or its sum
+    over binary and categorical latent states), else the sum over ``enumerate_latents()``
+    (:func:`wakesleep.models.contract.exact_log_marginal`).
 
     Raises:
-        ValueError: for a model with neither form.
+        wakesleep.models.contract.ModelContractError: (a ``TypeError``) the model has neither member.
+        ValueError: its latents cannot be enumerated (no finite support, too many states).
     """
-    if model.config.get("kind") == "factor_analysis":
-        layer = model.generative[0]
-        lin = layer.net
-        prior = model.prior
-        w = lin.weight * torch.exp(prior.log_scale)  # W diag(s)
-        cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
-        return torch.distributions.MultivariateNormal(lin(prior.loc), covariance_matrix=cov).log_prob(x)
-    zs = [z[:, None, :] for z in model.enumerate_latents()]  # [S, 1, d] against x [B, D]
-    return torch.logsumexp(model.log_joint(x, zs), 0)
+    return contract.exact_log_marginal(model, x)
 
 
 def exact_log_likelihood(model, data) -> LogLikelihood:

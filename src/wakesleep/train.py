@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from wakesleep import distributed, layers
+from wakesleep.models import contract
 from wakesleep.estimators.base import EstimatorOutput
 from wakesleep.evaluate import log_likelihood
 
@@ -377,7 +379,8 @@ def train(
     gradients are averaged; only rank 0 validates and writes files.
 
     Args:
-        model: a :class:`~wakesleep.models.HelmholtzMachine` (or compatible).
+        model: any model that meets the contract for ``estimator`` (:mod:`wakesleep.models.contract`;
+            checked before the first step).
         estimator: a :class:`~wakesleep.estimators.Estimator`.
         train_data: [N, D] float tensor.
         valid: [M, D] float tensor, or None (no validation, no early stopping).
@@ -389,6 +392,9 @@ def train(
         :class:`FitResult`.
 
     Raises:
+        wakesleep.models.ModelContractError: (a ``TypeError``) the model lacks members the
+            estimator or validation needs (all listed).
+        wakesleep.models.ModelShapeError: a member returns the wrong shape (named).
         ValueError: bad settings, an empty data set, data of the wrong width, or (under torchrun) a
             batch size that the number of processes does not divide.
         TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
@@ -402,16 +408,16 @@ def train(
     if cfg.batch_size % world_size:
         raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; "
                          f"use a multiple of {world_size}")
-    estimator.check_model(model)
     train_data = torch.as_tensor(train_data)
     check_data(model, train_data, "train_data")
-    param = next(model.parameters())
-    estimator.to(device=param.device)
-    train_data = train_data.to(param.device, param.dtype)
+    device, dtype = contract.device_dtype(model)
+    estimator.to(device=device)
+    train_data = train_data.to(device, dtype)
     if valid is not None:
         valid = torch.as_tensor(valid)
         check_data(model, valid, "valid")
-        valid = valid.to(param.device, param.dtype)
+        valid = valid.to(device, dtype)
+    valid = check_model_for_training(model, estimator, train_data, valid)
     best_state = None  # in-memory copy of the best parameters when there is no run directory
 
     run = Path(run_dir) if run_dir is not None else None
@@ -442,12 +448,12 @@ def train(
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the optimiser state in {run / CHECKPOINT} does not fit this model ({str(e).splitlines()[0]})") from None
-        _set_rng_states(ckpt, rank, world_size, param.device)
+        _set_rng_states(ckpt, rank, world_size, device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
         start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)
         ranks = ckpt.get("ranks") or []
         saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
-        sums = {k: torch.tensor(v, dtype=torch.float64, device=param.device) for k, v in saved.items()}
+        sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in saved.items()}
         result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         if main:
@@ -472,7 +478,7 @@ def train(
     def save(epoch_done: int, batch: int, finished: bool) -> None:
         """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
         every rank (the RNG states are gathered), written by rank 0."""
-        rng = _rng_states(param.device)
+        rng = _rng_states(device)
         # Every rank's RNG state and partial metric sums, for an exact resume.
         ranks = distributed.gather_object({"rng": rng, "sums": {k: float(v) for k, v in sums.items()}}) if world_size > 1 else None
         if not main:
@@ -541,7 +547,7 @@ def train(
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step}
         if world_size > 1:  # means over every rank's steps
             keys = sorted(sums)
-            total = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), dtype=torch.float64, device=param.device)]))
+            total = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), dtype=torch.float64, device=device)]))
             record.update({f"train_{k}": float(v) / max(float(total[-1]), 1.0) for k, v in zip(keys, total[:-1])})
         else:
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
@@ -618,6 +624,37 @@ def _finish(model, run: Path | None, best_state: dict | None) -> None:
     distributed.broadcast_state([model])
 
 
+def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor | None) -> Tensor | None:
+    """Check, before the first step, that ``model`` meets the contract for ``estimator`` and for
+    validation: one :class:`~wakesleep.models.ModelContractError` listing every missing member,
+    then a shape check on two datapoints naming the member that returns the wrong shape, then
+    the estimator's own check.  A model without a proposal cannot be validated by importance
+    sampling: this warns that validation (and early stopping) is off, and returns None for ``valid``.
+
+    Returns:
+        ``valid``, or None when it will not be used.
+
+    Raises:
+        wakesleep.models.ModelContractError: (a ``TypeError``) missing members.
+        wakesleep.models.ModelShapeError: (a ``ValueError``) a member returning the wrong shape.
+        ValueError: the estimator's own check (e.g. VAE with discrete latents).
+    """
+    if valid is not None and not contract.has_proposal(model):
+        warnings.warn(
+            f"{type(model).__name__} has no proposal q(z | x), so there is no importance-sampled validation "
+            "log-likelihood: validation and early stopping are off and the last epoch's model is kept. "
+            "Give the model a proposal (ALWS(q_update='sleep') trains one by sleep-phase updates) to validate",
+            UserWarning, stacklevel=3,
+        )
+        valid = None
+    needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None else ())
+    settings = ", ".join(f"{k}={v!r}" for k, v in estimator.settings().items() if v is not None and k != "data_dim")
+    contract.check_model(model, needs, f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}")
+    contract.check_shapes(model, train_data, needs)
+    estimator.check_model(model)
+    return valid
+
+
 def check_data(model, x: Tensor, name: str) -> None:
     """Raise ``ValueError`` naming the fix for data the model cannot be trained on.
 
@@ -626,8 +663,9 @@ def check_data(model, x: Tensor, name: str) -> None:
     """
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
-    if x.shape[1] != model.data_dim:
-        raise ValueError(f"{name} has width {x.shape[1]} but the model expects {model.data_dim}: build the model for this data")
+    dim = getattr(model, "data_dim", None)
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has width {x.shape[1]} but the model expects {dim}: build the model for this data")
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} has {bad} NaN/inf values; clean the data first")
@@ -638,4 +676,4 @@ def check_data(model, x: Tensor, name: str) -> None:
 def _restore_best(model, run: Path) -> None:
     best = run / BEST
     if best.is_file():
-        model.load_state_dict(torch.load(best, map_location=next(model.parameters()).device, weights_only=False)["model"])
+        model.load_state_dict(torch.load(best, map_location=contract.device_dtype(model)[0], weights_only=False)["model"])

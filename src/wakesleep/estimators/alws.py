@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
 from wakesleep.estimators.ws import sleep_phase_loss
 from wakesleep.kernels import GaussianKernel, IdentityFeatures, KernelRidge, MaternKernel, MLPFeatures
-from wakesleep.models.protocol import check_alws_model, supports_exponential_family
+from wakesleep.models.contract import EXPONENTIAL_FAMILY, GENERATIVE, check_model, has_proposal, supports_exponential_family
 
 TARGETS = ("auto", "generic", "exp_family")
 KERNELS = ("gaussian", "matern12", "matern32", "matern52")
@@ -149,7 +149,8 @@ class ALWS(Estimator):
         ValueError: bad settings; on use, a model without the exponential-family view for
             ``target="exp_family"``, ``q_update="sleep"`` for a model without a proposal, or
             kernel parameters on another device/dtype than the data.
-        TypeError: on use, a model that does not meet :class:`~wakesleep.models.protocol.ALWSModel`.
+        wakesleep.models.contract.ModelContractError: on use (a ``TypeError``), a model that lacks a
+            member this estimator needs (:meth:`requires`).
         wakesleep.kernels.KernelRidgeError: K_ss + λI not positive definite even with jitter.
 
     Metrics: ``wake_log_joint`` = mean_m Ĵ(x_m) (nats; estimates E_{p(z|x)} log p(x, z), not
@@ -214,15 +215,25 @@ class ALWS(Estimator):
             return "exp_family" if supports_exponential_family(model) else "generic"
         return self.target
 
+    def requires(self, model) -> tuple[str, ...]:
+        """The generative members; for the exponential-family target ``log_prior``,
+        ``exponential_family`` and ``sufficient_statistics``; with ``q_update="sleep"`` the proposal's
+        ``log_proposal`` and ``q_parameters``."""
+        need = GENERATIVE
+        if self.resolved_target(model) == "exp_family":
+            need += EXPONENTIAL_FAMILY
+        if self.q_update == "sleep":
+            need += ("log_proposal", "q_parameters")
+        return need
+
     def check_model(self, model) -> None:
         target = self.resolved_target(model)
-        if target == "exp_family" and not supports_exponential_family(model):
-            raise ValueError(
-                f"target='exp_family' needs a likelihood with an exponential-family view "
-                f"(Bernoulli, Gaussian or Poisson); {type(model).__name__} has none: use target='generic'"
-            )
-        check_alws_model(model, exponential_family=target == "exp_family")
-        if self.q_update == "sleep" and not (hasattr(model, "log_proposal") and model.q_parameters()):
+        if target == "exp_family" and getattr(model, "has_exponential_family", True) is False:
+            lik = getattr(model, "likelihood_name", None) or type(model).__name__
+            raise ValueError(f"target='exp_family' needs exponential_family(z) and sufficient_statistics(x), "
+                             f"which {lik} does not offer: use target='generic'")
+        check_model(model, self.requires(model), f"ALWS(target={target!r}, q_update={self.q_update!r})")
+        if self.q_update == "sleep" and not (has_proposal(model) and list(model.q_parameters())):
             raise ValueError(f"q_update='sleep' needs a model with a proposal q(z | x); {type(model).__name__} has none: use q_update=None")
 
     def _check_device(self, x: Tensor) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
+from wakesleep.models.contract import GENERATIVE
+
 
 @dataclass
 class EstimatorOutput:
@@ -35,8 +37,14 @@ class Estimator(nn.Module):
 
     name: str = "estimator"
 
+    def requires(self, model) -> tuple[str, ...]:
+        """The model-contract members (:mod:`wakesleep.models.contract`) this estimator calls on
+        ``model`` with its settings; the trainer checks them all before the first step."""
+        return GENERATIVE
+
     def check_model(self, model) -> None:
-        """Raise ``ValueError`` naming the fix if this estimator cannot train ``model``."""
+        """Raise ``ValueError`` naming the fix if this estimator cannot train ``model`` (beyond the
+        members of :meth:`requires`, which :func:`wakesleep.train` checks)."""
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
 from wakesleep.estimators.ws import sleep_phase_loss
+from wakesleep.models.contract import PROPOSAL
 
 Q_UPDATES = ("wake", "sleep", "both")
 
@@ -54,6 +55,10 @@ class RWS(Estimator):
 
     def settings(self) -> dict:
         return {"k": self.k, "q_update": self.q_update, "sleep_batch": self.sleep_batch}
+
+    def requires(self, model) -> tuple[str, ...]:
+        """``propose``, ``log_joint``, both parameter groups; ``sample`` and ``log_proposal`` unless q_update="wake"."""
+        return PROPOSAL + ("p_parameters",) + (() if self.q_update == "wake" else ("sample", "log_proposal"))
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ

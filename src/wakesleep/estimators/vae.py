@@ -8,13 +8,14 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
+from wakesleep.models.contract import PROPOSAL
 
 
 def _check_reparameterizable(model, name: str) -> None:
     if not getattr(model, "reparameterizable", False):
         raise ValueError(
-            f"{name} needs reparameterisable (Gaussian) latents; this model has discrete latents: "
-            "use --algorithm rws or ws instead"
+            f"{name} needs reparameterisable latents (propose(x, k, reparameterize=True) and the attribute "
+            f"reparameterizable = True); {type(model).__name__} has none (discrete latents?): use --algorithm rws or ws instead"
         )
 
 
@@ -44,6 +45,10 @@ class IWAE(Estimator):
 
     def settings(self) -> dict:
         return {"k": self.k}
+
+    def requires(self, model) -> tuple[str, ...]:
+        """``propose`` (called with ``reparameterize=True``), ``log_joint``, both parameter groups."""
+        return PROPOSAL + ("p_parameters",)
 
     def check_model(self, model) -> None:
         _check_reparameterizable(model, type(self).__name__)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
+from wakesleep.models.contract import PROPOSAL
 
 
 def sleep_phase_loss(model, n: int) -> Tensor:
@@ -50,6 +51,10 @@ class WakeSleep(Estimator):
 
     def settings(self) -> dict:
         return {"samples": self.samples, "sleep_batch": self.sleep_batch}
+
+    def requires(self, model) -> tuple[str, ...]:
+        """``propose`` and ``log_joint`` (wake), ``sample`` and ``log_proposal`` (sleep), both parameter groups."""
+        return PROPOSAL + ("p_parameters", "sample", "log_proposal")
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         with torch.no_grad():

@@ -1,6 +1,23 @@
-"""Generative models paired with recognition models (proposals), and the protocol ALWS trains."""
+"""Models: the model contract every estimator, the trainer and evaluation use, the Helmholtz
+machines, and :func:`from_distributions`, which builds a model from ``torch.distributions`` objects.
 
+The contract (shapes, optional members, the checks) is documented once, in
+:mod:`wakesleep.models.contract`; ``docs/your-own-model.md`` walks through four models.
+"""
+
+from wakesleep.models.contract import (
+    ExponentialFamilyModel,
+    LatentVariableModel,
+    ModelContractError,
+    ModelShapeError,
+    ProposalModel,
+    check_model,
+    check_shapes,
+)
+from wakesleep.models.distributions import DistributionsModel, from_distributions
 from wakesleep.models.helmholtz import HelmholtzMachine
-from wakesleep.models.protocol import ALWSModel, ExponentialFamilyModel
 
-__all__ = ["ALWSModel", "ExponentialFamilyModel", "HelmholtzMachine"]
+__all__ = [
+    "DistributionsModel", "ExponentialFamilyModel", "HelmholtzMachine", "LatentVariableModel", "ModelContractError",
+    "ModelShapeError", "ProposalModel", "check_model", "check_shapes", "from_distributions",
+]

@@ -13,6 +13,7 @@ Conventions (see ``../shared/DESIGN.md``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -333,19 +334,64 @@ class HelmholtzMachine(nn.Module):
             return self.log_joint(x, zs) - log_q
 
     # ---------------------------------------------------------------- exact
-    def enumerate_latents(self) -> list[Tensor]:
-        """Every joint state of the (binary) latents, as zs = [z_1 [S, d_1], …], S = 2^(Σ d_l).
+    def _latent_supports(self) -> list[Tensor]:
+        """Each latent layer's states, bottom first: all 2^d binary vectors of a Bernoulli layer
+        [2^d, d], the C one-hot vectors of a categorical layer [C, C].
 
         Raises:
-            ValueError: if a latent is not binary or there are more than 24 latent units.
+            ValueError: naming the first layer whose support is not finite (Gaussian, Poisson, angle).
         """
-        if not (self.discrete_latents and all(r.discrete for r in self.recognition)):
-            raise ValueError("exact enumeration needs binary latents (an SBN); use importance sampling instead")
-        total = sum(self.latent_sizes)
-        if total > MAX_ENUMERATED_LATENTS:
-            raise ValueError(f"{total} binary latents give 2^{total} states; enumeration is limited to {MAX_ENUMERATED_LATENTS}")
         p = next(self.parameters())
-        return list(binary_states(total, p.dtype, p.device).split(list(self.latent_sizes), dim=-1))
+        layers = list(self.generative[1:]) + [self.prior]  # the distribution of z_1, …, z_L
+        out = []
+        for i, layer in enumerate(layers):
+            name = type(layer).__name__
+            if isinstance(layer, (CategoricalLayer, CategoricalPrior)):
+                out.append(torch.eye(layer.out_features, dtype=p.dtype, device=p.device))
+            elif isinstance(layer, (BernoulliLayer, BernoulliPrior)):
+                if layer.out_features > MAX_ENUMERATED_LATENTS:
+                    raise ValueError(f"latent layer {i + 1} has {layer.out_features} binary units, 2^{layer.out_features} states; "
+                                     f"enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
+                out.append(binary_states(layer.out_features, p.dtype, p.device))
+            else:
+                raise ValueError(f"latent layer {i + 1} ({name}) has no finite support to enumerate: use importance sampling")
+        return out
+
+    def enumerate_latents(self) -> list[Tensor]:
+        """Every joint state of the latents once, as zs = [z_1 [S, d_1], …]: the product of each
+        layer's support (2^d binary vectors for Bernoulli units, C one-hot vectors for a categorical
+        layer), S = Π_l |support_l|.
+
+        Raises:
+            ValueError: a latent layer without finite support (Gaussian, Poisson, angle), or more
+                than 2^24 states.
+        """
+        supports = self._latent_supports()
+        total = math.prod(s.shape[0] for s in supports)
+        if total > 2**MAX_ENUMERATED_LATENTS:
+            raise ValueError(f"the latents have {total} joint states; enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
+        grids = torch.meshgrid(*[torch.arange(s.shape[0], device=s.device) for s in supports], indexing="ij")
+        return [s[g.reshape(-1)] for s, g in zip(supports, grids)]
+
+    def exact_log_marginal(self, x: Tensor) -> Tensor:
+        """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ.
+
+        - Factor analysis (:meth:`factor_analysis`): log N(x; W μ₀ + b, W diag(s²) Wᵀ + diag σ²) for
+          the prior N(μ₀, diag s²) (μ₀ = 0, s = 1 unless learned).
+        - Latents with finite support (binary and categorical, ≤ 2^24 joint states): log Σ_z p(x, z)
+          over :meth:`enumerate_latents`.
+
+        Raises:
+            ValueError: for a model with neither form.
+        """
+        if self.config.get("kind") == "factor_analysis":
+            layer = self.generative[0]
+            lin = layer.net
+            w = lin.weight * torch.exp(self.prior.log_scale)  # W diag(s)
+            cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
+            return torch.distributions.MultivariateNormal(lin(self.prior.loc), covariance_matrix=cov).log_prob(x)
+        zs = [z[:, None, :] for z in self.enumerate_latents()]  # [S, 1, d] against x [B, D]
+        return torch.logsumexp(self.log_joint(x, zs), 0)
 
 
 def binary_states(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:

@@ -1,0 +1,358 @@
+"""The model contract: what a model offers so that every estimator, the trainer, evaluation and the
+command line can use it.
+
+A model is a ``torch.nn.Module`` (for its parameters, devices and checkpoints) with these members.
+Conventions (``../shared/reference/ALGORITHMS.md`` §0): particles first; log-densities in nats;
+x is a data batch [B, D]; z is *any pytree* (a tensor, or a tuple, list or dict of tensors) of any
+dtype — integer categories, binary vectors, reals, angles, whole sequences.  The library never looks
+inside z beyond the leading (sample and batch) dimensions of its leaves.
+
+**Generative model** (:class:`LatentVariableModel`), every estimator needs it:
+
+- ``sample(n) -> (z, x)``: n ancestral draws (z, x) ~ p_θ, without gradient; the leaves of z are
+  [n, …] and x is [n, D].
+- ``log_joint(x, z) -> [*S, B]``: log p_θ(x, z), differentiable in θ, where S are the sample
+  dimensions that z carries in front of the batch (z leaves [*S, B, …], x [B, D]); e.g. [K, B] for
+  K particles per datapoint, [n] for n sleep samples with x [n, D].
+- ``p_parameters()``: θ, the generative parameters.
+
+**Proposal** (:class:`ProposalModel`, adds to the above), for RWS, WS, VAE/IWAE and for
+importance-sampled evaluation:
+
+- ``propose(x, k) -> (z, log_q)``: K particles z ~ q_φ(z | x) for each of the B datapoints, z
+  detached (leaves [K, B, …]), ``log_q`` [K, B] differentiable in φ.  VAE and IWAE also call
+  ``propose(x, k, reparameterize=True)`` (z then carries the gradient) and need the attribute
+  ``reparameterizable = True``.
+- ``log_proposal(x, z) -> [*S, B]``: log q_φ(z | x), needed only by sleep-phase updates (WS, RWS
+  with ``q_update`` ``"sleep"`` or ``"both"``, ALWS with ``q_update="sleep"``).
+- ``q_parameters()``: φ.
+
+**Optional members**, each used only where it is named:
+
+- ``log_prior(z) -> [*S]``: log p_θ(z) (ALWS's exponential-family target).
+- ``exponential_family(z) -> (η [n, S], Ψ [n])`` and ``sufficient_statistics(x) -> [n, S]``: the
+  likelihood as an exponential family, log p(x | z) = η(z)·S(x) − Ψ(z) + log h(x) (ALWS's
+  exponential-family target, Wenliang et al. 2020, Algorithm 1).
+- ``exact_log_marginal(x) -> [B]`` (with gradient in θ), or ``enumerate_latents() -> z`` with
+  leaves [S, …] listing every latent state once: exact evaluation
+  (:func:`wakesleep.evaluate.exact_log_likelihood`) and exact references (``diagnose``).
+- ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
+  from ``propose`` and ``log_joint`` when absent.
+- ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
+- ``has_proposal``: False when a model class with proposal members was built without one.
+
+Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
+the data width — the library derives.  :func:`check_model` lists every missing member at once (a
+:class:`ModelContractError`, a ``TypeError``), and :func:`check_shapes` calls each needed member on
+a tiny batch and names the one that returns the wrong shape (a :class:`ModelShapeError`, a
+``ValueError``); :func:`wakesleep.train` runs both before its first step.  The front ends
+:func:`wakesleep.models.from_distributions` and :func:`wakesleep.pyro.from_pyro` build a model
+that meets the contract from ``torch.distributions`` objects or a Pyro program;
+``docs/your-own-model.md`` has four worked examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+#: What each member does, for error messages.
+MEMBERS: dict[str, str] = {
+    "sample": "sample(n) -> (z, x): n draws (z, x) ~ p_θ without gradient",
+    "log_joint": "log_joint(x, z) -> [*S, B]: log p_θ(x, z), nats",
+    "p_parameters": "p_parameters(): the generative parameters θ",
+    "propose": "propose(x, k) -> (z, log_q [K, B]): K particles z ~ q_φ(z | x), z detached",
+    "log_proposal": "log_proposal(x, z) -> [*S, B]: log q_φ(z | x), nats",
+    "q_parameters": "q_parameters(): the proposal's parameters φ",
+    "log_prior": "log_prior(z) -> [*S]: log p_θ(z), nats",
+    "exponential_family": "exponential_family(z) -> (η [n, S], Ψ [n]): natural parameters and log-normaliser of p(x | z)",
+    "sufficient_statistics": "sufficient_statistics(x) -> [n, S]: S(x) of p(x | z)",
+    "exact_log_marginal": "exact_log_marginal(x) -> [B]: exact log p_θ(x)",
+    "enumerate_latents": "enumerate_latents() -> z with leaves [S, ...]: every latent state once",
+    "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
+}
+
+GENERATIVE = ("sample", "log_joint", "p_parameters")
+PROPOSAL = ("propose", "log_joint", "q_parameters")
+#: What importance-sampled validation and evaluation need.
+EVALUATION = ("propose", "log_joint")
+EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
+
+
+class ModelContractError(TypeError):
+    """A model lacks members that the requested use needs (the message lists them all)."""
+
+
+class ModelShapeError(ValueError):
+    """A model member returned a value of the wrong type or shape (the message names the member)."""
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """A generative model p_θ(z, x): see the module docstring for shapes."""
+
+    def sample(self, n: int) -> tuple[Any, Tensor]: ...
+
+    def log_joint(self, x: Tensor, z: Any) -> Tensor: ...
+
+    def p_parameters(self) -> list[nn.Parameter]: ...
+
+
+@runtime_checkable
+class ProposalModel(LatentVariableModel, Protocol):
+    """A generative model with a proposal q_φ(z | x): see the module docstring for shapes."""
+
+    def propose(self, x: Tensor, k: int) -> tuple[Any, Tensor]: ...
+
+    def log_proposal(self, x: Tensor, z: Any) -> Tensor: ...
+
+    def q_parameters(self) -> list[nn.Parameter]: ...
+
+
+@runtime_checkable
+class ExponentialFamilyModel(LatentVariableModel, Protocol):
+    """A generative model whose likelihood is an exponential family in x,
+    p_θ(x | z) = h(x) exp(η_θ(z)·S(x) − Ψ_θ(z)) (ALWS's exponential-family target).
+
+    - ``exponential_family(z) -> (η [n, S], Ψ [n])``: differentiable in θ;
+    - ``sufficient_statistics(x) -> [n, S]``: no parameters (log h(x) is not needed);
+    - ``log_prior(z) -> [n]``: the prior's parameters learn through it.
+    """
+
+    def log_prior(self, z: Any) -> Tensor: ...
+
+    def exponential_family(self, z: Any) -> tuple[Tensor, Tensor]: ...
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor: ...
+
+
+# ------------------------------------------------------------------ pytrees
+
+
+def leaves(z: Any) -> list[Tensor]:
+    """The tensors of a latent pytree, in a fixed order."""
+    return [v for v in pytree.tree_leaves(z) if isinstance(v, Tensor)]
+
+
+def tree_map(fn: Callable[[Tensor], Tensor], z: Any) -> Any:
+    """``fn`` applied to every tensor leaf of z, the structure kept."""
+    return pytree.tree_map(lambda v: fn(v) if isinstance(v, Tensor) else v, z)
+
+
+# ------------------------------------------------------------------ queries
+
+
+def has_member(model, name: str) -> bool:
+    """Whether ``model`` offers member ``name``: ``reparameterizable`` must be true; the proposal's
+    members count as absent where ``has_proposal`` is False, the exponential-family ones where
+    ``has_exponential_family`` is False (a class that has the methods, built without the part)."""
+    if name == "reparameterizable":
+        return bool(getattr(model, "reparameterizable", False))
+    if name in ("propose", "log_proposal") and getattr(model, "has_proposal", True) is False:
+        return False
+    if name in ("exponential_family", "sufficient_statistics") and getattr(model, "has_exponential_family", True) is False:
+        return False
+    return callable(getattr(model, name, None))
+
+
+def has_proposal(model) -> bool:
+    """Whether ``model`` can propose particles: it has ``propose`` and does not say
+    ``has_proposal = False`` (a Helmholtz machine built with ``recognition=None``)."""
+    return has_member(model, "propose")
+
+
+def supports_exponential_family(model) -> bool:
+    """Whether ``model`` offers the exponential-family view (its members, and ``has_exponential_family``
+    where the model defines it)."""
+    return all(has_member(model, m) for m in EXPONENTIAL_FAMILY)
+
+
+def missing_members(model, members: Iterable[str]) -> list[str]:
+    """The members of ``members`` that ``model`` lacks, in order, without repeats (and
+    ``"torch.nn.Module"`` first if it is not a module)."""
+    out = [] if isinstance(model, nn.Module) else ["torch.nn.Module"]
+    for m in dict.fromkeys(members):
+        if not has_member(model, m):
+            out.append(m)
+    return out
+
+
+def check_model(model, members: Iterable[str], purpose: str) -> None:
+    """Raise :class:`ModelContractError` listing every member of ``members`` that ``model`` lacks.
+
+    Args:
+        members: names from :data:`MEMBERS`.
+        purpose: what needs them, for the message (e.g. ``"RWS(k=5, q_update='both') and validation"``).
+
+    Raises:
+        ModelContractError: one message with every missing member and what it must do.
+    """
+    missing = missing_members(model, members)
+    if missing:
+        what = "; ".join(MEMBERS.get(m, "be a torch.nn.Module (parameters, devices, checkpoints)") for m in missing)
+        raise ModelContractError(
+            f"{type(model).__name__} cannot be used for {purpose}: it lacks {', '.join(missing)} ({what}). "
+            "The model contract is in wakesleep.models (docs/your-own-model.md)"
+        )
+
+
+def device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the model's first floating parameter or buffer
+    (CPU and the default dtype for a model without any)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def log_weights(model, x: Tensor, k: int) -> Tensor:
+    """Importance log-weights log w_k = log p_θ(x, z_k) − log q_φ(z_k | x), z_k ~ q_φ(z | x),
+    [K, B] in nats for x [B, D], without gradient (the model's own ``log_weights`` where it has one)."""
+    with torch.no_grad():
+        own = getattr(model, "log_weights", None)
+        if callable(own):
+            return own(x, k)
+        z, log_q = model.propose(x, k)
+        return model.log_joint(x, z) - log_q
+
+
+def particle_width(model, x: Tensor) -> int:
+    """Elements per particle and datapoint that evaluation holds at once: the widest of the data
+    width and the model's latent layers (``latent_sizes``), or, for a model without that
+    attribute, the data width plus the elements of one proposed particle (one probe draw)."""
+    sizes = getattr(model, "latent_sizes", None)
+    if sizes:
+        return max(x.shape[-1], *sizes)
+    with torch.no_grad():
+        z, _ = model.propose(x[:1], 1)
+    return x.shape[-1] + sum(v.numel() for v in leaves(z))
+
+
+# ------------------------------------------------------------------ shape check
+
+
+def _describe(v) -> str:
+    if isinstance(v, Tensor):
+        return f"a tensor of shape {list(v.shape)}"
+    return f"a {type(v).__name__}"
+
+
+def _call(model, member: str, *args, **kwargs):
+    try:
+        return getattr(model, member)(*args, **kwargs)
+    except (ModelContractError, ModelShapeError):
+        raise
+    except Exception as e:
+        args_text = ", ".join(a if isinstance(a, str) else _describe(a) for a in args)
+        raise ModelShapeError(
+            f"{type(model).__name__}.{member}({args_text}) raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"(the contract: {MEMBERS.get(member, member)})"
+        ) from e
+
+
+def _expect(model, member: str, value, shape: Sequence[int], context: str) -> None:
+    if not isinstance(value, Tensor) or tuple(value.shape) != tuple(shape):
+        raise ModelShapeError(
+            f"{type(model).__name__}.{member} returned {_describe(value)} {context}; it must return a tensor of shape "
+            f"{list(shape)} (one log-density per sample and datapoint, summed over everything else, in nats)"
+        )
+
+
+def _expect_leading(model, member: str, z, shape: Sequence[int], context: str) -> None:
+    ls = leaves(z)
+    if not ls:
+        raise ModelShapeError(f"{type(model).__name__}.{member} returned z with no tensors {context}")
+    for v in ls:
+        if tuple(v.shape[: len(shape)]) != tuple(shape):
+            raise ModelShapeError(
+                f"{type(model).__name__}.{member} returned a latent of shape {list(v.shape)} {context}; every tensor in z "
+                f"must lead with {list(shape)} (sample dimensions, then the batch)"
+            )
+
+
+def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
+    """Call each member of ``members`` once on a tiny batch and check the shapes it returns.
+
+    Uses the first two rows of ``x`` [N, D] and k particles; draws its random numbers from a forked
+    generator, so the caller's random stream does not move.  Cheap: a handful of calls on 2 datapoints.
+
+    Raises:
+        ModelShapeError: naming the member whose value has the wrong type or shape (or that raised).
+    """
+    members = set(members)
+    xb = x[:2]
+    b = xb.shape[0]
+    name = type(model).__name__
+    # The probe must not move the caller's random stream (a seeded run stays the same run).
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        if "propose" in members:
+            out = _call(model, "propose", xb, k)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ModelShapeError(f"{name}.propose(x, k) returned {_describe(out)}; it must return a pair (z, log_q)")
+            z, log_q = out
+            ctx = f"for x of shape {list(xb.shape)} and k={k}"
+            _expect_leading(model, "propose", z, (k, b), ctx)
+            _expect(model, "propose (its log_q)", log_q, (k, b), ctx)
+            if "log_joint" in members:
+                _expect(model, "log_joint", _call(model, "log_joint", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
+            if "log_proposal" in members:
+                _expect(model, "log_proposal", _call(model, "log_proposal", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
+        if "sample" in members:
+            out = _call(model, "sample", b)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ModelShapeError(f"{name}.sample(n) returned {_describe(out)}; it must return a pair (z, x)")
+            zs, xs = out
+            if not isinstance(xs, Tensor) or tuple(xs.shape) != (b, *xb.shape[1:]):
+                raise ModelShapeError(f"{name}.sample({b}) returned x as {_describe(xs)}; it must be [n, D] = {[b, *xb.shape[1:]]}, like the data")
+            _expect_leading(model, "sample", zs, (b,), f"for n={b}")
+            ctx = f"for the pair (z, x) of sample({b})"
+            if "log_joint" in members:
+                _expect(model, "log_joint", _call(model, "log_joint", xs, zs), (b,), ctx)
+            if "log_proposal" in members:
+                _expect(model, "log_proposal", _call(model, "log_proposal", xs, zs), (b,), ctx)
+            if "log_prior" in members:
+                _expect(model, "log_prior", _call(model, "log_prior", zs), (b,), f"for z of sample({b})")
+            if "exponential_family" in members:
+                ef = _call(model, "exponential_family", zs)
+                if not (isinstance(ef, tuple) and len(ef) == 2 and all(isinstance(t, Tensor) for t in ef)):
+                    raise ModelShapeError(f"{name}.exponential_family(z) returned {_describe(ef)}; it must return a pair (η [n, S], Ψ [n])")
+                eta, psi = ef
+                if eta.ndim != 2 or eta.shape[0] != b:
+                    raise ModelShapeError(f"{name}.exponential_family(z) returned η of shape {list(eta.shape)} for n={b}; it must be [n, S]")
+                _expect(model, "exponential_family (its Ψ)", psi, (b,), f"for z of sample({b})")
+                if "sufficient_statistics" in members:
+                    _expect(model, "sufficient_statistics", _call(model, "sufficient_statistics", xs), tuple(eta.shape),
+                            f"for x of sample({b}) (η has shape {list(eta.shape)})")
+    for member in ("p_parameters", "q_parameters"):
+        if member in members:
+            params = _call(model, member)
+            try:
+                params = list(params)
+            except TypeError:
+                raise ModelShapeError(f"{name}.{member}() returned {_describe(params)}; it must return an iterable of parameters") from None
+            if not all(isinstance(p, Tensor) for p in params):
+                raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
+
+
+def exact_log_marginal(model, x: Tensor) -> Tensor:
+    """Exact log p_θ(x) per datapoint [B], nats, with gradient w.r.t. θ: the model's own
+    ``exact_log_marginal`` where it has one, else log Σ_s p_θ(x, z_s) over the states of
+    ``enumerate_latents()`` (each leaf [S, …] expanded against the batch, so the model sees
+    z [S, B, …] as it sees S particles).
+
+    Raises:
+        ModelContractError: a model with neither member.
+    """
+    own = getattr(model, "exact_log_marginal", None)
+    if callable(own):
+        return own(x)
+    check_model(model, ["enumerate_latents"], "exact evaluation (it needs exact_log_marginal(x) or enumerate_latents())")
+    z = model.enumerate_latents()
+    b = x.shape[0]
+    zb = tree_map(lambda v: v.unsqueeze(1).expand(v.shape[0], b, *v.shape[1:]), z)
+    return torch.logsumexp(model.log_joint(x, zb), 0)
+

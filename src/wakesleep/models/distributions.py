@@ -1,0 +1,289 @@
+"""A model from ``torch.distributions`` objects: the researcher writes the prior, the likelihood and
+the proposal as functions that return distributions, and gets a model that meets the contract
+(:mod:`wakesleep.models.contract`) for every estimator, the trainer, evaluation and the command line.
+
+>>> import torch, wakesleep as ws
+>>> from torch.distributions import Categorical, Normal
+>>> logits = torch.nn.Parameter(torch.zeros(3))
+>>> model = ws.models.from_distributions(
+...     prior=lambda: Categorical(logits=logits),
+...     likelihood=lambda c: Normal(10.0 * c.unsqueeze(-1), 5.0),
+...     proposal=lambda x: Categorical(logits=torch.zeros(x.shape[0], 3)),
+...     generative=[logits])
+>>> z, x = model.sample(4); tuple(z.shape), tuple(x.shape)
+((4,), (4, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    Normal,
+    OneHotCategorical,
+    Poisson,
+)
+
+from wakesleep.models.helmholtz import binary_states
+
+#: Largest number of latent states :meth:`DistributionsModel.enumerate_latents` lists.
+MAX_ENUMERATED_STATES = 2**24
+
+
+def _params_holder(obj) -> nn.Module | None:
+    """A module holding ``obj``'s parameters: the module itself, a ``ParameterList`` of an
+    iterable of parameters, or None (a plain function holds none we can see)."""
+    if obj is None or (callable(obj) and not isinstance(obj, nn.Module)):
+        return None
+    if isinstance(obj, nn.Module):
+        return obj
+    return nn.ParameterList(list(obj))
+
+
+def _base(d: Distribution) -> Distribution:
+    while isinstance(d, Independent):
+        d = d.base_dist
+    return d
+
+
+class DistributionsModel(nn.Module):
+    """p_θ(z) p_θ(x | z) and q_φ(z | x) given as functions that return ``torch.distributions`` objects
+    (build it with :func:`from_distributions`, which documents the arguments).
+
+    z is one tensor whose trailing dimensions are the prior's event shape (``prior().event_shape``);
+    x is [B, D].  Log-densities are summed over the likelihood's dimensions beyond z's sample and
+    batch dimensions (a ``Normal(loc [.., B, D], σ)`` is read as ``Independent(…, 1)``), and data of
+    width 1 is handed to a likelihood with scalar events as [B].
+    """
+
+    def __init__(
+        self,
+        prior: Callable[[], Distribution],
+        likelihood: Callable[[Tensor], Distribution],
+        proposal: Callable[[Tensor], Distribution] | None = None,
+        generative: nn.Module | Iterable[nn.Parameter] | None = None,
+        recognition: nn.Module | Iterable[nn.Parameter] | None = None,
+    ):
+        super().__init__()
+        for name, fn in (("prior", prior), ("likelihood", likelihood)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function (or module) returning a torch.distributions object, got {type(fn).__name__}")
+        if proposal is not None and not callable(proposal):
+            raise TypeError(f"proposal must be a function (or module) of x returning a torch.distributions object, or None; got {type(proposal).__name__}")
+        self.prior_fn, self.likelihood_fn, self.proposal_fn = prior, likelihood, proposal
+        # Modules among the functions and the extra parameter holders own θ and φ.
+        self.p_modules = nn.ModuleList([m for m in (_params_holder(prior), _params_holder(likelihood), _params_holder(generative)) if m is not None])
+        self.q_modules = nn.ModuleList([m for m in (_params_holder(proposal), _params_holder(recognition)) if m is not None])
+        self._probe: dict | None = None
+
+    # ------------------------------------------------------------ structure
+    def p_parameters(self) -> list[nn.Parameter]:
+        """θ: the parameters of the prior, the likelihood and ``generative`` (no repeats)."""
+        return list(dict.fromkeys(self.p_modules.parameters()))
+
+    def q_parameters(self) -> list[nn.Parameter]:
+        """φ: the parameters of the proposal and ``recognition`` (no repeats, none of θ)."""
+        theta = set(self.p_parameters())
+        return [p for p in dict.fromkeys(self.q_modules.parameters()) if p not in theta]
+
+    @property
+    def has_proposal(self) -> bool:
+        return self.proposal_fn is not None
+
+    def _info(self) -> dict:
+        """What one draw from the model shows (cached): the prior's event rank, the likelihood's
+        family and event rank, the data width, whether the proposal can be reparameterised."""
+        if self._probe is None:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                prior = self.prior_fn()
+                z = prior.sample((1,))
+                lik = self._likelihood(z, 1)
+                x = self._as_data(lik.sample(), 1)
+                base = _base(lik)
+                info = {"prior_event": len(prior.event_shape), "family": type(base).__name__, "data_dim": x.shape[-1],
+                        "scalar_event": len(lik.event_shape) == 0,
+                        "categories": base.logits.shape[-1] if isinstance(base, (Categorical, OneHotCategorical)) else None,
+                        "fixed_scale": isinstance(base, Normal) and not base.scale.requires_grad,
+                        "reparameterizable": False}
+                if self.proposal_fn is not None:
+                    info["reparameterizable"] = bool(self.proposal_fn(x).has_rsample)
+            self._probe = info
+        return self._probe
+
+    @property
+    def data_dim(self) -> int:
+        """D, the width of x (from one draw of the model)."""
+        return self._info()["data_dim"]
+
+    @property
+    def binary_data(self) -> bool:
+        """True when the likelihood is Bernoulli (data must be in {0, 1})."""
+        return self._info()["family"] == "Bernoulli"
+
+    @property
+    def reparameterizable(self) -> bool:
+        """True when the proposal draws by ``rsample`` (VAE and IWAE apply)."""
+        return self._info()["reparameterizable"]
+
+    @property
+    def likelihood_name(self) -> str:
+        return f"the likelihood ({self._info()['family']})"
+
+    # ------------------------------------------------------------ helpers
+    def _sample_ndim(self, z: Tensor) -> int:
+        return z.ndim - (self._probe["prior_event"] if self._probe else len(self.prior_fn().event_shape))
+
+    def _likelihood(self, z: Tensor, sample_ndim: int) -> Distribution:
+        d = self.likelihood_fn(z)
+        extra = len(d.batch_shape) - sample_ndim
+        return Independent(d, extra) if extra > 0 else d
+
+    @staticmethod
+    def _as_data(x: Tensor, sample_ndim: int) -> Tensor:
+        return x.unsqueeze(-1) if x.ndim == sample_ndim else x.reshape(*x.shape[:sample_ndim], -1)
+
+    def _data_for(self, lik: Distribution, x: Tensor) -> Tensor:
+        if len(lik.event_shape) == 0 and x.shape[-1] == 1:
+            return x[..., 0]  # data of width 1 for a likelihood over scalars
+        if len(lik.event_shape) > 1:
+            return x.reshape(*x.shape[:-1], *lik.event_shape)
+        return x
+
+    # ------------------------------------------------------------ the contract
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """n draws (z, x) ~ p_θ without gradient: z [n, *event], x [n, D]."""
+        with torch.no_grad():
+            z = self.prior_fn().sample((n,))
+            return z, self._as_data(self._likelihood(z, 1).sample(), 1)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p_θ(z), [*S] for z [*S, *event], nats."""
+        return self.prior_fn().log_prob(z)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x, z) = log p_θ(z) + log p_θ(x | z), [*S, B] for z [*S, B, *event] and x [B, D], nats."""
+        lik = self._likelihood(z, self._sample_ndim(z))
+        return self.prior_fn().log_prob(z) + lik.log_prob(self._data_for(lik, x))
+
+    def _proposal(self, x: Tensor) -> Distribution:
+        if self.proposal_fn is None:
+            raise ValueError("this model was built without a proposal: pass proposal= to from_distributions, or train it with ALWS")
+        q = self.proposal_fn(x)
+        extra = len(q.batch_shape) - 1
+        return Independent(q, extra) if extra > 0 else q
+
+    def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[Tensor, Tensor]:
+        """K particles z ~ q_φ(z | x) [K, B, *event] (detached unless ``reparameterize``) and log q [K, B], nats.
+
+        Raises:
+            ValueError: k < 1, or no proposal.
+        """
+        if k < 1:
+            raise ValueError(f"the number of particles k must be >= 1, got {k}")
+        q = self._proposal(x)
+        z = q.rsample((k,)) if reparameterize else q.sample((k,))
+        return z, q.log_prob(z)
+
+    def log_proposal(self, x: Tensor, z: Tensor) -> Tensor:
+        """log q_φ(z | x), [*S, B] for z [*S, B, *event], nats."""
+        return self._proposal(x).log_prob(z)
+
+    # ------------------------------------------------------------ optional members
+    @property
+    def has_exponential_family(self) -> bool:
+        """True for a Bernoulli, Categorical, OneHotCategorical or Poisson likelihood, or a Normal
+        one whose scale carries no gradient."""
+        info = self._info()
+        return info["family"] in ("Bernoulli", "Categorical", "OneHotCategorical", "Poisson") or info["fixed_scale"]
+
+    def exponential_family(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """η_θ(z) [n, S] and Ψ_θ(z) [n] of the likelihood, for z [n, *event]: log p(x | z) = η·S(x) − Ψ + log h(x).
+
+        Bernoulli: η = logits, Ψ = Σ softplus(logits); Poisson: η = log rate, Ψ = Σ rate;
+        Normal with fixed σ: η = μ/σ², Ψ = Σ μ²/(2σ²); (OneHot)Categorical: η = log-probabilities, Ψ = 0.
+
+        Raises:
+            ValueError: a likelihood without this view (say ``target="generic"`` to ALWS).
+        """
+        if not self.has_exponential_family:
+            raise ValueError(f"{self.likelihood_name} has no exponential-family view here; use ALWS(target='generic')")
+        n = z.shape[0]
+        lik = self._likelihood(z, self._sample_ndim(z))
+        base = _base(lik)
+        if isinstance(base, Bernoulli):
+            eta, psi = base.logits, F.softplus(base.logits)
+        elif isinstance(base, Poisson):
+            eta, psi = base.rate.log(), base.rate
+        elif isinstance(base, Normal):
+            var = base.scale.square()
+            eta, psi = base.loc / var, base.loc.square() / (2 * var)
+        else:
+            eta = base.logits
+            psi = eta.new_zeros(eta.shape[:-1])
+        return eta.reshape(n, -1), psi.reshape(n, -1).sum(-1)
+
+    def sufficient_statistics(self, x: Tensor) -> Tensor:
+        """S(x) [n, S] for x [n, D] (one-hot codes for a Categorical likelihood)."""
+        info = self._info()
+        if info["family"] == "Categorical":
+            return F.one_hot(x.long(), info["categories"]).to(x.dtype).reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1)
+
+    def enumerate_latents(self) -> Tensor:
+        """Every latent state once, [S, *event]: a (OneHot)Categorical prior's categories, or all
+        binary vectors of a factorial Bernoulli prior.
+
+        Raises:
+            ValueError: a prior without finite support, or more than 2^24 states.
+        """
+        prior = self.prior_fn()
+        base = _base(prior)
+        if isinstance(base, Bernoulli):
+            d = base.logits.numel() if prior.event_shape else 1
+            if 2**d > MAX_ENUMERATED_STATES:
+                raise ValueError(f"{d} binary latents have 2^{d} states; enumeration is limited to {MAX_ENUMERATED_STATES}")
+            states = binary_states(d, base.logits.dtype, base.logits.device)
+            return states.reshape(-1, *prior.event_shape)
+        if prior.has_enumerate_support and not prior.batch_shape:
+            return prior.enumerate_support(expand=False).reshape(-1, *prior.event_shape)
+        raise ValueError(f"the prior ({type(base).__name__}) has no finite support to enumerate: use importance sampling")
+
+
+def from_distributions(
+    prior: Callable[[], Distribution],
+    likelihood: Callable[[Tensor], Distribution],
+    proposal: Callable[[Tensor], Distribution] | None = None,
+    *,
+    generative: nn.Module | Iterable[nn.Parameter] | None = None,
+    recognition: nn.Module | Iterable[nn.Parameter] | None = None,
+) -> DistributionsModel:
+    """A model that meets the contract, from functions returning ``torch.distributions`` objects.
+
+    Args:
+        prior: ``prior()`` → the distribution of one z (batch shape ``()``; event shape that of z:
+            ``()`` for an integer category, ``(d,)`` for a vector through ``Independent``/``to_event``).
+        likelihood: ``likelihood(z)`` → the distribution of x given z [*S, B, *event], with batch shape
+            [*S, B] (further batch dimensions, e.g. D, are summed as ``Independent``).
+        proposal: ``proposal(x)`` → q(z | x) for x [B, D], with batch shape [B] and z's event shape;
+            None for a model trained by ALWS only.
+        generative, recognition: modules (or iterables of parameters) holding θ and φ that the
+            functions use but do not own; a function that is itself an ``nn.Module`` contributes its
+            own parameters (to θ for prior and likelihood, to φ for the proposal).
+
+    Returns:
+        :class:`DistributionsModel`: ``sample``, ``log_joint``, ``log_prior``, ``propose``,
+        ``log_proposal``, both parameter groups, the exponential-family view where the likelihood
+        is Bernoulli, (OneHot)Categorical, Poisson or Normal with a fixed scale, and
+        ``enumerate_latents`` for a Categorical or Bernoulli prior.
+
+    Raises:
+        TypeError: an argument that is not a function or module.
+    """
+    return DistributionsModel(prior, likelihood, proposal, generative, recognition)
