@@ -25,9 +25,11 @@ from wakesleep.compare import RUN as COMPARE_RUN
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
-from wakesleep.models import HelmholtzMachine
+from wakesleep.models import HelmholtzMachine, ModelContractError
+from wakesleep.models.contract import device_dtype, has_proposal
+from wakesleep.models.loading import ModelSpecError, build_user_model, is_user_spec, model_config, model_from_config, user_model_config
 from wakesleep.train import (
-    BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, fault_point, load_checkpoint, load_model_state, train,
+    BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, atomic_write_text, check_model_for_training, fault_point, load_checkpoint, load_model_state, train,
 )
 
 CONFIG, SUMMARY, SAMPLES, CURVES = "config.json", "summary.json", "samples.png", "curves.png"
@@ -93,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     alws.add_argument("--lam", type=_positive_float, default=1e-3, help="initial ridge lambda, learned (default: 1e-3)")
     alws.add_argument("--features", choices=["identity", "mlp"], default="identity", help="kernel features: x itself or a learned MLP (default: identity)")
     alws.add_argument("--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)")
-    t.add_argument("--model", choices=["sbn", "gaussian"], default="sbn", help="sbn: binary latents; gaussian: Gaussian latents with MLPs (default: sbn)")
+    t.add_argument("--model", default="sbn", metavar="sbn|gaussian|FILE.py:FACTORY|package.module:FACTORY",
+                   help="sbn: binary latents; gaussian: Gaussian latents with MLPs; or your own model: a factory "
+                        "(called with data_dim=D if it takes it) returning a module that meets the model contract, "
+                        "see docs/your-own-model.md; --layers, --hidden, --q-hidden and --likelihood are then unused (default: sbn)")
     t.add_argument("--layers", type=_positive_int, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
     t.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)")
     t.add_argument("--q-hidden", type=int, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
@@ -143,7 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ helpers
 
 
-def model_from_args(a: argparse.Namespace, data_dim: int, binary: bool) -> HelmholtzMachine:
+def model_from_args(a: argparse.Namespace, data_dim: int, binary: bool):
+    """The model the arguments name: a Helmholtz machine, or the user's factory (``--model FILE.py:FACTORY``).
+
+    Raises:
+        UsageError: an unknown model, or a likelihood that does not fit the data.
+        wakesleep.models.loading.ModelSpecError: a user's factory that does not load.
+    """
+    if is_user_spec(a.model):
+        return build_user_model(a.model, data_dim)
+    if a.model not in ("sbn", "gaussian"):
+        raise UsageError(f"--model must be sbn, gaussian, FILE.py:FACTORY or package.module:FACTORY, got {a.model!r}")
     sizes = [data_dim, *a.layers]
     likelihood = a.likelihood or ("bernoulli" if binary else "gaussian")
     if a.model == "sbn":
@@ -164,15 +179,18 @@ def estimator_from(name: str, settings: dict):
     return cls(**settings)
 
 
-def estimator_settings(a: argparse.Namespace, data_dim: int | None = None) -> dict:
+def estimator_settings(a: argparse.Namespace, data_dim: int | None = None, model=None) -> dict:
+    """The estimator's settings from the arguments.  ALWS trains the proposal by sleep-phase
+    updates (for evaluation) when the model has one, and leaves q alone when it has none."""
     if a.algorithm == "alws":
+        q_update = "sleep" if model is None or has_proposal(model) else None
         return {"sleep_samples": a.sleep_samples, "kernel": a.kernel, "krr": a.krr, "num_features": a.num_features,
                 "num_inducing": a.num_inducing, "lam": a.lam, "features": a.features, "data_dim": data_dim,
-                "q_update": "sleep"}
+                "q_update": q_update}
     if a.algorithm == "rws":
         return {"k": a.k, "q_update": a.q_update}
     if a.algorithm in ("iwae", "vae"):
-        return {"k": a.k if a.algorithm == "iwae" else 1}
+        return {"k": a.k}
     if a.algorithm == "ws":
         return {"samples": a.samples}
     return {}
@@ -187,6 +205,8 @@ def _compare_run_config(run: Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{run / COMPARE_RUN} is damaged ({e}); rerun the comparison") from None
     model_config = load_checkpoint(run / CHECKPOINT).get("model_config")
+    if not model_config and isinstance(recorded.get("model"), dict) and "spec" in recorded["model"]:
+        model_config = user_model_config(recorded["model"]["spec"], load_dataset(dataset, data_dir=data_dir).dim)
     if not model_config:
         raise CheckpointError(f"{run / CHECKPOINT} does not record its model; rerun the comparison")
     return {"model": model_config, "data": {"dataset": dataset, "data_dir": data_dir}}
@@ -213,7 +233,9 @@ def load_run(run: Path):
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
     try:
-        model = HelmholtzMachine.from_config(config["model"])
+        model = model_from_config(config["model"])
+    except ModelSpecError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path} does not describe a model: {e}") from None
     best = run / BEST
@@ -236,8 +258,20 @@ def _dataset(config: dict):
     return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
 
 
-def write_pictures(run: Path, model, image_shape, n: int = 64) -> tuple[Path, Path | None]:
-    samples = plots.sample_grid(model.sample_mean(n).cpu(), image_shape, run / SAMPLES, title="model samples (means of p(x | z))")
+def draw_samples(model, n: int, image_shape, data, path: Path) -> Path:
+    """Model samples as a picture: image grids of E[x | z] for Helmholtz machines; for a user's
+    model, x ~ p(x) as images when the data are images, else against the data (histograms or a
+    scatter, :func:`wakesleep.plots.samples_against_data`)."""
+    if hasattr(model, "sample_mean"):
+        return plots.sample_grid(model.sample_mean(n).cpu(), image_shape, path, title="model samples (means of p(x | z))")
+    x = model.sample(n)[1].detach().cpu()
+    if image_shape is not None:
+        return plots.sample_grid(x, image_shape, path, title="model samples x ~ p(x)")
+    return plots.samples_against_data(x, data, path)
+
+
+def write_pictures(run: Path, model, image_shape, n: int = 64, data=None) -> tuple[Path, Path | None]:
+    samples = draw_samples(model, n if hasattr(model, "sample_mean") or image_shape is not None else 2000, image_shape, data, run / SAMPLES)
     curves = None
     if (run / METRICS).is_file():
         records = plots.read_jsonl(run / METRICS)
@@ -280,7 +314,9 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
             raise CheckpointError(f"cannot resume: {run} has no {CONFIG}; start the run without --resume")
         try:
             config = json.loads((run / CONFIG).read_text())
-            HelmholtzMachine.from_config(config["model"])
+            model_from_config(config["model"])
+        except ModelSpecError:
+            raise
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"cannot resume: {run / CONFIG} is damaged ({e}); start a new run") from None
         if not (run / CHECKPOINT).is_file():
@@ -289,11 +325,12 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
             return config, False
         return config, True
     else:
+        torch.manual_seed(a.seed)
         model = model_from_args(a, data.dim, data.binary)
         config = {
-            "model": model.config,
+            "model": model_config(model, a.model if is_user_spec(a.model) else None, data.dim),
             "algorithm": a.algorithm,
-            "estimator": estimator_settings(a, data.dim),
+            "estimator": estimator_settings(a, data.dim, model),
             "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
             "train": {
                 "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "lr_estimator": a.lr_kernel, "seed": a.seed,
@@ -302,6 +339,9 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
             },
             "test_k": a.test_k,
         }
+        # Refuse a model the estimator cannot train before anything is written.
+        train_x = torch.as_tensor(data.train).to(dtype=device_dtype(model)[1])
+        check_model_for_training(model, estimator_from(a.algorithm, config["estimator"]), train_x, None)
         if (run / CHECKPOINT).exists() or (run / CONFIG).exists():
             if not a.overwrite:
                 raise UsageError(f"{run} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another --run-dir")
@@ -322,7 +362,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         prepared = e
     config, resume = distributed.broadcast_object(prepared)  # an error on rank 0 stops every rank
     torch.manual_seed(a.seed)
-    model = HelmholtzMachine.from_config(config["model"]).to(device)
+    model = model_from_config(config["model"]).to(device)
     estimator = estimator_from(config["algorithm"], config["estimator"]).to(device)
     tcfg = TrainConfig(**config["train"], progress=not a.no_progress)
     world_size = distributed.world()[1]
@@ -346,7 +386,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         "epochs": len(fit.history), "stopped": fit.stopped, "train_seconds": fit.seconds, "skipped_steps": fit.skipped_steps,
     }
     atomic_write_text(run / SUMMARY, json.dumps(summary, indent=2))
-    samples, curves = write_pictures(run, model, data.image_shape)
+    samples, curves = write_pictures(run, model, data.image_shape, data=data.train)
     print(f"test log-likelihood: {ll}")
     print(f"samples: {samples}")
     if curves:
@@ -376,12 +416,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
     run = Path(a.run)
     model, config = load_run(run)
     torch.manual_seed(a.seed)
-    shape = None
+    shape, data = None, None
     try:
-        shape = _dataset(config).image_shape
+        dataset = _dataset(config)
+        shape, data = dataset.image_shape, dataset.train
     except DataError:
         pass  # pictures without the data fall back to rows
-    out = plots.sample_grid(model.sample_mean(a.n), shape, Path(a.out) if a.out else run / SAMPLES, title=f"{a.n} model samples")
+    out = draw_samples(model, a.n, shape, data, Path(a.out) if a.out else run / SAMPLES)
     print(f"samples: {out}")
     return 0
 
@@ -391,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, **cli_tools.COMMANDS}
     try:
         return commands[args.command](args)
-    except (DataError, CheckpointError, UsageError, TrainingError, ValueError) as e:
+    except (DataError, CheckpointError, UsageError, TrainingError, ValueError, ModelContractError) as e:
         rank = f" (rank {os.environ.get('RANK', '?')})" if distributed.launched_by_torchrun() else ""
         print(f"wakesleep {args.command}{rank}: error: {e}", file=sys.stderr)
         return 2

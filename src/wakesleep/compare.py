@@ -15,6 +15,8 @@ A comparison is described by a TOML file (``experiments/compare_*.toml``)::
     kind = "sbn"                    # "sbn" or "gaussian"
     layers = [20]
     # hidden = [200, 200]; likelihood = "bernoulli"; q_hidden = []; p_hidden = []; learn_prior = false
+    # or your own model instead of kind/layers (docs/your-own-model.md; a path from the working directory):
+    # spec = "examples/gmm.py:mixture"
 
     [train]                         # TrainConfig, shared by every estimator: the equal budget
     epochs = 10
@@ -66,7 +68,9 @@ from wakesleep.data import SPLITS, load_dataset
 from wakesleep.estimators import ESTIMATORS, Estimator, EstimatorOutput, sleep_phase_loss
 from wakesleep.evaluate import log_likelihood, mean_stderr
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, check_data, train
+from wakesleep.models.contract import device_dtype
+from wakesleep.models.loading import ModelSpecError, build_user_model, is_user_spec, resolve_spec
+from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, check_data, check_model_for_training, train
 
 SUMMARY, RUN = "summary.json", "run.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
@@ -136,6 +140,22 @@ def _pos_int(where: str, key: str, v, minimum: int = 1) -> int:
     return v
 
 
+def _check_builtin_model(where: str, raw_model) -> dict:
+    """The [model] table of a built-in model kind, checked."""
+    model = dict(_check_keys(where, "model", raw_model, {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior"}, {"kind", "layers"}))
+    kind = model["kind"]
+    if kind not in MODEL_KINDS:
+        raise _err(where, "model.kind", f"must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+    accepted = set(inspect.signature(MODEL_KINDS[kind]).parameters) - {"sizes"}
+    bad = sorted(set(model) - {"kind", "layers"} - accepted)
+    if bad:
+        raise _err(where, f"model.{bad[0]}", f"is not a setting of a {kind!r} model; its settings: {sorted(accepted)}")
+    layers = model["layers"]
+    if not isinstance(layers, list) or not layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers):
+        raise _err(where, "model.layers", f"must be a non-empty list of positive integers, got {layers!r}")
+    return model
+
+
 def parse_config(raw: dict, where: str = "config", only: list[str] | None = None) -> CompareConfig:
     """Validate a parsed TOML table into a :class:`CompareConfig`.
 
@@ -168,17 +188,16 @@ def parse_config(raw: dict, where: str = "config", only: list[str] | None = None
     if not isinstance(data["dataset"], str):
         raise _err(where, "data.dataset", f"must be a string, got {data['dataset']!r}")
 
-    model = dict(_check_keys(where, "model", raw["model"], {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior"}, {"kind", "layers"}))
-    kind = model["kind"]
-    if kind not in MODEL_KINDS:
-        raise _err(where, "model.kind", f"must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-    accepted = set(inspect.signature(MODEL_KINDS[kind]).parameters) - {"sizes"}
-    bad = sorted(set(model) - {"kind", "layers"} - accepted)
-    if bad:
-        raise _err(where, f"model.{bad[0]}", f"is not a setting of a {kind!r} model; its settings: {sorted(accepted)}")
-    layers = model["layers"]
-    if not isinstance(layers, list) or not layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers):
-        raise _err(where, "model.layers", f"must be a non-empty list of positive integers, got {layers!r}")
+    if isinstance(raw["model"], dict) and "spec" in raw["model"]:  # a user's own model: [model] spec = "FILE.py:FACTORY"
+        model = dict(_check_keys(where, "model", raw["model"], {"spec"}, {"spec"}))
+        if not is_user_spec(model["spec"]):
+            raise _err(where, "model.spec", f"must be FILE.py:FACTORY or package.module:FACTORY, got {model['spec']!r}")
+        try:
+            model["spec"] = resolve_spec(model["spec"])
+        except ModelSpecError as e:
+            raise _err(where, "model.spec", str(e)) from None
+    else:
+        model = _check_builtin_model(where, raw["model"])
 
     train_raw = _check_keys(where, "train", raw["train"], {f.name for f in fields(TrainConfig)} - {"seed", "progress"})
     try:
@@ -283,8 +302,11 @@ def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
 
 
-def build_model(cfg: CompareConfig, data_dim: int) -> HelmholtzMachine:
-    """The comparison's model for data of width ``data_dim`` (untrained; seed torch first)."""
+def build_model(cfg: CompareConfig, data_dim: int):
+    """The comparison's model for data of width ``data_dim`` (untrained; seed torch first): a
+    Helmholtz machine, or the user's factory (``[model] spec = "FILE.py:FACTORY"``)."""
+    if "spec" in cfg.model:
+        return build_user_model(cfg.model["spec"], data_dim)
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.model.items() if k not in ("kind", "layers")}
     return MODEL_KINDS[cfg.model["kind"]]([data_dim, *cfg.model["layers"]], **kw)
 
@@ -446,13 +468,14 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress:
     out = Path(out_dir or cfg.out_dir or f"runs/compare/{cfg.name}")
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     probe = build_model(cfg, data.dim)
-    for spec in cfg.estimators:
-        ESTIMATORS[spec.algorithm](**spec.settings).check_model(probe)
+    train_x = torch.as_tensor(data.train).to(dtype=device_dtype(probe)[1])
+    for spec in cfg.estimators:  # every estimator's members and shapes, before any run starts
+        check_model_for_training(probe, ESTIMATORS[spec.algorithm](**spec.settings), train_x, None)
     for split in SPLITS:  # before any run starts: e.g. a Bernoulli likelihood on grey levels
         try:
             check_data(probe, getattr(data, split), f"{data.name} ({split})")
         except ValueError as e:
-            hint = ' (in the config: [model] likelihood = "gaussian")' if probe.binary_data and not data.binary else ""
+            hint = ' (in the config: [model] likelihood = "gaussian")' if getattr(probe, "binary_data", False) and not data.binary and "spec" not in cfg.model else ""
             raise ValueError(f"{e}{hint}") from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))

@@ -149,6 +149,55 @@ def sample_grid(
     return _save_atomic(fig, path)
 
 
+def samples_against_data(samples: np.ndarray | torch.Tensor, data: np.ndarray | torch.Tensor | None, path: str | os.PathLike,
+                         max_dims: int = 4) -> Path:
+    """Model samples beside the data, for data that are not images: a scatter of both for D = 2,
+    otherwise density histograms of each of the first ``max_dims`` dimensions.
+
+    Args:
+        samples: [n, D] draws x ~ p_θ(x).
+        data: [m, D] data (e.g. the training set), or None to draw the samples alone.
+        path: output PNG (written atomically; parent directories are created).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: samples not [n, D] with n ≥ 1, or data of another width.
+    """
+    a = _numpy(samples)
+    d = None if data is None else _numpy(data)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"samples_against_data: expected samples of shape [n, D] with n >= 1, got {a.shape}")
+    if d is not None and (d.ndim != 2 or d.shape[1] != a.shape[1]):
+        raise ValueError(f"samples_against_data: data of shape {d.shape} do not match samples of width {a.shape[1]}")
+    if a.shape[1] == 2:
+        fig = Figure(figsize=(5, 5), layout="constrained")
+        ax = fig.add_subplot()
+        if d is not None:
+            ax.scatter(d[:, 0], d[:, 1], s=3, alpha=0.4, label=f"data ({len(d)})")
+        ax.scatter(a[:, 0], a[:, 1], s=3, alpha=0.4, label=f"model samples ({len(a)})")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(loc="upper right")
+        ax.set_title("model samples against the data")
+        return _save_atomic(fig, path)
+    dims = min(a.shape[1], max_dims)
+    fig = Figure(figsize=(4 * dims, 3.2), layout="constrained")
+    for j in range(dims):
+        ax = fig.add_subplot(1, dims, j + 1)
+        both = a[:, j] if d is None else np.concatenate([a[:, j], d[:, j]])
+        bins = np.histogram_bin_edges(both[np.isfinite(both)], bins=60)
+        if d is not None:
+            ax.hist(d[:, j], bins=bins, density=True, alpha=0.5, label="data")
+        ax.hist(a[:, j], bins=bins, density=True, alpha=0.5, label="model samples")
+        ax.set_xlabel(f"x[{j}]")
+        if j == 0:
+            ax.set_ylabel("density")
+            ax.legend()
+    fig.suptitle(f"model samples against the data (first {dims} of {a.shape[1]} dimensions)" if a.shape[1] > dims else "model samples against the data")
+    return _save_atomic(fig, path)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines metrics file: one JSON object per line, blank lines ignored.
 
