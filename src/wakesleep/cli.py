@@ -331,7 +331,8 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
             "model": model_config(model, a.model if is_user_spec(a.model) else None, data.dim),
             "algorithm": a.algorithm,
             "estimator": estimator_settings(a, data.dim, model),
-            "data": {"dataset": str(a.dataset), "data_dir": a.data_dir},
+            # a data file by its absolute path, so that the run opens from any directory
+            "data": {"dataset": str(Path(a.dataset).resolve()) if Path(str(a.dataset)).is_file() else str(a.dataset), "data_dir": a.data_dir},
             "train": {
                 "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "lr_estimator": a.lr_kernel, "seed": a.seed,
                 "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock, "checkpoint_every": a.checkpoint_every,
@@ -354,13 +355,15 @@ def _prepare_run(a: argparse.Namespace, run: Path, data) -> tuple[dict, bool]:
 
 def _train(a: argparse.Namespace, device: torch.device) -> int:
     run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
-    data = load_dataset(a.dataset, data_dir=a.data_dir)
+    data = None if a.resume else load_dataset(a.dataset, data_dir=a.data_dir)
     main = distributed.is_main()
     try:
         prepared = _prepare_run(a, run, data) if main else None
     except (CheckpointError, UsageError, ValueError) as e:
         prepared = e
     config, resume = distributed.broadcast_object(prepared)  # an error on rank 0 stops every rank
+    if data is None:  # a resumed run trains on the data it was started with
+        data = _dataset(config)
     torch.manual_seed(a.seed)
     model = model_from_config(config["model"]).to(device)
     estimator = estimator_from(config["algorithm"], config["estimator"]).to(device)

@@ -107,10 +107,11 @@ class DistributionsModel(nn.Module):
                 lik = self._likelihood(z, 1)
                 x = self._as_data(lik.sample(), 1)
                 base = _base(lik)
+                with torch.enable_grad():  # does the scale depend on parameters?
+                    scale = getattr(_base(self._likelihood(z, 1)), "scale", None)
                 info = {"prior_event": len(prior.event_shape), "family": type(base).__name__, "data_dim": x.shape[-1],
-                        "scalar_event": len(lik.event_shape) == 0,
                         "categories": base.logits.shape[-1] if isinstance(base, (Categorical, OneHotCategorical)) else None,
-                        "fixed_scale": isinstance(base, Normal) and not base.scale.requires_grad,
+                        "fixed_scale": isinstance(base, Normal) and not scale.requires_grad,
                         "reparameterizable": False}
                 if self.proposal_fn is not None:
                     info["reparameterizable"] = bool(self.proposal_fn(x).has_rsample)
