@@ -47,6 +47,7 @@ from wakesleep import plots
 from wakesleep.compare import csv_text, torch_threads
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import mean_stderr
+from wakesleep.models.contract import ModelContractError, check_model, device_dtype
 from wakesleep.references import (
     NoExactReference,
     exact_log_marginal,
@@ -389,10 +390,12 @@ def diagnose(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
         raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
-    if x.ndim != 2 or x.shape[1] != model.data_dim:
-        raise ValueError(f"x must be [B, {model.data_dim}], got {tuple(x.shape)}")
+    dim = getattr(model, "data_dim", x.shape[-1])
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"x must be [B, {dim}], got {tuple(x.shape)}")
     settings = default_settings(model) if settings is None else [Setting.parse(s) if isinstance(s, str) else s for s in settings]
-    p = next(model.parameters())
+    device, dtype = device_dtype(model)
+    p = torch.empty((), device=device, dtype=dtype)
     with torch_threads(threads):
         targets = exact_targets(model, x)
         rows = []
@@ -406,8 +409,9 @@ def diagnose(
 def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, reference, budget_s, p) -> list[dict]:
     est = setting.build().to(device=p.device, dtype=p.dtype)
     try:
+        check_model(model, est.requires(model), setting.label)
         est.check_model(model)
-    except ValueError as e:
+    except (ValueError, ModelContractError) as e:
         warnings.warn(f"skipping {setting.label}: {e}", stacklevel=3)
         return []
     torch.manual_seed(seed)
