@@ -25,6 +25,13 @@ estimators' losses, which are means over the batch):
 - :func:`exact_sleep_phi_target` — E_{p_θ(z, x)}[∇φ log q_φ(z | x)] [P_φ]: what the sleep phase
   estimates (Hinton et al. 1995).
 
+Any other model — one that is not a Helmholtz machine of the three kinds above, e.g. a user's own
+model (``examples/hmm.py``, ``examples/gmm.py``) — is served generically where it can be:
+log p(x) and the θ-gradient from its own ``exact_log_marginal(x)`` or, failing that, from the sum
+over ``enumerate_latents()``; the wake-φ target and χ² from the enumerated states (so they need
+``enumerate_latents``), each state scored as a particle, z leaves [S, B, …]
+(:func:`enumerated_log_joint`).  Such a model that can do neither raises :class:`NoExactReference`.
+
 Source of the protocol: ``../shared/reference/ALGORITHMS.md`` §5 (exact log-likelihood for
 small models, used to measure the bias and variance of each gradient estimator).
 """
@@ -41,6 +48,7 @@ from torch import Tensor, nn
 from wakesleep.layers import BernoulliLayer, GaussianLayer
 from wakesleep.evaluate import exact_log_marginal as _enumerated_or_closed_form
 from wakesleep.models import HelmholtzMachine
+from wakesleep.models.contract import has_member, tree_map
 from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS, binary_states
 
 #: Largest latent dimension integrated by tensor-product quadrature (order^dim nodes).
@@ -89,6 +97,62 @@ def kind(model) -> str:
         "use factor analysis, an SBN with <= 24 latents, or a one-layer Gaussian-latent model with "
         f"<= {MAX_QUADRATURE_DIM} latents"
     )
+
+
+def is_generic(model) -> bool:
+    """Whether ``model`` is served by the generic branch: :func:`kind` finds no Helmholtz-machine
+    form for it, but it has ``exact_log_marginal`` or ``enumerate_latents``.
+
+    Raises:
+        NoExactReference: :func:`kind`'s, for a model with neither member.
+    """
+    try:
+        kind(model)
+        return False
+    except NoExactReference:
+        if has_member(model, "exact_log_marginal") or has_member(model, "enumerate_latents"):
+            return True
+        raise
+
+
+def _refuse(model, e: Exception) -> NoExactReference:
+    return NoExactReference(f"no exact reference for this {type(model).__name__}: {e}")
+
+
+def _check_proposal(model, what: str) -> None:
+    if not (has_member(model, "log_proposal") and has_member(model, "q_parameters")):
+        raise NoExactReference(f"{what} needs a proposal: this {type(model).__name__} has no log_proposal(x, z) and q_parameters()")
+
+
+def enumerated_log_joint(model, x: Tensor):
+    """Every latent state of ``model.enumerate_latents()`` scored against every datapoint.
+
+    Each leaf [S, …] of the states is expanded against the batch to [S, B, …], so the model sees
+    the S states as it sees S particles (as :func:`wakesleep.models.contract.exact_log_marginal`
+    does).
+
+    Args:
+        x: [B, D].
+
+    Returns:
+        ``(zs, log_joint)``: the expanded states (the model's pytree, leaves [S, B, …]) and
+        log p_θ(x_b, z_s) [S, B] in nats, with gradient w.r.t. θ.  logsumexp over s is
+        log p(x), softmax over s the posterior p(z_s | x).
+
+    Raises:
+        NoExactReference: the model has no ``enumerate_latents``, or it refuses (a ``ValueError``:
+            too many states, no finite support).
+    """
+    if not has_member(model, "enumerate_latents"):
+        raise NoExactReference(f"no exact reference for this {type(model).__name__}: it needs enumerate_latents() "
+                               "(every latent state once) for posterior expectations")
+    try:
+        z = model.enumerate_latents()
+    except ValueError as e:
+        raise _refuse(model, e) from e
+    b = x.shape[0]
+    zs = tree_map(lambda v: v.unsqueeze(1).expand(v.shape[0], b, *v.shape[1:]), z)
+    return zs, model.log_joint(x, zs)
 
 
 def quadrature_rule(dim: int, order: int, dtype=torch.float64) -> tuple[Tensor, Tensor]:
@@ -174,9 +238,20 @@ def exact_log_marginal(model, x: Tensor, order: int | None = None) -> Tensor:
     enumeration); one-layer Gaussian-latent models with ≤ 3 latents: Gauss–Hermite quadrature
     of ``order`` nodes per dimension.
 
+    Any other model (:func:`is_generic`): its own ``exact_log_marginal(x)``, else log Σ_s p_θ(x, z_s)
+    over ``enumerate_latents()``; ``order`` is not used.
+
     Raises:
-        NoExactReference: a model with no exact form.
+        NoExactReference: a model with no exact form (or whose own exact forms refuse, with a
+            ``ValueError``: too many states, no finite support).
     """
+    if is_generic(model):
+        try:
+            return _enumerated_or_closed_form(model, x)
+        except NoExactReference:
+            raise
+        except ValueError as e:
+            raise _refuse(model, e) from e
     if kind(model) == "quadrature":
         return torch.logsumexp(latent_grid(model, x, order)[1], 0)
     return _enumerated_or_closed_form(model, x)
@@ -241,11 +316,19 @@ def exact_wake_phi_target(model, x: Tensor, order: int | None = None) -> Tensor:
 
     The quantity RWS's wake-φ update Σ_k w̃_k ∇φ log q(z_k | x) estimates (consistently in K).
     Factor analysis: closed form (Gaussian posterior, Gaussian q); SBN: enumeration;
-    Gaussian latent: quadrature.
+    Gaussian latent: quadrature; any other model (:func:`is_generic`): Σ_s p(z_s | x) ∇φ log q(z_s | x)
+    over its ``enumerate_latents()`` (:func:`enumerated_log_joint`).
 
     Raises:
-        NoExactReference: a model with no exact form.
+        NoExactReference: a model with no exact form (a generic model without ``enumerate_latents``
+            or without a proposal).
     """
+    if is_generic(model):
+        _check_proposal(model, "the wake-φ target")
+        with torch.no_grad():
+            zs, log_joint = enumerated_log_joint(model, x)
+            post = torch.softmax(log_joint, 0)  # [S, B]
+        return flat_grad(model.q_parameters(), (post * model.log_proposal(x, zs)).sum(0).mean())
     if kind(model) == "factor_analysis":
         with torch.no_grad():
             mean, cov = fa_posterior(model, x)
@@ -265,12 +348,19 @@ def chi_square(model, x: Tensor, order: int | None = None) -> Tensor:
     their bias falls more slowly.  ``inf`` where the weights have infinite variance.
 
     Factor analysis: closed form for Gaussians (finite iff 2Σ_p⁻¹ − Σ_q⁻¹ is positive definite);
-    SBN: enumeration; Gaussian latent: quadrature.
+    SBN: enumeration; Gaussian latent: quadrature; any other model (:func:`is_generic`):
+    Σ_s p(z_s | x)² / q(z_s | x) − 1 over its ``enumerate_latents()``.
 
     Raises:
-        NoExactReference: a model with no exact form.
+        NoExactReference: a model with no exact form (a generic model without ``enumerate_latents``
+            or without a proposal).
     """
     with torch.no_grad():
+        if is_generic(model):
+            _check_proposal(model, "χ² of the proposal")
+            zs, log_joint = enumerated_log_joint(model, x)
+            log_post = torch.log_softmax(log_joint, 0)
+            return torch.expm1(torch.logsumexp(2 * log_post - model.log_proposal(x, zs), 0))
         if kind(model) == "factor_analysis":
             mu_p, cov_p = fa_posterior(model, x)
             mu_q, log_s = model.recognition[0].params(x)
