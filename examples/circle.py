@@ -222,7 +222,16 @@ def main(argv=None) -> dict:
     p.add_argument("--lr-kernel", type=float, default=1e-2, help="Adam rate of the kernel's bandwidth and λ")
     p.add_argument("--target", default="auto", choices=["auto", "generic", "exp_family"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-data", default=None, metavar="FILE.npz",
+                   help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop")
     a = p.parse_args(argv)
+    if a.write_data:
+        import numpy as np
+
+        splits = {"train": (a.n, a.seed), "valid": (1000, a.seed + 2), "test": (a.n_test, a.seed + 1)}
+        np.savez(a.write_data, **{k: make_data(n, s).numpy() for k, (n, s) in splits.items()})
+        print(f"data: {a.write_data}")
+        return {}
     start_time = time.perf_counter()
     torch.manual_seed(a.seed)
     x, x_test = make_data(a.n, a.seed), make_data(a.n_test, a.seed + 1)

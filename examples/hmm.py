@@ -246,7 +246,16 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=20, help="RWS particles")
     p.add_argument("--eval-k", type=int, default=1000, help="particles of the importance-sampled log-likelihood")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-data", default=None, metavar="FILE.npz",
+                   help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop")
     a = p.parse_args(argv)
+    if a.write_data:
+        import numpy as np
+
+        splits = {"train": (a.n, a.seed), "valid": (1000, a.seed + 2), "test": (a.n_test, a.seed + 1)}
+        np.savez(a.write_data, **{k: make_data(n, s, length=a.length).numpy() for k, (n, s) in splits.items()})
+        print(f"data: {a.write_data}")
+        return {}
     start_time = time.perf_counter()
     torch.manual_seed(a.seed)
     x, x_valid, x_test = (make_data(n, a.seed + i, a.length) for i, n in enumerate((a.n, min(a.n, 500), a.n_test)))

@@ -24,7 +24,7 @@ from wakesleep import cli_tools, distributed, layers, plots
 from wakesleep.compare import RUN as COMPARE_RUN
 from wakesleep.data import DataError, load_dataset
 from wakesleep.estimators import ESTIMATORS
-from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, log_likelihood
+from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, report_log_likelihood
 from wakesleep.models import HelmholtzMachine, ModelContractError
 from wakesleep.models.contract import device_dtype, has_proposal
 from wakesleep.models.loading import ModelSpecError, build_user_model, is_user_spec, model_config, model_from_config, user_model_config
@@ -382,7 +382,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
     model.eval()
     test_k = config.get("test_k", a.test_k)
     fault_point("evaluate")
-    ll = log_likelihood(model, data.test, k=test_k, progress=not a.no_progress, seed=a.seed)
+    ll = report_log_likelihood(model, data.test, k=test_k, progress=not a.no_progress, seed=a.seed)
     summary = {
         "test_log_likelihood": ll.mean, "test_stderr": ll.stderr, "test_k": ll.k, "test_n": ll.n,
         "best_valid_log_likelihood": fit.best_valid, "best_epoch": fit.best_epoch,
@@ -405,7 +405,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     data = _dataset(config)
     if a.compile:
         layers.use_compiled_kernels(True)
-    ll = log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
+    ll = report_log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
                         progress=not a.no_progress, seed=a.seed)
     print(f"{a.split} log-likelihood: {ll}")
     path = run / SUMMARY

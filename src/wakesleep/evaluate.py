@@ -221,6 +221,25 @@ def exact_log_likelihood(model, data) -> LogLikelihood:
         return mean_stderr(exact_log_marginal(model, x), 0)
 
 
+def report_log_likelihood(model, data, k: int = 5000, **kwargs) -> LogLikelihood:
+    """The log-likelihood a run reports: importance-sampled with the model's proposal
+    (:func:`log_likelihood`, keyword arguments passed on), or, for a model without a proposal
+    that has an exact form (``exact_log_marginal`` or ``enumerate_latents``), exact
+    (:func:`exact_log_likelihood`).
+
+    Raises:
+        wakesleep.models.contract.ModelContractError: (a ``TypeError``) a model with neither.
+    """
+    if contract.has_proposal(model):
+        return log_likelihood(model, data, k=k, **kwargs)
+    if contract.has_exact_form(model):
+        return exact_log_likelihood(model, data)
+    raise contract.ModelContractError(
+        f"{type(model).__name__} has neither a proposal ({contract.MEMBERS['propose']}) for importance-sampled evaluation "
+        f"nor an exact form ({contract.MEMBERS['exact_log_marginal']}, or enumerate_latents()): give it one of them"
+    )
+
+
 def effective_sample_size(log_w: Tensor) -> Tensor:
     """ESS = (Σ_k w_k)² / Σ_k w_k² = 1 / Σ_k w̃_k² per datapoint, from log-weights [K, B]; returns [B] in [1, K].
 

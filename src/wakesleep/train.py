@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from wakesleep import distributed, layers
 from wakesleep.models import contract
 from wakesleep.estimators.base import EstimatorOutput
-from wakesleep.evaluate import log_likelihood
+from wakesleep.evaluate import report_log_likelihood
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -256,8 +256,8 @@ def build_optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer
     estimator's own parameters (``lr_estimator``), in that order (groups without parameters are
     left out).  Uses PyTorch's fused Adam kernel (one pass per tensor instead of about ten; the
     same update up to rounding) where every parameter is a floating tensor on a device it supports."""
-    groups = [{"params": model.p_parameters(), "lr": cfg.lr_p, "name": "p"}]
-    q = model.q_parameters()
+    groups = [{"params": list(model.p_parameters()), "lr": cfg.lr_p, "name": "p"}]
+    q = list(model.q_parameters()) if callable(getattr(model, "q_parameters", None)) else []  # optional without a proposal
     if q:
         groups.append({"params": q, "lr": cfg.lr_q, "name": "q"})
     e = [p for p in estimator.parameters() if p.requires_grad]
@@ -555,7 +555,7 @@ def train(
         if main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
             fault_point("validate")
-            ll = log_likelihood(model, valid, k=cfg.valid_k)
+            ll = report_log_likelihood(model, valid, k=cfg.valid_k)
             record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
             if result.best_valid is None or ll.mean > result.best_valid:
                 result.best_valid, result.best_epoch, since_best, improved = ll.mean, epoch + 1, 0, True
@@ -628,8 +628,10 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
     """Check, before the first step, that ``model`` meets the contract for ``estimator`` and for
     validation: one :class:`~wakesleep.models.ModelContractError` listing every missing member,
     then a shape check on two datapoints naming the member that returns the wrong shape, then
-    the estimator's own check.  A model without a proposal cannot be validated by importance
-    sampling: this warns that validation (and early stopping) is off, and returns None for ``valid``.
+    the estimator's own check.  A model without a proposal is validated by its exact
+    log-likelihood where it has one (``exact_log_marginal`` or ``enumerate_latents``); without
+    either it cannot be validated: this warns that validation (and early stopping) is off, and
+    returns None for ``valid``.
 
     Returns:
         ``valid``, or None when it will not be used.
@@ -639,15 +641,15 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
         wakesleep.models.ModelShapeError: (a ``ValueError``) a member returning the wrong shape.
         ValueError: the estimator's own check (e.g. VAE with discrete latents).
     """
-    if valid is not None and not contract.has_proposal(model):
+    if valid is not None and not contract.has_proposal(model) and not contract.has_exact_form(model):
         warnings.warn(
-            f"{type(model).__name__} has no proposal q(z | x), so there is no importance-sampled validation "
+            f"{type(model).__name__} has no proposal q(z | x) and no exact log-likelihood, so there is no validation "
             "log-likelihood: validation and early stopping are off and the last epoch's model is kept. "
-            "Give the model a proposal (ALWS(q_update='sleep') trains one by sleep-phase updates) to validate",
+            "Give the model a proposal (ALWS(q_update='sleep') trains one by sleep-phase updates) or exact_log_marginal(x) to validate",
             UserWarning, stacklevel=3,
         )
         valid = None
-    needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None else ())
+    needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None and contract.has_proposal(model) else ())
     settings = ", ".join(f"{k}={v!r}" for k, v in estimator.settings().items() if v is not None and k != "data_dim")
     contract.check_model(model, needs, f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}")
     contract.check_shapes(model, train_data, needs)

@@ -39,7 +39,9 @@ importance-sampled evaluation:
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
-- ``has_proposal``: False when a model class with proposal members was built without one.
+- ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``: False when a model
+  class that has those members was built without the part (a Helmholtz machine without
+  recognition layers, with a likelihood outside the exponential families, with Gaussian latents).
 
 Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
 the data width — the library derives.  :func:`check_model` lists every missing member at once (a
@@ -149,12 +151,15 @@ def tree_map(fn: Callable[[Tensor], Tensor], z: Any) -> Any:
 def has_member(model, name: str) -> bool:
     """Whether ``model`` offers member ``name``: ``reparameterizable`` must be true; the proposal's
     members count as absent where ``has_proposal`` is False, the exponential-family ones where
-    ``has_exponential_family`` is False (a class that has the methods, built without the part)."""
+    ``has_exponential_family`` is False, the exact ones where ``has_exact_log_marginal`` is False
+    (a class that has the methods, built without the part)."""
     if name == "reparameterizable":
         return bool(getattr(model, "reparameterizable", False))
     if name in ("propose", "log_proposal") and getattr(model, "has_proposal", True) is False:
         return False
     if name in ("exponential_family", "sufficient_statistics") and getattr(model, "has_exponential_family", True) is False:
+        return False
+    if name in ("exact_log_marginal", "enumerate_latents") and getattr(model, "has_exact_log_marginal", True) is False:
         return False
     return callable(getattr(model, name, None))
 
@@ -163,6 +168,11 @@ def has_proposal(model) -> bool:
     """Whether ``model`` can propose particles: it has ``propose`` and does not say
     ``has_proposal = False`` (a Helmholtz machine built with ``recognition=None``)."""
     return has_member(model, "propose")
+
+
+def has_exact_form(model) -> bool:
+    """Whether ``model`` has an exact log p(x): ``exact_log_marginal`` or ``enumerate_latents``."""
+    return has_member(model, "exact_log_marginal") or has_member(model, "enumerate_latents")
 
 
 def supports_exponential_family(model) -> bool:

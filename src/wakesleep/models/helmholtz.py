@@ -334,28 +334,33 @@ class HelmholtzMachine(nn.Module):
             return self.log_joint(x, zs) - log_q
 
     # ---------------------------------------------------------------- exact
-    def _latent_supports(self) -> list[Tensor]:
-        """Each latent layer's states, bottom first: all 2^d binary vectors of a Bernoulli layer
-        [2^d, d], the C one-hot vectors of a categorical layer [C, C].
+    def _latent_support_sizes(self) -> list[int]:
+        """How many states each latent layer has, bottom first: 2^d for d Bernoulli units, C for a
+        categorical layer.
 
         Raises:
             ValueError: naming the first layer whose support is not finite (Gaussian, Poisson, angle).
         """
-        p = next(self.parameters())
         layers = list(self.generative[1:]) + [self.prior]  # the distribution of z_1, …, z_L
         out = []
         for i, layer in enumerate(layers):
-            name = type(layer).__name__
             if isinstance(layer, (CategoricalLayer, CategoricalPrior)):
-                out.append(torch.eye(layer.out_features, dtype=p.dtype, device=p.device))
+                out.append(layer.out_features)
             elif isinstance(layer, (BernoulliLayer, BernoulliPrior)):
-                if layer.out_features > MAX_ENUMERATED_LATENTS:
-                    raise ValueError(f"latent layer {i + 1} has {layer.out_features} binary units, 2^{layer.out_features} states; "
-                                     f"enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
-                out.append(binary_states(layer.out_features, p.dtype, p.device))
+                out.append(2**layer.out_features)
             else:
-                raise ValueError(f"latent layer {i + 1} ({name}) has no finite support to enumerate: use importance sampling")
+                raise ValueError(f"latent layer {i + 1} ({type(layer).__name__}) has no finite support to enumerate: use importance sampling")
         return out
+
+    @property
+    def has_exact_log_marginal(self) -> bool:
+        """True for factor analysis and for latents with finite support of at most 2^24 joint states."""
+        if self.config.get("kind") == "factor_analysis":
+            return True
+        try:
+            return math.prod(self._latent_support_sizes()) <= 2**MAX_ENUMERATED_LATENTS
+        except ValueError:
+            return False
 
     def enumerate_latents(self) -> list[Tensor]:
         """Every joint state of the latents once, as zs = [z_1 [S, d_1], …]: the product of each
@@ -366,10 +371,13 @@ class HelmholtzMachine(nn.Module):
             ValueError: a latent layer without finite support (Gaussian, Poisson, angle), or more
                 than 2^24 states.
         """
-        supports = self._latent_supports()
-        total = math.prod(s.shape[0] for s in supports)
+        total = math.prod(self._latent_support_sizes())
         if total > 2**MAX_ENUMERATED_LATENTS:
             raise ValueError(f"the latents have {total} joint states; enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
+        p = next(self.parameters())
+        layers = list(self.generative[1:]) + [self.prior]
+        supports = [torch.eye(layer.out_features, dtype=p.dtype, device=p.device) if isinstance(layer, (CategoricalLayer, CategoricalPrior))
+                    else binary_states(layer.out_features, p.dtype, p.device) for layer in layers]
         grids = torch.meshgrid(*[torch.arange(s.shape[0], device=s.device) for s in supports], indexing="ij")
         return [s[g.reshape(-1)] for s, g in zip(supports, grids)]
 
