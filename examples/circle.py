@@ -226,7 +226,11 @@ def main(argv=None) -> dict:
                    help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop")
     a = p.parse_args(argv)
     if a.write_data:
+        from pathlib import Path
+
         import numpy as np
+
+        Path(a.write_data).parent.mkdir(parents=True, exist_ok=True)
 
         splits = {"train": (a.n, a.seed), "valid": (1000, a.seed + 2), "test": (a.n_test, a.seed + 1)}
         np.savez(a.write_data, **{k: make_data(n, s).numpy() for k, (n, s) in splits.items()})

@@ -156,7 +156,11 @@ def main(argv=None) -> dict:
     p.add_argument("--write-data", default=None, help="write train/valid/test splits to this .npz and stop")
     a = p.parse_args(argv)
     if a.write_data:
+        from pathlib import Path
+
         import numpy as np
+
+        Path(a.write_data).parent.mkdir(parents=True, exist_ok=True)
 
         np.savez(a.write_data, train=make_data(a.n, a.seed).numpy(), valid=make_data(1000, a.seed + 1).numpy(),
                  test=make_data(1000, a.seed + 2).numpy())
