@@ -178,7 +178,7 @@ class DistributionsModel(nn.Module):
 
     # ------------------------------------------------------------ helpers
     def _sample_ndim(self, z: Tensor) -> int:
-        return z.ndim - (self._probe["prior_event"] if self._probe else len(self.prior_fn().event_shape))
+        return z.ndim - self._info()["prior_event"]
 
     def _likelihood(self, z: Tensor, sample_ndim: int) -> Distribution:
         d = self.likelihood_fn(z)
