@@ -29,7 +29,8 @@ importance-sampled evaluation:
 
 **Optional members**, each used only where it is named:
 
-- ``log_prior(z) -> [*S]``: log p_θ(z) (ALWS's exponential-family target).
+- ``log_prior(z) -> [*S, B]``: log p_θ(z), for z leaves [*S, B, …] (``[n]`` for n sleep samples; ALWS's
+  exponential-family target).
 - ``exponential_family(z) -> (η [n, S], Ψ [n])`` and ``sufficient_statistics(x) -> [n, S]``: the
   likelihood as an exponential family, log p(x | z) = η(z)·S(x) − Ψ(z) + log h(x) (ALWS's
   exponential-family target, Wenliang et al. 2020, Algorithm 1).
@@ -70,7 +71,7 @@ MEMBERS: dict[str, str] = {
     "propose": "propose(x, k) -> (z, log_q [K, B]): K particles z ~ q_φ(z | x), z detached",
     "log_proposal": "log_proposal(x, z) -> [*S, B]: log q_φ(z | x), nats",
     "q_parameters": "q_parameters(): the proposal's parameters φ",
-    "log_prior": "log_prior(z) -> [*S]: log p_θ(z), nats",
+    "log_prior": "log_prior(z) -> [*S, B]: log p_θ(z), nats",
     "exponential_family": "exponential_family(z) -> (η [n, S], Ψ [n]): natural parameters and log-normaliser of p(x | z)",
     "sufficient_statistics": "sufficient_statistics(x) -> [n, S]: S(x) of p(x | z)",
     "exact_log_marginal": "exact_log_marginal(x) -> [B]: exact log p_θ(x)",

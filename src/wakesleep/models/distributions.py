@@ -206,7 +206,7 @@ class DistributionsModel(nn.Module):
 
     @_validated
     def log_prior(self, z: Tensor) -> Tensor:
-        """log p_θ(z), [*S] for z [*S, *event], nats."""
+        """log p_θ(z), [*S, B] for z [*S, B, *event] ([n] for n sleep samples), nats."""
         return _prior_log_prob(self.prior_fn(), z)
 
     @_validated
