@@ -237,14 +237,17 @@ def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: file not found; {fix}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise DataError(
-                    f"{path}: is a single .npy array, not a .npz archive of named arrays; "
-                    "save with numpy.savez(path, train=..., valid=..., test=...) or "
-                    "numpy.savez(path, data=...)"
-                )
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a plain .npy: an array, not a context manager
+            raise DataError(
+                f"{path}: is a single .npy array, not a .npz archive of named arrays; "
+                "save with numpy.savez(path, train=..., valid=..., test=...) or "
+                "numpy.savez(path, data=...)"
+            )
+        with f:
             return {key: f[key] for key in f.files}
+    except DataError:
+        raise
     except _NPZ_READ_ERRORS as err:
         raise DataError(
             f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); the file is "
