@@ -7,6 +7,10 @@ epoch e comes from a generator seeded by (seed, e), and the global torch RNG sta
 when the model is there; every rank's, under torchrun) is saved with every checkpoint, so a
 resumed run carries on exactly where the stopped one left off.
 
+Trust: checkpoints are loaded as data (``weights_only=True``: tensors, numbers, strings, None and
+containers), so no file in a run directory can run code when opened; one process writes a run
+directory at a time (:func:`run_lock`, an OS-level lock that goes with the process).
+
 The model's device is the run's device: move the model (``model.to("cuda")``) before calling
 :func:`train`; the data and the estimator follow it.  Under ``torchrun`` (a process group of more
 than one process) the same call trains data-parallel; see :mod:`wakesleep.distributed`.
@@ -14,17 +18,23 @@ than one process) the same call trains data-parallel; see :mod:`wakesleep.distri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import pickle
+import re
+import socket
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -36,6 +46,9 @@ from wakesleep.evaluate import report_log_likelihood
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
+# Seeds are derived from (seed, epoch) and (seed, rank) by multiplying by about 10**6: this bound
+# keeps every derived seed within the 64 bits torch's generators take.
+MAX_SEED = 2**32 - 1
 
 
 class TrainingError(RuntimeError):
@@ -55,7 +68,8 @@ class TrainConfig:
         batch_size: datapoints per step (≥ 1).
         lr_p, lr_q: Adam learning rates for the generative (θ) and recognition (φ) parameters.
         lr_estimator: Adam learning rate for the estimator's own parameters (ALWS's kernel).
-        seed: seeds parameter initialisation (by the caller), data order and sampling.
+        seed: seeds parameter initialisation (by the caller), data order and sampling; 0 to
+            ``MAX_SEED`` = 2**32 - 1.
         valid_k: particles for the validation log-likelihood each epoch.
         valid_every: validate every this many epochs.
         patience: stop after this many validations without improvement (None: never).
@@ -112,6 +126,8 @@ class TrainConfig:
         for name in ("lr_p", "lr_q", "lr_estimator"):
             positive(name)
         positive("max_seconds", optional=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 = {MAX_SEED}, got {self.seed!r}")
         if self.clock not in ("wall", "process"):
             raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if not isinstance(self.compile, bool):
@@ -210,22 +226,146 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by :func:`train`.
+# ------------------------------------------------------------------ one writer per run directory
+
+LOCK, LOCK_OWNER = ".lock", ".lock-owner.json"
+# The files a run writes; their leftover temporaries (".NAME.XXXX.tmp") are removed on start.
+RUN_FILES = ("config.json", CHECKPOINT, BEST, METRICS, "summary.json", "samples.png", "curves.png")
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process holds a run directory's lock (the message names its process id;
+    ``holder`` is that part alone)."""
+
+    holder: str = "another process"
+
+
+_held: dict[str, list] = {}  # run directories this process holds: resolved path -> [FileLock, depth]
+
+
+def _owner(run: Path) -> str:
+    """Who holds ``run``'s lock, as recorded by its holder: "process N on HOST (COMMAND)"."""
+    try:
+        o = json.loads((run / LOCK_OWNER).read_text())
+        return f"process {o['pid']} on {o['host']} ({o['command']}, since {o['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is just starting or stopping"  # the record is written right after locking
+
+
+@contextlib.contextmanager
+def run_lock(run: str | Path, command: str = "train"):
+    """Hold the run directory's lock (an OS-level ``flock`` on ``RUN/.lock``, through ``filelock``)
+    for the life of the block: one writer per run directory.  The lock goes with the process, so a
+    killed holder never leaves a stale lock; the holder's process id, host and command are kept
+    in ``RUN/.lock-owner.json`` for the refusal message.  Re-entrant within a process (the command
+    line holds it around :func:`train`, which takes it again).  Creates ``run`` if needed.
+
+    On network file systems, whether ``flock`` excludes processes on other hosts depends on the
+    file system.
 
     Raises:
-        CheckpointError: naming the file, if it is missing, truncated or not a wakesleep checkpoint.
+        RunDirectoryBusy: another process holds the lock; the message names it.
+        OSError: ``run`` cannot be created or written.
     """
-    path = Path(path)
+    run = Path(run)
+    key = str(run.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _owner(run)
+        busy = RunDirectoryBusy(f"{run} is in use by {holder}; wait for it to finish or stop it (its last checkpoint is kept), "
+                                "or choose another run directory")
+        busy.holder = holder
+        raise busy from None
+    _held[key] = [lock, 1]
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                 "since": datetime.now().isoformat(timespec="seconds")}
+        atomic_write_text(run / LOCK_OWNER, json.dumps(owner))
+        yield
+    finally:
+        del _held[key]
+        try:
+            (run / LOCK_OWNER).unlink(missing_ok=True)
+        finally:
+            lock.release()
+
+
+def clean_temporary_files(run: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.XXXX.tmp``) that runs killed mid-write left beside the
+    files a run writes (:data:`RUN_FILES`).  Call it only while holding :func:`run_lock`: then no
+    write of another process is under way.  Returns the paths removed."""
+    removed = []
+    for name in RUN_FILES:
+        for tmp in Path(run).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+CHECKPOINT_FORMAT = "wakesleep-checkpoint-1"
+BEST_FORMAT = "wakesleep-best-1"
+
+
+def _load_data_only(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so that no
+    file can run code when it is opened (a pickle may name any callable; run directories are
+    shared between people).
+
+    Raises:
+        CheckpointError: naming the file: missing, unreadable (truncated, not a torch file), or
+            holding Python objects other than tensors and plain data (refused unopened).
+    """
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first, or drop --resume")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises several types for damaged files
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it is truncated or not a checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "wakesleep-checkpoint-1":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch's message names the refused callable or class
+        raise CheckpointError(
+            f"refused {path}: it names the Python object {named.group(1) if named else '(unknown)'}, not only tensors and plain data "
+            "as a wakesleep checkpoint does, and opening it could run code; delete it, or retrain"
+        ) from None
+    except Exception as e:  # torch raises several types (RuntimeError, OSError, EOFError, …) for damaged files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({layers.first_line(e)}); it is truncated or not a checkpoint") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`train` (``checkpoint.pt``), as data: tensors, numbers,
+    strings, None and containers of them; nothing in it can run code.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, truncated, not a wakesleep checkpoint,
+            or holds other Python objects (refused without being run).
+    """
+    path = Path(path)
+    ckpt = _load_data_only(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a wakesleep checkpoint")
     return ckpt
+
+
+def load_best(path: Path) -> dict:
+    """The parameters in a run's ``best.pt`` (a state dict of tensors), loaded as data like
+    :func:`load_checkpoint`.  Files written before ``best.pt`` had a ``format`` key are accepted.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`.
+    """
+    path = Path(path)
+    best = _load_data_only(path)
+    if not isinstance(best, dict) or best.get("format", BEST_FORMAT) != BEST_FORMAT or not isinstance(best.get("model"), dict):
+        raise CheckpointError(f"{path} is not a wakesleep best-parameters file")
+    return best["model"]
 
 
 def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:
@@ -371,7 +511,11 @@ def train(
     restored at the end; training stops early after ``patience`` validations without improvement.
 
     With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch) and
-    ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt``.
+    ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt`` (loaded as data:
+    :func:`load_checkpoint`), with ``config``'s learning rates, and goes on past a finished run's
+    end when the setting it stopped on (``epochs``, ``patience``, ``max_seconds``) was raised
+    (:func:`ends_at`).  The run directory is locked for the call (:func:`run_lock`), and
+    temporary files of killed runs in it are removed first.
 
     Runs on the model's device.  In a ``torch.distributed`` process group of N > 1 processes
     (``torchrun``; :mod:`wakesleep.distributed`) every process calls ``train`` alike: each takes
@@ -398,7 +542,9 @@ def train(
         ValueError: bad settings, an empty data set, data of the wrong width, or (under torchrun) a
             batch size that the number of processes does not divide.
         TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
-        CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint.
+        CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint, or one
+            holding Python objects other than tensors and plain data (refused, never run).
+        RunDirectoryBusy: another process is writing ``run_dir``.
     """
     cfg = config or TrainConfig()
     if overrides:
@@ -418,9 +564,22 @@ def train(
         check_data(model, valid, "valid")
         valid = valid.to(device, dtype)
     valid = check_model_for_training(model, estimator, train_data, valid)
-    best_state = None  # in-memory copy of the best parameters when there is no run directory
-
     run = Path(run_dir) if run_dir is not None else None
+    if resume and run is None:
+        raise ValueError("resume needs a run_dir")
+    if run is None or not main:
+        return _fit(model, estimator, train_data, valid, cfg, run, resume)
+    with run_lock(run):  # one writer: rank 0 writes everything
+        clean_temporary_files(run)
+        return _fit(model, estimator, train_data, valid, cfg, run, resume)
+
+
+def _fit(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: TrainConfig, run: Path | None, resume: bool) -> FitResult:
+    """:func:`train` after its checks (and, on rank 0 with a run directory, holding its lock)."""
+    rank, world_size = distributed.world()
+    main = rank == 0
+    device = contract.device_dtype(model)[0]
+    best_state = None  # in-memory copy of the best parameters when there is no run directory
     forward = None
     if cfg.compile:
         layers.use_compiled_kernels(True)
@@ -433,8 +592,6 @@ def train(
     if world_size > 1:
         torch.manual_seed(distributed.rank_seed(cfg.seed, rank))  # each rank its own particles
     if resume:
-        if run is None:
-            raise ValueError("resume needs a run_dir")
         # Rank 0 reads the file and sends it (or the error) to the others: no shared disk needed.
         ckpt = distributed.broadcast_object(_read_checkpoint_or_error(run / CHECKPOINT) if main else None)
         if ckpt.get("model_config") != getattr(model, "config", None):
@@ -448,6 +605,10 @@ def train(
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"the optimiser state in {run / CHECKPOINT} does not fit this model ({str(e).splitlines()[0]})") from None
+        # The learning rates are settings a resumed run may change: this config's, not the saved ones.
+        lrs = {"p": cfg.lr_p, "q": cfg.lr_q, "estimator": cfg.lr_estimator}
+        for group in opt.param_groups:
+            group["lr"] = lrs.get(group.get("name"), group["lr"])
         _set_rng_states(ckpt, rank, world_size, device)
         start_epoch, since_best, elapsed = ckpt["epoch"], ckpt["since_best"], ckpt["seconds"]
         start_batch, count = ckpt.get("batch", 0), ckpt.get("count", 0)
@@ -458,9 +619,8 @@ def train(
         result.skipped_steps = ckpt.get("skipped_steps", 0)
         if main:
             write_jsonl(run / METRICS, result.history)  # drop any record written after the checkpoint
-        # A run that ended early or on its clock is done; one that ran out of epochs may be extended.
-        if ckpt.get("finished") and not (ckpt.get("stopped") == "epochs" and cfg.epochs > start_epoch):
-            result.stopped, result.seconds = ckpt.get("stopped", "epochs"), elapsed
+        if ends_at(ckpt, cfg):
+            result.stopped, result.seconds = (ckpt.get("stopped") or "epochs") if ckpt.get("finished") else "epochs", elapsed
             _finish(model, run, None)
             return result
     distributed.broadcast_state([model, estimator])  # identical starting points on every rank
@@ -485,7 +645,7 @@ def train(
             return
         atomic_torch_save(
             {
-                "format": "wakesleep-checkpoint-1",
+                "format": CHECKPOINT_FORMAT,
                 "model": model.state_dict(),
                 "model_config": getattr(model, "config", None),
                 "estimator": estimator.state_dict(),
@@ -576,7 +736,7 @@ def train(
         finished = result.stopped != "epochs" or epoch + 1 == cfg.epochs
         if run is not None:
             if main and (improved or valid is None):
-                atomic_torch_save({"model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
+                atomic_torch_save({"format": BEST_FORMAT, "model": model.state_dict(), "epoch": epoch + 1}, run / BEST)
             sums, count = {}, 0
             save(epoch + 1, 0, finished)
             if main:
@@ -587,6 +747,22 @@ def train(
     result.seconds = now() - t0
     _finish(model, run, best_state)
     return result
+
+
+def ends_at(ckpt: dict, cfg: TrainConfig) -> bool:
+    """Whether a run with settings ``cfg`` ends where ``ckpt`` stands.  A finished run goes on
+    when the settings it stopped on were raised on resume: more ``epochs``, a larger ``patience``
+    (stopped early) or ``max_seconds`` (stopped on its clock)."""
+    if ckpt["epoch"] >= cfg.epochs:
+        return True
+    if not ckpt.get("finished"):
+        return False
+    stopped = ckpt.get("stopped")
+    if stopped == "early":
+        return cfg.patience is not None and ckpt["since_best"] >= cfg.patience
+    if stopped == "time":
+        return cfg.max_seconds is not None and ckpt["seconds"] >= cfg.max_seconds
+    return False
 
 
 def _read_checkpoint_or_error(path: Path):
@@ -675,7 +851,85 @@ def check_data(model, x: Tensor, name: str) -> None:
         raise ValueError(f"{name} has values outside {{0, 1}}, but the model's likelihood is Bernoulli: binarise the data (e.g. x > 0.5) or use a Gaussian likelihood")
 
 
+class InsufficientMemory(ValueError):
+    """A run's estimated memory exceeds what is available (the message says what would fit)."""
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes available for a new allocation on ``device``: CUDA's free memory, or on the CPU the
+    kernel's ``MemAvailable`` (capped by this process's cgroup limit, as in a container or a
+    scheduler's job); None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2: the limit less what the group already uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
+    """A rough lower estimate of the memory one training step takes, bytes, from the parameters'
+    shapes alone (``model`` may live on the ``meta`` device, where building it allocates nothing).
+
+    Parameters count four times (values, gradients, Adam's two moments); activations three times
+    (forward value, saved for backward, its gradient) per unit per particle row, where units are
+    the data width plus every weight matrix's outputs and rows are ``batch_size`` × particles
+    (``k`` or ``samples``) plus sleep samples; ALWS's kernel solve adds its N × N (exact), N × m
+    (Nyström) or N × F (random features) matrix, three times.
+
+    Returns:
+        ``{"parameters": P, "parameter_bytes", "step_bytes", "total"}``.
+    """
+    params = list(model.parameters()) + list(estimator.parameters())
+    n = sum(p.numel() for p in params)
+    elt = params[0].element_size() if params else 4
+    settings = estimator.settings()
+    particles = max(int(settings.get("k") or 1), int(settings.get("samples") or 1))
+    sleep = int(settings.get("sleep_samples") or 0)
+    rows = batch_size * particles + sleep
+    units = int(getattr(model, "data_dim", None) or 0) + sum(p.shape[0] for p in model.parameters() if p.ndim == 2)
+    solver = {"exact": sleep, "nystrom": settings.get("num_inducing") or 0, "rff": settings.get("num_features") or 0}
+    kernel = sleep * int(solver.get(settings.get("krr"), 0))
+    parameter_bytes = 4 * n * elt
+    step_bytes = 3 * (rows * units + kernel) * elt
+    return {"parameters": n, "parameter_bytes": parameter_bytes, "step_bytes": step_bytes, "total": parameter_bytes + step_bytes}
+
+
+def check_memory(model, estimator, batch_size: int, device: torch.device | str, fix: str = "a smaller model, batch size or number of particles") -> None:
+    """Refuse a run whose :func:`training_memory` exceeds :func:`available_memory` on ``device``,
+    before anything of it is allocated (build the model on the ``meta`` device to check it).
+
+    Raises:
+        InsufficientMemory: one line with the estimate, what is available, the largest model (in
+            parameters) that would fit at this batch size, and ``fix``.
+    """
+    need, free = training_memory(model, estimator, batch_size), available_memory(device)
+    if free is None or need["total"] <= free:
+        return
+    gib = lambda b: f"{b / 2**30:.3g} GiB"  # noqa: E731
+    # Parameters and activations both grow about linearly with the layers' widths.
+    fits = int(need["parameters"] * max(free, 0) / need["total"])
+    raise InsufficientMemory(
+        f"this run needs about {gib(need['total'])} for one training step ({need['parameters']:,} parameters: "
+        f"{gib(need['parameter_bytes'])} with gradients and optimiser state; activations: {gib(need['step_bytes'])}), "
+        f"but {gib(max(free, 0))} is available on {torch.device(device)}; at this batch size a model of at most about "
+        f"{fits:,} parameters would fit: use {fix}"
+    )
+
+
 def _restore_best(model, run: Path) -> None:
     best = run / BEST
     if best.is_file():
-        model.load_state_dict(torch.load(best, map_location=contract.device_dtype(model)[0], weights_only=False)["model"])
+        load_model_state(model, load_best(best), best)
