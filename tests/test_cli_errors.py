@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -116,3 +118,107 @@ def test_corrupt_data_file(tmp_path):
     path = tmp_path / "mine.npz"
     path.write_bytes(b"PK\x03\x04 this is not really a zip")
     rejected(["train", "--dataset", str(path), "--run-dir", str(tmp_path / "r"), "--no-progress"], "mine.npz")
+
+
+# ------------------------------------------------------------------ issue 11: one line, not a traceback
+
+
+@contextlib.contextmanager
+def unwritable(d):
+    """``d`` cannot be written in, for this user: chmod for a user, the immutable attribute for root
+    (whom permissions do not stop)."""
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        try:
+            yield
+        finally:
+            d.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
+        pytest.skip("root cannot make a directory unwritable here (chattr +i failed)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(d)], check=True)
+
+
+def test_run_directories_that_cannot_hold_a_run(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rejected(["train", *TINY, "--run-dir", str(afile)], "is a file")
+    rejected(["train", *TINY, "--run-dir", str(afile / "sub")], "lies under", "afile")
+    rejected(["train", *TINY, "--run-dir", str(tmp_path / ("x" * 300))], "too long")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with unwritable(locked):
+        rejected(["train", *TINY, "--run-dir", str(locked / "run")], "not writable")
+    assert afile.read_text() == "x" and list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--hidden", "-5"], ["--hidden", ">= 1"]),
+    (["--q-hidden", "-2"], ["--q-hidden", ">= 1"]),
+    (["--device", "tpu"], ["--device", "cpu, cuda"]),
+    (["--seed", str(2**70)], ["--seed", "2**32 - 1"]),
+    (["--layers", "1000000000"], ["needs about", "available on cpu", "would fit"]),  # refused before allocating
+])
+def test_bad_option_values_are_one_line(tmp_path, extra, needles):
+    rejected(["train", *TINY, *extra, "--run-dir", str(tmp_path / "r")], *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_plain_npy_file_as_dataset(tmp_path):
+    np.save(tmp_path / "mine.npy", np.zeros((10, 4)))
+    rejected(["train", "--dataset", str(tmp_path / "mine.npy"), "--run-dir", str(tmp_path / "r"), "--no-progress"], "mine.npy", "numpy.savez")
+
+
+def test_non_binary_data_names_the_split(tmp_path):
+    path = tmp_path / "mine.npz"
+    np.savez(path, train=np.zeros((5, 4)), valid=np.full((5, 4), 0.5), test=np.zeros((5, 4)))
+    rejected(["train", "--dataset", str(path), "--run-dir", str(tmp_path / "r"), "--no-progress"], "split 'valid'", "row 0, column 0")
+
+
+def test_truncated_best_when_resuming_a_finished_run(copy):
+    raw = (copy / "best.pt").read_bytes()
+    (copy / "best.pt").write_bytes(raw[: len(raw) // 3])
+    rejected(["train", "--run-dir", str(copy), "--resume", "--no-progress"], "best.pt", "truncated")
+
+
+def test_evaluate_in_a_read_only_run_directory(copy):
+    with unwritable(copy):
+        code, out, err = run(["evaluate", str(copy), "--k", "2", "--no-progress"])
+    assert code == 2 and "test log-likelihood" in out, (code, err)
+    assert "Traceback" not in err and err.count("\n") == 1 and "not recorded" in err and "writable" in err, err
+
+
+def test_help_shows_defaults_and_no_markup():
+    code, out, _ = run(["train", "--help"])
+    assert code == 0
+    text = " ".join(out.split())
+    for default in ("passes over the training data (default: 100", "datapoints per step (default: 100)", "(default: 0)"):
+        assert default in text, default
+    code, out, _ = run(["--help"])
+    assert code == 0 and "``" not in out and "wakesleep train" in out
+
+
+def test_sample_keeps_the_grid_training_drew(copy):
+    before = (copy / "samples.png").read_bytes()
+    code, out, err = run(["sample", str(copy), "--n", "4", "--seed", "3"])
+    assert code == 0, err
+    assert (copy / "samples-4-seed3.png").is_file() and (copy / "samples.png").read_bytes() == before
+
+
+def test_a_long_evaluation_says_how_long_it_will_take(trained, monkeypatch):
+    import wakesleep.cli as cli
+
+    real = cli.report_log_likelihood
+
+    def pilot_only(model, data, k, **kw):
+        if k > cli.PILOT_K:  # the full evaluation: stop it as Ctrl-C would
+            raise KeyboardInterrupt
+        return real(model, data, k=k, **kw)
+
+    monkeypatch.setattr(cli, "report_log_likelihood", pilot_only)
+    code, out, err = run(["evaluate", str(trained), "--k", str(10**9), "--no-progress"])
+    assert code == 130, err
+    assert "will take about" in out and "K=1000000000" in out, out

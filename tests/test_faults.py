@@ -1,19 +1,22 @@
-"""Runs killed with SIGKILL at several points lose nothing already written, and ``--resume``
-reproduces the uninterrupted run's parameters and metrics exactly."""
+"""Runs killed with SIGKILL at several points, or stopped by SIGTERM from outside at random moments,
+lose nothing already written, leave no temporary file once resumed, and ``--resume`` reproduces the
+uninterrupted run's parameters and metrics exactly."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from wakesleep.plots import read_jsonl
-from wakesleep.train import CHECKPOINT, FAULT_ENV, METRICS, load_checkpoint
+from wakesleep.train import CHECKPOINT, FAULT_ENV, LOCK_OWNER, METRICS, load_checkpoint
 
 ARGS = [
     "train", "--algorithm", "rws", "--k", "3", "--dataset", "digits", "--layers", "10", "--epochs", "3",
@@ -21,13 +24,38 @@ ARGS = [
 ]
 
 
-def run_cli(run_dir, *extra, fault=None):
+def command(run_dir, *extra):
+    return [sys.executable, "-m", "wakesleep", *ARGS, "--run-dir", str(run_dir), *extra]
+
+
+def environment(fault=None):
     env = dict(os.environ)
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
-    return subprocess.run([sys.executable, "-m", "wakesleep", *ARGS, "--run-dir", str(run_dir), *extra],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def run_cli(run_dir, *extra, fault=None):
+    return subprocess.run(command(run_dir, *extra), env=environment(fault), capture_output=True, text=True, timeout=300)
+
+
+def temporaries(run_dir):
+    return sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp"))
+
+
+STOPPED = "wakesleep train: stopped by SIGTERM; the last checkpoint is kept (resume with --resume)"
+
+
+def assert_same_as(reference, run_dir, what):
+    a = load_checkpoint(reference / CHECKPOINT)["model"]
+    b = load_checkpoint(run_dir / CHECKPOINT)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), (what, key)
+    assert strip_time(read_jsonl(run_dir / METRICS)) == strip_time(read_jsonl(reference / METRICS))
+    sa = json.loads((reference / "summary.json").read_text())
+    sb = json.loads((run_dir / "summary.json").read_text())
+    assert sa["test_log_likelihood"] == sb["test_log_likelihood"]
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +88,47 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, reference, fault):
         read_jsonl(tmp_path / METRICS)
     resumed = run_cli(tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = load_checkpoint(reference / CHECKPOINT)["model"]
-    b = load_checkpoint(tmp_path / CHECKPOINT)["model"]
-    for key in a:
-        assert torch.equal(a[key], b[key]), (fault, key)
-    assert strip_time(read_jsonl(tmp_path / METRICS)) == strip_time(read_jsonl(reference / METRICS))
-    sa = json.loads((reference / "summary.json").read_text())
-    sb = json.loads((tmp_path / "summary.json").read_text())
-    assert sa["test_log_likelihood"] == sb["test_log_likelihood"]
+    assert_same_as(reference, tmp_path, fault)
+    assert temporaries(tmp_path) == []  # a kill mid-write leaves one; the resumed run removes it
+
+
+def stop_at_random(run_dir, rng, sig, high=3.0):
+    """Start the run (resuming it once it has a config); once it holds the run directory (its
+    signal handler is in place by then), send ``sig`` after a random delay; return the process's
+    (return code, stderr)."""
+    extra = ["--resume"] if (run_dir / "config.json").exists() else []
+    p = subprocess.Popen(command(run_dir, *extra), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads((run_dir / LOCK_OWNER).read_text())["pid"] == p.pid:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, high))
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=300)
+    return p.returncode, err
+
+
+def test_stopped_from_outside_at_random_moments(tmp_path, reference):
+    """SIGTERM (as schedulers and `docker stop` send) and SIGKILL at random moments, three in a
+    row, not at the built-in fault points; then the resumed run is the uninterrupted one."""
+    rng = random.Random(11)
+    codes = []
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
+        code, err = stop_at_random(tmp_path, rng, sig)
+        codes.append(code)
+        if sig == signal.SIGTERM:  # handled: one line, exit status 143 (or the run had finished: 0)
+            assert code in (0, 128 + signal.SIGTERM), (code, err[-2000:])
+            assert code == 0 or "Traceback" not in err and err.splitlines()[-1] == STOPPED, err[-2000:]
+        else:
+            assert code in (0, -signal.SIGKILL), (code, err[-2000:])
+        if code == 0:
+            break
+    assert 128 + signal.SIGTERM in codes, codes  # the delays are drawn well inside a run
+    resumed = run_cli(tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_as(reference, tmp_path, f"random stops {codes}")
+    assert temporaries(tmp_path) == []
