@@ -60,10 +60,13 @@ def mixture_pyro(data_dim: int = 1):
 
 
 def as_latent(c: torch.Tensor) -> dict:
+    """The Pyro model's z for components c [*S, B]: the dict {site name: value}."""
     return {"c": c}
 
 
 def main(argv=None) -> dict:
+    """Train the Pyro mixture by RWS with ``gmm.py``'s settings and print the same ``key: value``
+    lines (``pi_l1``, ``q_tv``, the test log-likelihoods in nats); ``--help`` lists the options."""
     return gmm.main(argv, build=mixture_pyro, as_latent=as_latent)
 
 

@@ -1,24 +1,37 @@
 """The Pyro front end: a Pyro model and guide as a model that meets the contract
 (:mod:`wakesleep.models.contract`), so that every estimator, the trainer and evaluation use it.
 
-Importance weights are per datapoint: log w[k, b] = log p(x_b, z_kb) − log q(z_kb | x_b), each
-site's log-density summed over its event dimensions and over plates nested inside the data plate,
-never over the data plate.  Pyro's own ``ReweightedWakeSleep`` normalises the weights once per
-batch instead (pyro-ppl/pyro#2220), a different estimator from reweighted wake-sleep's
-(Bornschein & Bengio 2015; Le, Kosiorek, Siddharth, Teh & Wood 2019, *Revisiting reweighted
-wake-sleep*).  K particles are vectorised by an outer plate, as Pyro's ``vectorize_particles``
-does.  The sleep phase runs the model with its observations released (``poutine.uncondition``).
+>>> model = from_pyro(MyModel(), MyGuide(), data_dim=784)      # doctest: +SKIP
+>>> ws.train(model, ws.RWS(k=5), x_train, x_valid)             # doctest: +SKIP
 
-Requirements on the programs:
+Importance weights are per datapoint: log w[k, b] = log p(x_b, z_kb) − log q(z_kb | x_b) in nats,
+each site's log-density summed over its event dimensions and over every plate except the data
+plate, never over the data plate, so that reweighted wake-sleep normalises the K weights of each
+datapoint separately (Bornschein & Bengio 2015; Le, Kosiorek, Siddharth, Teh & Wood 2019,
+*Revisiting reweighted wake-sleep*).  Pyro's own ``ReweightedWakeSleep`` sums the log-weights
+over the batch and normalises once per batch instead (pyro-ppl/pyro#2220): a different estimator.
+K particles are vectorised by an outer plate at dim −(max plate nesting + 1), as Pyro's
+``vectorize_particles`` does.  The sleep phase runs the model with its data site released
+(``poutine.uncondition``, for that site only).
+
+Requirements on the programs (checked on first use; each refusal says what to change):
 
 - ``model(x)`` and ``guide(x)`` take the data batch x [B, D] and open a ``pyro.plate`` of size B
-  over it, the outermost plate of every latent site (per-datapoint latents; a latent outside the
-  data plate cannot be weighted per datapoint and is refused);
-- the guide samples every latent site of the model; the model observes x at one site (``obs=``),
-  of shape [B, D] or, for D = 1, [B];
-- both are ``torch.nn.Module``s (``pyro.nn.PyroModule`` with ``PyroParam``, or modules holding
-  ``nn.Parameter``s), so that checkpoints hold their parameters; ``pyro.param`` in Pyro's global
-  parameter store is refused.
+  over it (at any dim; without subsampling: the trainer draws the batches).  Every sample site of
+  the model and of the guide sits inside it: a latent outside the data plate (a global latent)
+  cannot be weighted per datapoint.  Further plates and event dimensions are summed.
+- The guide samples every latent site of the model and nothing else; the model observes x at
+  one site (``obs=``), as x, as ``x[..., 0]`` for D = 1, or as x with a plate over its columns.
+  ``pyro.factor`` and ``pyro.deterministic`` sites are allowed in the model (inside the data
+  plate); ``log_joint`` includes the factors, sleep samples (``sample``) ignore them.
+- Both are ``torch.nn.Module``s (a ``pyro.nn.PyroModule`` with ``PyroParam``/``nn.Parameter``, or
+  a module whose ``forward`` is the program and which holds ``nn.Parameter``s), so that
+  ``state_dict``, ``.to()``, checkpoints and the trainer's optimiser see their parameters.
+  ``pyro.param`` in Pyro's global parameter store is refused (a checkpoint cannot hold it).
+  Every run of the programs uses a fresh, private parameter store (``ParamStoreDict.scope``), so
+  that a ``PyroModule``'s parameters are its own: in Pyro's default (global) mode two
+  ``PyroModule`` instances with the same attribute names would otherwise share ``PyroParam``s
+  through the store by name.
 
 Needs ``pyro-ppl`` (``pip install "wakesleep[pyro]"``).
 """
@@ -33,16 +46,17 @@ from torch import Tensor, nn
 try:
     import pyro
     from pyro import poutine
+    from pyro.distributions import Unit
     from pyro.distributions.util import scale_and_mask
+    from pyro.poutine.uncondition_messenger import UnconditionMessenger
     from pyro.poutine.util import site_is_subsample
-except ImportError as e:  # pragma: no cover - exercised only without pyro
+except ImportError as e:  # exercised by tests/test_pyro.py with pyro hidden
     raise ImportError(f"wakesleep.pyro needs Pyro ({e}): pip install \"wakesleep[pyro]\"") from e
 
+from wakesleep.models.contract import device_dtype
+
+#: The name of the plate that vectorises particles (and flattened sample dims).
 PARTICLES = "_wakesleep_particles"
-
-
-def _latent_sites(trace) -> dict[str, dict]:
-    return {n: s for n, s in trace.nodes.items() if _is_sample(s) and not s["is_observed"]}
 
 
 def _is_sample(site) -> bool:
@@ -50,24 +64,64 @@ def _is_sample(site) -> bool:
     return site["type"] == "sample" and not site_is_subsample(site)
 
 
+def _is_data_site(site) -> bool:
+    """An observed site that holds data: not ``pyro.factor`` (a Unit) nor ``pyro.deterministic``."""
+    return (site["is_observed"] and not isinstance(site["fn"], Unit)
+            and not site["infer"].get("_deterministic", False))
+
+
 def _frames(site) -> list:
     return [f for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLES]
 
 
+class _Release(UnconditionMessenger):
+    """``poutine.uncondition`` for the named sites only: the data site is drawn, while
+    ``pyro.deterministic`` sites keep their values (released, Pyro would draw a broadcast [n, n]
+    value from their Delta) and ``pyro.factor`` sites stay factors."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.names:
+            super()._pyro_sample(msg)
+
+
+def _unconstrained(value: Tensor) -> Tensor:
+    """The tensor a ``pyro.param`` value stands for: a constrained value (``PyroParam`` with a
+    constraint) keeps a weak reference to its unconstrained ``nn.Parameter``."""
+    ref = getattr(value, "unconstrained", None)
+    out = ref() if callable(ref) else None
+    return value if out is None else out
+
+
 class PyroModel(nn.Module):
     """A Pyro model p_θ(z, x) and guide q_φ(z | x) behind the model contract (build it with
-    :func:`from_pyro`, which documents the requirements).  z is a dict {latent site name: value},
-    each value [*S, B, …]; x is [B, D]."""
+    :func:`from_pyro`, which documents the requirements).
+
+    z is a dict {latent site name: value}, each value [*S, B, …]: the value the site has in a plain
+    run of the model (no particles) with the data plate's dim moved to the front (a no-op when the
+    data plate is the outermost plate), after S sample dims; the S dims are read off each site's
+    rank, and any number of them is flattened into one particle plate and restored.  x is [B, D].
+    Log-densities are in nats.  The two programs are the submodules ``generative`` and
+    ``recognition`` (``state_dict`` keys ``generative.…``, ``recognition.…``).
+    """
 
     def __init__(self, model: nn.Module, guide: nn.Module, data_dim: int | None = None):
         super().__init__()
         for name, fn in (("model", model), ("guide", guide)):
             if not isinstance(fn, nn.Module):
                 raise TypeError(f"the Pyro {name} must be a torch.nn.Module (a pyro.nn.PyroModule, or a module whose forward "
-                                f"is the program) so that checkpoints hold its parameters; got {type(fn).__name__}")
+                                f"is the program and which holds nn.Parameters) so that checkpoints hold its parameters; "
+                                f"got {type(fn).__name__}")
+        if data_dim is not None and (isinstance(data_dim, bool) or not isinstance(data_dim, int) or data_dim < 1):
+            raise ValueError(f"data_dim must be a positive integer or None, got {data_dim!r}")
         self.generative, self.recognition = model, guide
         self._data_dim = data_dim
+        self._width: int | None = None  # the width of the last x seen
         self._info: dict[str, Any] | None = None
+        self._checked_sample = False
 
     # ------------------------------------------------------------ structure
     def p_parameters(self) -> list[nn.Parameter]:
@@ -80,188 +134,329 @@ class PyroModel(nn.Module):
         return [p for p in self.recognition.parameters() if p not in theta]
 
     @property
-    def data_dim(self) -> int | None:
-        """D, from ``data_dim=`` or the first batch seen."""
-        return self._data_dim if self._info is None else self._info["data_dim"]
+    def data_dim(self) -> int:
+        """D: ``data_dim=`` if given, else the width of the last x seen.  Absent (``AttributeError``,
+        so ``getattr(model, "data_dim", default)`` gives the default) while neither is known."""
+        d = self._data_dim if self._data_dim is not None else self._width
+        if d is None:
+            raise AttributeError("data_dim")
+        return d
 
     @property
     def reparameterizable(self) -> bool:
-        """True when every latent site of the guide draws by ``rsample`` (known after the first batch)."""
-        return bool(self._info and self._info["reparameterizable"])
+        """True when every latent site of the guide draws by ``rsample`` (VAE and IWAE apply).
+        Known once the programs have been traced: after the first batch, or at once when the
+        data width is known (``data_dim=``)."""
+        if self._info is None:
+            if self._data_dim is None and self._width is None:
+                return False
+            self._probe(self._x_for_sampling(2))
+        return self._info["reparameterizable"]
+
+    # ------------------------------------------------------------ running the programs
+    def _run(self, program, x: Tensor, k: int | None = None, data: dict | None = None, release=(), replay=None):
+        """The trace of ``program(x)`` (the model or the guide): conditioned on ``data`` (a dict of
+        site values) or replayed against the trace ``replay``, inside a particle plate of size k when
+        k is given, with the observed sites named in ``release`` drawn instead.
+
+        Raises:
+            TypeError: a ``pyro.param`` site whose value is not a parameter of the two modules.
+        """
+        fn = program
+        if replay is not None:
+            fn = poutine.replay(fn, trace=replay)
+        if data is not None:
+            fn = poutine.condition(fn, data=data)
+        if release:
+            fn = _Release(release)(fn)
+        if k is not None:
+            inner, dim = fn, -(self._info["nesting"] + 1)
+
+            def fn(x):
+                with pyro.plate(PARTICLES, k, dim=dim, device=x.device):
+                    return inner(x)
+
+        # A fresh private store per run: PyroModules register their own parameters into it and
+        # read them back, so nothing is shared with other instances through names in the global store.
+        with pyro.get_param_store().scope():
+            trace = poutine.trace(fn).get_trace(x)
+        self._check_params(trace, "model" if program is self.generative else "guide")
+        return trace
 
     def _check_params(self, trace, program: str) -> None:
-        own = {id(p) for p in self.parameters()}
-        store = dict(pyro.get_param_store().named_parameters())
+        own = None
         for name, site in trace.nodes.items():
-            if site["type"] == "param" and id(store.get(name)) not in own:
+            if site["type"] != "param":
+                continue
+            if own is None:
+                own = {id(p) for p in self.parameters()}
+            if id(_unconstrained(site["value"])) not in own:
                 raise TypeError(f"the Pyro {program} uses pyro.param({name!r}) from Pyro's global parameter store, which a "
-                                "checkpoint cannot hold: hold the parameter in the module (PyroParam in a PyroModule, or an nn.Parameter)")
+                                "checkpoint cannot hold: hold the parameter in the module (PyroParam in a pyro.nn.PyroModule, "
+                                "or an nn.Parameter attribute of the nn.Module)")
 
     def _probe(self, x: Tensor) -> dict[str, Any]:
-        """Trace both programs once on x (cached): the latent sites, their value ranks, the data
-        plate's dim, the observed site, the plate nesting."""
+        """Trace both programs without particles (cached after the first call): the latent sites,
+        their ranks and event ranks, the data plate's dim, the data site, the plate nesting.
+        The data plate is the plate whose size follows the batch: the programs run on two batches
+        of different sizes (rows of x), so a plate of another size (D, say) is never mistaken for
+        it.  Draws from a forked random stream: the caller's stream does not move.
+
+        Raises:
+            ValueError: no data plate; a sample site outside it (a global latent, or an observed
+                site outside it); latents the guide does not sample, or guide sites the model lacks.
+            TypeError: ``pyro.param`` in the global store.
+        """
         if self._info is not None:
             return self._info
         b = x.shape[0]
+        traces = []
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            g = poutine.trace(self.recognition).get_trace(x)
-            m = poutine.trace(poutine.replay(self.generative, trace=g)).get_trace(x)
-        self._check_params(m, "model")
-        self._check_params(g, "guide")
-        latents = _latent_sites(m)
-        guided = _latent_sites(g)
+            for rows in (b, b + 1):
+                xs = x[torch.arange(rows, device=x.device) % b]
+                g = self._run(self.recognition, xs)
+                m = self._run(self.generative, xs, replay=g)
+                traces.append((rows, m, g))
+        (_, m, g), (_, m2, g2) = traces
+        sizes = [{f.name: f.size for s in tr.nodes.values() if _is_sample(s) for f in _frames(s)} for tr in (m, g, m2, g2)]
+        data_names = {n for n, size in {**sizes[0], **sizes[1]}.items()
+                      if size == b and {**sizes[2], **sizes[3]}.get(n) == b + 1}
+        if not data_names:
+            raise ValueError(f"found no pyro.plate over the data batch (a plate of size x.shape[0] = {b} in the model and the "
+                             "guide): open `with pyro.plate('data', x.shape[0]):` around every sample site (without subsampling: "
+                             "the trainer draws the batches)")
+        latents = {n: s for n, s in m.nodes.items() if _is_sample(s) and not s["is_observed"]}
+        guided = {n: s for n, s in g.nodes.items() if _is_sample(s) and not s["is_observed"]}
+        if not latents:
+            raise ValueError("the model has no latent sample site (every site is observed): there is nothing to propose")
         missing = [n for n in latents if n not in guided]
         if missing:
             raise ValueError(f"the guide does not sample the model's latent site(s) {missing}: a proposal must draw every latent")
-        observed = [n for n, s in m.nodes.items() if _is_sample(s) and s["is_observed"]]
-        nesting = max([-f.dim for s in list(m.nodes.values()) + list(g.nodes.values()) if _is_sample(s)
-                       for f in _frames(s)] or [0])
+        extra = [n for n in guided if n not in latents]
+        if extra:
+            raise ValueError(f"the guide samples site(s) {extra} that the model lacks: auxiliary guide variables have no "
+                             "density q(z | x) to weigh; sample only the model's latents")
         dims = set()
-        for name, site in list(latents.items()) + [(n, g.nodes[n]) for n in latents]:
-            data = [f for f in _frames(site) if f.size == b]
+        sites = [(f"model site {n!r}", s) for n, s in m.nodes.items() if _is_sample(s)]
+        sites += [(f"guide site {n!r}", s) for n, s in guided.items()]
+        for what, site in sites:
+            data = [f.dim for f in _frames(site) if f.name in data_names]
             if not data:
-                raise ValueError(f"latent site {name!r} is outside the data plate (no pyro.plate of size {b} around it): "
-                                 "importance weights per datapoint need per-datapoint latents; put it inside the data plate")
-            dims.add(max(f.dim for f in data))  # the outermost plate of that size
+                kind = "latent" if not site["is_observed"] else "observed"
+                raise ValueError(f"{kind} {what} is outside the data plate (no pyro.plate of size x.shape[0] around it): "
+                                 "importance weights per datapoint need per-datapoint sites (a global latent cannot be "
+                                 "weighted per datapoint); put it inside the data plate, or make it a parameter")
+            dims.update(data)
         if len(dims) > 1:
-            raise ValueError(f"the latent sites sit in data plates at different dims {sorted(dims)}: use one data plate")
-        data_dim = dims.pop() if dims else -1
-        if data_dim != -nesting:
-            raise ValueError(f"the data plate (dim {data_dim}) must be the outermost plate (dim {-nesting}) of the programs")
+            raise ValueError(f"the data plate sits at different dims {sorted(dims)} in different sites: give it one dim")
+        observed = [n for n, s in m.nodes.items() if _is_sample(s) and _is_data_site(s)]
+        every = [s for tr in (m, g) for s in tr.nodes.values() if _is_sample(s)]
+        nesting = max([-f.dim for s in every for f in _frames(s)] + [len(s["fn"].batch_shape) for s in every])
+        dims_at = dims.pop()
         self._info = {
-            "latents": list(latents), "observed": observed, "nesting": nesting, "data_plate_dim": data_dim,
-            "ndim": {n: guided[n]["value"].dim() for n in latents}, "data_dim": x.shape[-1],
+            "latents": list(latents), "observed": observed, "nesting": nesting, "data_plate_dim": dims_at,
+            "rank": {n: guided[n]["value"].dim() for n in latents},
+            "event_dim": {n: len(guided[n]["fn"].event_shape) for n in latents},
+            # where the data plate's dim sits in each latent's plain value (0 when it is the outermost plate)
+            "data_pos": {n: guided[n]["value"].dim() - len(guided[n]["fn"].event_shape) + dims_at for n in latents},
             "reparameterizable": all(guided[n]["fn"].has_rsample for n in latents),
         }
         return self._info
 
     def _x_for_sampling(self, n: int) -> Tensor:
-        d = self.data_dim
+        """Zeros [n, D] standing in for data where the model's observation is released or unused.
+
+        Raises:
+            ValueError: D unknown (no ``data_dim=`` and no batch seen yet).
+        """
+        d = self._data_dim if self._data_dim is not None else self._width
         if d is None:
-            raise ValueError("the model's data width is not known yet: pass data_dim= to from_pyro, or call it on data first")
-        p = next(self.parameters(), None)
-        return torch.zeros(n, d, dtype=p.dtype if p is not None else torch.get_default_dtype(),
-                           device=p.device if p is not None else None)
+            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data "
+                             "batch first)")
+        device, dtype = device_dtype(self)
+        return torch.zeros(n, d, dtype=dtype, device=device)
 
-    # ------------------------------------------------------------ traces
-    def _trace(self, program, x: Tensor, k: int | None, data: dict | None = None):
-        fn = program if data is None else poutine.condition(program, data=data)
-        if k is not None:
-            info = self._info
+    def _seen(self, x: Tensor) -> dict[str, Any]:
+        if x.ndim != 2:
+            raise ValueError(f"x must be a data batch [B, D], got shape {list(x.shape)}")
+        self._width = x.shape[-1]
+        return self._probe(x)
 
-            def vectorised(x):
-                with pyro.plate(PARTICLES, k, dim=-(info["nesting"] + 1)):
-                    return fn(x)
-
-            return poutine.trace(vectorised).get_trace(x)
-        return poutine.trace(fn).get_trace(x)
-
-    def _log_density(self, trace, names, detach_values: bool) -> Tensor:
-        """Σ over the named sites of log f(value), summed over event dims and inner plates: [*S, B]."""
-        inner = -self._info["data_plate_dim"] - 1  # plate dims inside the data plate
+    # ------------------------------------------------------------ log-densities
+    def _log_density(self, trace, names, k: int | None, detach_values: bool) -> Tensor:
+        """Σ over the named sites of log f(value), [K, B] (k given) or [B], nats: each site's
+        log_prob (already summed over its event dims) summed over every plate dim except the
+        data plate's (and the particle plate's)."""
+        info = self._info
+        ndim = info["nesting"] + (k is not None)  # batch dims of every log_prob, padded on the left
+        keep = {ndim + info["data_plate_dim"]} | ({0} if k is not None else set())
         total = None
         for name in names:
             site = trace.nodes[name]
             value = site["value"].detach() if detach_values else site["value"]
             lp = scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"])
-            if inner > 0 and lp.dim() >= inner:
-                lp = lp.sum(tuple(range(-inner, 0)))
+            if lp.dim() > ndim:
+                raise ValueError(f"site {name!r} has log-densities of shape {list(lp.shape)}, more batch dims than the "
+                                 f"{ndim} plates: declare its extra dims as event dims (.to_event) or put them in plates")
+            lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
+            other = [d for d in range(ndim) if d not in keep]
+            if other:
+                lp = lp.sum(other)
             total = lp if total is None else total + lp
         return total
 
-    def _with_sample_dims(self, z: dict, run):
-        """Run ``run(z_flat, k)`` with z's sample dims S flattened into one particle plate of size
-        k (none when S is empty) and give its [k, B] (or [B]) result the shape [*S, B]."""
-        first = self._info["latents"][0]
-        s = z[first].dim() - self._info["ndim"][first]
-        if s < 0:
-            raise ValueError(f"latent {first!r} has shape {list(z[first].shape)}, fewer dims than the site's own {self._info['ndim'][first]}")
-        if s == 0:
-            return run(z, None)
-        lead = z[first].shape[:s]
-        flat = {n: v.reshape(-1, *v.shape[s:]) for n, v in z.items()}
-        out = run(flat, flat[first].shape[0])
-        return out.reshape(*lead, *out.shape[1:])
+    def _to_site(self, name: str, value: Tensor, k: int | None) -> Tensor:
+        """A latent from the contract's layout, [B, …] or [k, B, …], to the site's: the batch dim
+        back to the data plate's place in the site's value (a no-op when the data plate is the
+        outermost plate, the usual case), and in a particle plate the size-1 dims that Pyro
+        broadcasts between the particle dim and the site's plain shape ([k, 1, …, B, …])."""
+        pos = self._info["data_pos"][name]
+        if k is None:
+            return value.movedim(0, pos)
+        pad = self._info["nesting"] - (self._info["rank"][name] - self._info["event_dim"][name])
+        value = value.movedim(1, 1 + pos)
+        return value.reshape(k, *(1,) * pad, *value.shape[1:])
+
+    def _from_site(self, name: str, value: Tensor, k: int | None) -> Tensor:
+        """The inverse of :meth:`_to_site`: a site's value (plain, or [k, 1, …, plain]) as [B, …] or [k, B, …]."""
+        pos = self._info["data_pos"][name]
+        if k is None:
+            return value.movedim(pos, 0)
+        value = value.reshape(k, *value.shape[value.dim() - self._info["rank"][name]:])
+        return value.movedim(1 + pos, 1)
+
+    def _sample_shape(self, z: dict) -> tuple[int, ...]:
+        """The sample dims S that z carries in front of each site's plain value.
+
+        Raises:
+            ValueError: z is not a dict holding every latent site, or its sites disagree on S.
+        """
+        info = self._info
+        if not isinstance(z, dict) or any(n not in z for n in info["latents"]):
+            have = sorted(z) if isinstance(z, dict) else type(z).__name__
+            raise ValueError(f"z must be a dict holding every latent site {info['latents']}; got {have}")
+        shapes = {}
+        for n in info["latents"]:
+            s = z[n].dim() - info["rank"][n]
+            if s < 0:
+                raise ValueError(f"latent {n!r} has shape {list(z[n].shape)}: fewer dims than the site's own {info['rank'][n]} "
+                                 "(z leaves are [*S, B, ...])")
+            shapes[n] = tuple(z[n].shape[:s])
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"the latents carry different sample dims: {shapes}")
+        return shapes[info["latents"][0]]
+
+    def _evaluate(self, program, x: Tensor, z: dict, names=None) -> Tensor:
+        """Σ log f over ``names`` (default: every sample site) of ``program(x)`` conditioned on z,
+        [*S, B]: z's sample dims S flattened into one particle plate and restored."""
+        lead = self._sample_shape(z)
+        k = None
+        if lead:
+            k = 1
+            for s in lead:
+                k *= s
+            z = {n: v.reshape(k, *v.shape[len(lead):]) for n, v in z.items() if n in self._info["latents"]}
+        data = {n: self._to_site(n, z[n], k) for n in self._info["latents"]}
+        trace = self._run(program, x, k, data)
+        if names is None:
+            names = [n for n, s in trace.nodes.items() if _is_sample(s)]
+        out = self._log_density(trace, names, k, detach_values=False)
+        return out.reshape(*lead, out.shape[-1]) if lead else out
 
     # ------------------------------------------------------------ the contract
     def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[dict, Tensor]:
-        """K particles z ~ q_φ(z | x) by the guide, vectorised: z {site: [K, B, …]} (detached unless
-        ``reparameterize``), log q [K, B] in nats, differentiable in φ.
+        """K particles z ~ q_φ(z | x) from the guide, vectorised: z {site: [K, B, …]} (detached
+        unless ``reparameterize``), log q [K, B] in nats, differentiable in φ.
 
         Raises:
-            ValueError: k < 1, or programs that break the requirements of :func:`from_pyro`.
+            ValueError: k < 1, x not [B, D], or programs that break the requirements of :func:`from_pyro`.
         """
-        if k < 1:
-            raise ValueError(f"the number of particles k must be >= 1, got {k}")
-        info = self._probe(x)
-        g = self._trace(self.recognition, x, k)
-        z = {n: g.nodes[n]["value"] if reparameterize else g.nodes[n]["value"].detach() for n in info["latents"]}
-        log_q = self._log_density(g, info["latents"], detach_values=not reparameterize)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"the number of particles k must be an integer >= 1, got {k!r}")
+        info = self._seen(x)
+        g = self._run(self.recognition, x, k)
+        z = {n: self._from_site(n, g.nodes[n]["value"] if reparameterize else g.nodes[n]["value"].detach(), k)
+             for n in info["latents"]}
+        log_q = self._log_density(g, info["latents"], k, detach_values=not reparameterize)
         return z, log_q.expand(k, x.shape[0])
 
     def log_proposal(self, x: Tensor, z: dict) -> Tensor:
-        """log q_φ(z | x), [*S, B] for z {site: [*S, B, …]}, nats."""
-        info = self._probe(x)
-        return self._with_sample_dims(z, lambda zz, k: self._log_density(self._trace(self.recognition, x, k, zz), info["latents"], True))
+        """log q_φ(z | x), [*S, B] for z {site: [*S, B, …]} and x [B, D], nats; differentiable in φ
+        (and in z where z carries a gradient)."""
+        info = self._seen(x)
+        return self._evaluate(self.recognition, x, z, info["latents"])
 
     def log_joint(self, x: Tensor, z: dict) -> Tensor:
-        """log p_θ(x, z), [*S, B] for z {site: [*S, B, …]} and x [B, D], nats: every sample site of the model."""
-        self._probe(x)
-
-        def run(zz, k):
-            m = self._trace(self.generative, x, k, zz)
-            return self._log_density(m, [n for n, s in m.nodes.items() if _is_sample(s)], detach_values=False)
-
-        return self._with_sample_dims(z, run)
+        """log p_θ(x, z), [*S, B] for z {site: [*S, B, …]} and x [B, D], nats: every sample site of
+        the model (latents, the observation, factors)."""
+        self._seen(x)
+        return self._evaluate(self.generative, x, z)
 
     def log_prior(self, z: dict) -> Tensor:
-        """log p_θ(z), [*S, B] for z {site: [*S, B, …]}: the model's latent sites (the data width
-        must be known: ``data_dim=`` or a batch seen).
+        """log p_θ(z), [*S, B] for z {site: [*S, B, …]} (so [n] for the z of ``sample(n)``), nats:
+        the model's latent sites.
 
         Raises:
-            ValueError: z before any batch was seen and without ``data_dim``.
+            ValueError: the data width is unknown (pass ``data_dim=``).
         """
         info = self._probe(self._x_for_sampling(1))
         first = info["latents"][0]
-        b = z[first].shape[z[first].dim() - info["ndim"][first]]  # the batch follows the sample dims
-        x = self._x_for_sampling(b)
-        return self._with_sample_dims(z, lambda zz, k: self._log_density(self._trace(self.generative, x, k, zz), info["latents"], False))
+        b = z[first].shape[len(self._sample_shape(z))]  # the batch follows the sample dims
+        return self._evaluate(self.generative, self._x_for_sampling(b), z, info["latents"])
 
     def sample(self, n: int) -> tuple[dict, Tensor]:
-        """n draws (z, x) ~ p_θ, without gradient: the model run with its observation released.
-        z {site: [n, …]}, x [n, D].
+        """n draws (z, x) ~ p_θ without gradient (the sleep phase): the model run on zeros [n, D]
+        with its data site released (``poutine.uncondition`` for that site).  z {site: [n, …]}, x [n, D].
 
         Raises:
-            ValueError: the data width is unknown (pass ``data_dim=``), or the model does not
-                observe exactly one site.
+            ValueError: the data width is unknown (pass ``data_dim=``); the model observes more than
+                one data site; or x [n, D] cannot be recovered from the observed site's value.
         """
         x0 = self._x_for_sampling(n)
         info = self._probe(x0)
         if len(info["observed"]) != 1:
-            raise ValueError(f"sampling x needs the model to observe one site; it observes {info['observed']}")
+            raise ValueError(f"sampling x needs the model to observe the data at one site; it observes {info['observed']}")
+        obs = info["observed"][0]
         with torch.no_grad():
-            m = poutine.trace(poutine.uncondition(self.generative)).get_trace(x0)
-        z = {name: m.nodes[name]["value"] for name in info["latents"]}
-        x = m.nodes[info["observed"][0]]["value"]
-        return z, x.reshape(n, -1).to(x0.dtype)
+            m = self._run(self.generative, x0, release=[obs])
+            z = {name: self._from_site(name, m.nodes[name]["value"], None) for name in info["latents"]}
+            site = m.nodes[obs]
+            value = site["value"]
+            # The data plate's dim of the value (after its batch dims come its event dims) to the front.
+            at = value.dim() - len(site["fn"].event_shape) + info["data_plate_dim"]
+            x = value.movedim(at, 0).reshape(n, -1).to(x0.dtype)
+            if not self._checked_sample:  # once: the model, given this x, observes the same value
+                given = {name: self._to_site(name, v, None) for name, v in z.items()}
+                again = self._run(self.generative, x, data=given).nodes[obs]["value"]
+                if x.shape != x0.shape or again.shape != value.shape or not torch.equal(again.to(value.dtype), value):
+                    raise ValueError(f"cannot recover x [n, {x0.shape[1]}] from the value of the observed site {obs!r} "
+                                     f"(shape {list(value.shape)}): observe x as x, as x[..., 0] for D = 1, or with a plate "
+                                     "over its columns")
+                self._checked_sample = True
+        return z, x
 
 
 def from_pyro(model: nn.Module, guide: nn.Module, data_dim: int | None = None) -> PyroModel:
-    """A model that meets the contract from a Pyro model and guide (see the module docstring for
+    """A model that meets the contract from a Pyro model and guide (the module docstring lists
     what the programs must do).
 
     Args:
-        model: ``model(x)``, a Pyro program over x [B, D] with a data plate, observing x.
-        guide: ``guide(x)``, sampling every latent site of the model in the same data plate.
-        data_dim: D, needed only to draw sleep samples before any data has been seen.
+        model: ``model(x)``, a Pyro program over x [B, D] with a data plate, observing x; an ``nn.Module``.
+        guide: ``guide(x)``, sampling every latent site of the model inside the data plate; an ``nn.Module``.
+        data_dim: D, needed only to draw sleep samples (``sample``) or prior densities before any
+            data has been seen; otherwise the width of the last batch.
 
     Returns:
-        :class:`PyroModel`: ``sample``, ``log_joint``, ``log_prior``, ``propose``, ``log_proposal``
-        and both parameter groups; z is a dict {site name: tensor}.
+        :class:`PyroModel`: ``sample``, ``log_joint``, ``log_prior``, ``propose``, ``log_proposal``,
+        ``p_parameters`` (the model's), ``q_parameters`` (the guide's, less shared ones),
+        ``reparameterizable`` (for VAE/IWAE); z is a dict {site name: [*S, B, …]}.  Weights are
+        per datapoint, unlike Pyro's ``ReweightedWakeSleep`` (pyro-ppl/pyro#2220).
 
     Raises:
-        TypeError: a program that is not an ``nn.Module``; on first use, ``pyro.param`` sites
-            held only in Pyro's global parameter store.
-        ValueError: on first use, latent sites outside the data plate or not sampled by the guide.
+        TypeError: a program that is not an ``nn.Module``; on first use, a ``pyro.param`` held in
+            Pyro's global parameter store rather than in the modules.
+        ValueError: a bad ``data_dim``; on first use, no data plate, a (latent) site outside it,
+            or a guide that does not sample exactly the model's latents; ``sample`` without a known
+            data width.
     """
     return PyroModel(model, guide, data_dim)
