@@ -6,10 +6,11 @@ import math
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
 from wakesleep.estimators.ws import sleep_phase_loss
-from wakesleep.models.contract import PROPOSAL
+from wakesleep.models.contract import PROPOSAL, has_member, leaves, tree_map
 
 Q_UPDATES = ("wake", "sleep", "both")
 
@@ -25,7 +26,17 @@ class RWS(Estimator):
     - wake-φ:  ascend Σ_k w̃_k ∇φ log q_φ(z_k | x)  (estimate of −∇φ KL(p_θ(z|x) ‖ q_φ(z|x)));
     - sleep-φ: ascend ∇φ log q_φ(z̃ | x̃), (z̃, x̃) ~ p_θ (the wake-sleep sleep phase).
 
-    ``q_update="both"`` averages the two φ updates (the paper's best results).  Losses are means
+    ``q_update="both"`` averages the two φ updates (the paper's best results).
+
+    Defensive importance sampling (``defensive=δ`` > 0; Le et al. 2019, their rrws code's ``dww``):
+    the K particles come from q_δ = (1 − δ) q_φ(z | x) + δ u(z), u uniform over the latents' finite
+    support, and log w_k = log p_θ(x, z_k) − log q_δ(z_k | x); the wake-θ and wake-φ updates above
+    use those weights (wake-φ still ascends Σ_k w̃_k ∇φ log q_φ(z_k | x), the same target
+    −∇φ KL(p ‖ q_φ), now estimated from a proposal whose weights are bounded by 1/(δ u)).  Each
+    particle picks its component by its own Bernoulli(δ) draw: K draws from q and K from u, one
+    kept per (k, b).  u comes from the model's ``sample_uniform(x, k)`` where it has one, else
+    uniformly from ``enumerate_latents()`` (log u = −log S); log q_φ of every particle from
+    ``log_proposal``.  Losses are means
     over the batch.  Source: Bornschein & Bengio (2015), ``../shared/reference/ALGORITHMS.md`` §2.
     Unlike Pyro's ``ReweightedWakeSleep``, weights are normalised over K separately for every
     datapoint, not once per batch.
@@ -34,9 +45,11 @@ class RWS(Estimator):
         k: particles per datapoint (≥ 1; the paper's default is 5).
         q_update: ``"wake"``, ``"sleep"`` or ``"both"``.
         sleep_batch: sleep samples per step (default: the data batch size).
+        defensive: δ in [0, 1), the uniform component's share of the proposal (0: plain RWS;
+            the rrws runs use 0.2).
 
     Raises:
-        ValueError: for k < 1 or an unknown q_update.
+        ValueError: for k < 1, an unknown q_update or δ outside [0, 1).
 
     Metrics: ``objective`` = mean_b log (1/K) Σ_k w_k (the IWAE bound, nats per datapoint),
     ``ess`` = mean effective sample size of the K particles over live datapoints, and
@@ -45,25 +58,55 @@ class RWS(Estimator):
 
     name = "rws"
 
-    def __init__(self, k: int = 5, q_update: str = "both", sleep_batch: int | None = None):
+    def __init__(self, k: int = 5, q_update: str = "both", sleep_batch: int | None = None, defensive: float = 0.0):
         super().__init__()
         self.k = check_positive_int("k (particles)", k)
         if q_update not in Q_UPDATES:
             raise ValueError(f"q_update must be one of {Q_UPDATES}, got {q_update!r}")
         self.q_update = q_update
         self.sleep_batch = None if sleep_batch is None else check_positive_int("sleep_batch", sleep_batch)
+        if isinstance(defensive, bool) or not isinstance(defensive, (int, float)) or not 0.0 <= defensive < 1.0:
+            raise ValueError(f"defensive (δ, the uniform share of the proposal) must be in [0, 1), got {defensive!r}")
+        self.defensive = float(defensive)
 
     def settings(self) -> dict:
-        return {"k": self.k, "q_update": self.q_update, "sleep_batch": self.sleep_batch}
+        return {"k": self.k, "q_update": self.q_update, "sleep_batch": self.sleep_batch, "defensive": self.defensive}
 
     def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups; ``sample`` and ``log_proposal`` unless q_update="wake"."""
-        return PROPOSAL + ("p_parameters",) + (() if self.q_update == "wake" else ("sample", "log_proposal"))
+        """``propose``, ``log_joint``, both parameter groups; ``sample`` and ``log_proposal`` unless
+        q_update="wake"; with ``defensive`` > 0 also ``log_proposal`` and ``sample_uniform`` (or,
+        for a model without it, ``enumerate_latents``)."""
+        out = PROPOSAL + ("p_parameters",) + (() if self.q_update == "wake" else ("sample", "log_proposal"))
+        if self.defensive > 0:
+            out += ("log_proposal", "sample_uniform" if has_member(model, "sample_uniform") else "enumerate_latents")
+        return tuple(dict.fromkeys(out))
+
+    def defensive_proposal(self, model, x: Tensor):
+        """K particles from q_δ = (1 − δ) q_φ + δ u: ``(zs, log_q, log_q_delta)``, log_q = log q_φ(z_k | x)
+        with ∇φ, log q_δ(z_k | x) detached, both [K, B]."""
+        zq, _ = model.propose(x, self.k)
+        if has_member(model, "sample_uniform"):
+            zu, log_u = model.sample_uniform(x, self.k)
+        else:
+            states = model.enumerate_latents()
+            n = leaves(states)[0].shape[0]
+            idx = torch.randint(n, (self.k, x.shape[0]), device=x.device)
+            zu = tree_map(lambda v: v[idx], states)
+            log_u = torch.full((self.k, x.shape[0]), -math.log(n), dtype=x.dtype, device=x.device)
+        pick_u = torch.rand(self.k, x.shape[0], device=x.device) < self.defensive  # [K, B]
+        zs = _select(pick_u, zu, zq)
+        log_q = model.log_proposal(x, zs)
+        log_q_delta = torch.logaddexp(math.log1p(-self.defensive) + log_q.detach(), math.log(self.defensive) + log_u.to(log_q.dtype))
+        return zs, log_q, log_q_delta
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
-        zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
+        if self.defensive > 0:
+            zs, log_q, log_q_delta = self.defensive_proposal(model, x)
+        else:
+            zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
+            log_q_delta = log_q.detach()
         log_p = model.log_joint(x, zs)  # carries ∇θ only
-        log_w = (log_p - log_q).detach()
+        log_w = log_p.detach() - log_q_delta
         # A datapoint whose K log-weights are all −inf carries no information: weight it 0 rather
         # than let softmax return NaN (0·(−inf) is guarded by the where below).
         dead = torch.isneginf(log_w).all(0)
@@ -87,3 +130,12 @@ class RWS(Estimator):
         ess = torch.where(dead, 0.0, 1.0 / (w * w).sum(0)).sum() / (dead.numel() - n_dead)
         metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)
+
+
+def _select(mask: Tensor, a, b):
+    """The pytree whose leaves are ``torch.where(mask, a_leaf, b_leaf)``, the [K, B] mask broadcast over
+    each leaf's trailing dimensions (a and b have the same structure and leaf shapes)."""
+    la, spec = pytree.tree_flatten(a)
+    lb, _ = pytree.tree_flatten(b)
+    out = [torch.where(mask.reshape(mask.shape + (1,) * (u.dim() - mask.dim())), u, v) if isinstance(u, Tensor) else v for u, v in zip(la, lb)]
+    return pytree.tree_unflatten(out, spec)

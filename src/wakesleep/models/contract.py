@@ -77,6 +77,7 @@ MEMBERS: dict[str, str] = {
     "exact_log_marginal": "exact_log_marginal(x) -> [B]: exact log p_θ(x)",
     "enumerate_latents": "enumerate_latents() -> z with leaves [S, ...]: every latent state once",
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
+    "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
 }
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")

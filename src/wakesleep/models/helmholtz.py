@@ -381,6 +381,31 @@ class HelmholtzMachine(nn.Module):
         grids = torch.meshgrid(*[torch.arange(s.shape[0], device=s.device) for s in supports], indexing="ij")
         return [s[g.reshape(-1)] for s, g in zip(supports, grids)]
 
+    def sample_uniform(self, x: Tensor, k: int) -> tuple[list[Tensor], Tensor]:
+        """K draws per datapoint from the uniform distribution over the latents' finite support
+        (for defensive importance sampling, ``RWS(defensive=δ)``): each Bernoulli unit a fair coin,
+        each categorical layer a uniform one-hot category; no enumeration, so any number of units.
+
+        Returns:
+            ``(zs, log_u)``: zs = [z_1 [K, B, d_1], …] (detached), log_u = −log Π_l |support_l|, [K, B].
+
+        Raises:
+            ValueError: a latent layer without finite support (Gaussian, Poisson, angle).
+        """
+        sizes = self._latent_support_sizes()
+        p = next(self.parameters())
+        b = x.shape[0]
+        zs = []
+        for layer in list(self.generative[1:]) + [self.prior]:
+            d = layer.out_features
+            if isinstance(layer, (CategoricalLayer, CategoricalPrior)):
+                c = torch.randint(d, (k, b), device=p.device)
+                zs.append(torch.nn.functional.one_hot(c, d).to(p.dtype))
+            else:
+                zs.append(torch.randint(2, (k, b, d), device=p.device).to(p.dtype))
+        log_u = -sum(math.log(s) for s in sizes)
+        return zs, torch.full((k, b), log_u, dtype=p.dtype, device=p.device)
+
     def exact_log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ.
 
