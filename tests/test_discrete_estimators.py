@@ -299,8 +299,17 @@ def test_defensive_setting_is_checked():
 # ------------------------------------------------------------------ registry and training
 
 
-def test_registry_names():
+def test_registry_names_and_defaults_run():
+    """Each new name is registered and its defaults (what compare and diagnose build) run on the SBN;
+    NVIL without ``data_dim`` has no input-dependent baseline and no parameters of its own."""
     assert {"vimco": VIMCO, "reinforce": Reinforce, "nvil": NVIL, "tvo": TVO}.items() <= ESTIMATORS.items()
+    model, x = case("sbn")
+    for name in ("vimco", "reinforce", "nvil", "tvo"):
+        est = ESTIMATORS[name]()
+        out = est(model, x)
+        assert out.loss.dim() == 0 and torch.isfinite(out.loss) and "objective" in out.metrics, name
+        assert set(est.requires(model)) <= set(ws.models.contract.MEMBERS), name
+    assert list(NVIL().parameters()) == [] and len(list(NVIL(data_dim=8).parameters())) == 4
 
 
 @pytest.mark.parametrize("name", ["vimco", "reinforce", "nvil", "tvo", "rws_defensive"])
