@@ -3,7 +3,12 @@
 
 A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
 ``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
-log-likelihood: mean, standard error, K), ``samples.png`` and ``curves.png``.
+log-likelihood: mean, standard error, K, and later ``evaluate`` results), ``samples.png`` and
+``curves.png``, and ``.lock`` with ``.lock-owner.json`` (who is writing it, while a run is live).
+
+Every expected failure (bad options, data, files, memory, a busy run directory) ends with one line
+on stderr naming the fix and exit status 2; Ctrl-C exits 130 and SIGTERM 143, keeping the last
+checkpoint.  Nothing is written before a new run's whole configuration has been checked.
 
 ``--device cpu|cuda|auto`` picks where training and evaluation run.  Under ``torchrun`` the same
 ``train`` command trains data-parallel (:mod:`wakesleep.distributed`): rank 0 sets up the run
