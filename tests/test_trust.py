@@ -236,3 +236,16 @@ def test_a_second_writer_is_refused_with_the_first_ones_process_id(tmp_path):
     code, out, err = run(["train", "--run-dir", str(d), "--resume", "--epochs", str(done + 1), "--no-progress"])
     assert code == 0, err
     assert load_checkpoint(d / CHECKPOINT)["epoch"] == done + 1
+
+
+def test_a_killed_holders_stale_record_is_not_named(tmp_path):
+    """A holder killed with SIGKILL leaves .lock-owner.json behind (its lock goes with it); the
+    refusal names only a live process's record."""
+    from wakesleep.train import _owner
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"host": __import__("socket").gethostname(), "command": "train", "since": "then"}
+    (tmp_path / LOCK_OWNER).write_text(json.dumps({**record, "pid": int(dead.stdout)}))
+    assert _owner(tmp_path, wait=0.1) == "a process that is just starting or stopping"
+    (tmp_path / LOCK_OWNER).write_text(json.dumps({**record, "pid": os.getpid()}))
+    assert _owner(tmp_path, wait=0.1).startswith(f"process {os.getpid()} on ")

@@ -243,13 +243,31 @@ class RunDirectoryBusy(RuntimeError):
 _held: dict[str, list] = {}  # run directories this process holds: resolved path -> [FileLock, depth]
 
 
-def _owner(run: Path) -> str:
-    """Who holds ``run``'s lock, as recorded by its holder: "process N on HOST (COMMAND)"."""
+def _alive(pid: int) -> bool:
     try:
-        o = json.loads((run / LOCK_OWNER).read_text())
-        return f"process {o['pid']} on {o['host']} ({o['command']}, since {o['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that is just starting or stopping"  # the record is written right after locking
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _owner(run: Path, wait: float = 2.0) -> str:
+    """Who holds ``run``'s lock, as recorded by its holder: "process N on HOST (COMMAND, since T)".
+    The holder writes the record just after locking, over a killed holder's stale one: wait up to
+    ``wait`` seconds for a record of a live process (on this host; another host's is taken as is)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            o = json.loads((run / LOCK_OWNER).read_text())
+            if o["host"] != socket.gethostname() or _alive(int(o["pid"])):
+                return f"process {o['pid']} on {o['host']} ({o['command']}, since {o['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return "a process that is just starting or stopping"
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
