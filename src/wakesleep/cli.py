@@ -46,7 +46,7 @@ CONFIG, SUMMARY, SAMPLES, CURVES = "config.json", "summary.json", "samples.png",
 
 # `train` options that define a run (model, estimator, data, data order, what validation means):
 # --resume refuses them where they differ from what the run recorded.
-RUN_OPTIONS = ("model", "layers", "hidden", "q_hidden", "likelihood", "algorithm", "k", "q_update", "samples", "sleep_samples",
+RUN_OPTIONS = ("model", "layers", "hidden", "q_hidden", "likelihood", "algorithm", "k", "q_update", "defensive", "samples", "sleep_samples",
                "kernel", "krr", "num_features", "num_inducing", "lam", "features", "dataset", "data_dir", "batch_size", "seed",
                "valid_k", "clock")
 # `train` options a resumed run may change (recorded in config.json's "changes"): option -> its key
@@ -74,6 +74,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return v
 
 
@@ -148,8 +158,10 @@ def _build_parsers(only_given: bool = False) -> tuple[argparse.ArgumentParser, a
     t = sub.add_parser("train", help="train a model and evaluate it", description="Train a model with a wake-sleep-family estimator, then evaluate its test log-likelihood and draw pictures.")
     t_add = adder(t)
     t_add("--algorithm", choices=sorted(ESTIMATORS), default="rws", help="estimator (default: rws)")
-    t_add("--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae (default: 5)")
+    t_add("--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo (default: 5; vimco needs >= 2)")
     t_add("--q-update", choices=["wake", "sleep", "both"], default="both", help="rws: how q is trained (default: both)")
+    t_add("--defensive", type=_unit_interval, default=0.0,
+          help="rws: defensive importance sampling, particles from (1 - d) q + d uniform (Le et al. 2019 use 0.2; default: 0, off)")
     t_add("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
     alws = t.add_argument_group("alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)")
     alws_add = adder(alws)
@@ -268,9 +280,13 @@ def estimator_settings(a: argparse.Namespace, data_dim: int | None = None, model
                 "num_inducing": a.num_inducing, "lam": a.lam, "features": a.features, "data_dim": data_dim,
                 "q_update": q_update}
     if a.algorithm == "rws":
-        return {"k": a.k, "q_update": a.q_update}
-    if a.algorithm in ("iwae", "vae"):
+        return {"k": a.k, "q_update": a.q_update, **({"defensive": a.defensive} if a.defensive else {})}
+    if a.algorithm in ("iwae", "vae", "vimco", "reinforce", "tvo"):
+        if a.algorithm == "vimco" and a.k < 2:
+            raise UsageError("--algorithm vimco needs --k 2 or more (its control variate leaves one particle out)")
         return {"k": a.k}
+    if a.algorithm == "nvil":
+        return {"k": a.k, "data_dim": data_dim}  # the input-dependent baseline reads x
     if a.algorithm == "ws":
         return {"samples": a.samples}
     return {}
