@@ -17,8 +17,7 @@ the proposal as functions that return distributions, and gets a model that meets
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -49,29 +48,22 @@ def _params_holder(obj) -> nn.Module | None:
     return nn.ParameterList(list(obj))
 
 
-@contextmanager
-def _validation(on: bool | None) -> Iterator[None]:
-    """Distributions built inside validate their arguments or not (``None``: torch's default).
-    Validation checks every value against its support on every call: about a tenth of a step of
-    a small model."""
-    if on is None:
-        yield
-        return
-    old = Distribution._validate_args
-    Distribution._validate_args = on
-    try:
-        yield
-    finally:
-        Distribution._validate_args = old
-
-
 def _validated(method):
-    """Run ``method`` with the model's ``validate_args`` setting for the distributions it builds."""
+    """Run ``method`` with the model's ``validate_args`` setting for the distributions it builds
+    (``None``: torch's default).  Validation checks every value against its support on every
+    call: about a tenth of a step of a small model."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with _validation(self.validate_args):
+        on = self.validate_args
+        if on is None:
             return method(self, *args, **kwargs)
+        old = Distribution._validate_args  # set and restored inline: a context manager costs more than the call
+        Distribution._validate_args = on
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            Distribution._validate_args = old
 
     return wrapper
 
