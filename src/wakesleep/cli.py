@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import time
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from wakesleep.models import HelmholtzMachine, ModelContractError
 from wakesleep.models.contract import device_dtype, has_proposal
 from wakesleep.models.loading import ModelSpecError, build_user_model, is_user_spec, model_config, model_from_config, resolve_spec, user_model_config
 from wakesleep.train import (
-    BEST, CHECKPOINT, MAX_SEED, METRICS, CheckpointError, InsufficientMemory, RunDirectoryBusy, TrainConfig, TrainingError, atomic_write_text,
+    BEST, CHECKPOINT, MAX_SEED, METRICS, CheckpointError, RunDirectoryBusy, TrainConfig, TrainingError, atomic_write_text,
     check_memory, check_model_for_training, clean_temporary_files, ends_at, fault_point, load_best, load_checkpoint, load_model_state, run_lock, train,
 )
 
@@ -708,7 +709,6 @@ def _say_how_long(model, x, a: argparse.Namespace) -> None:
     n = x.shape[0]
     if not has_proposal(model) or n * a.k <= 10 * PILOT_ROWS * PILOT_K:
         return
-    import time
 
     rows, k = min(n, PILOT_ROWS), min(a.k, PILOT_K)
     start = time.perf_counter()

@@ -163,6 +163,7 @@ def log_likelihood(
     max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB,
     progress: bool = False,
     seed: int | None = None,
+    check: bool = True,
 ) -> LogLikelihood:
     """Importance-sampled test log-likelihood with the model's proposal q(z | x) (IWAE protocol).
 
@@ -179,6 +180,8 @@ def log_likelihood(
         max_memory_mib: cap on the working memory of one chunk, MiB (> 0).
         progress: show a progress bar over the N·K particle evaluations.
         seed: seeds torch's generator for a reproducible estimate (restores nothing afterwards).
+        check: check the model's proposal members and shapes first (:func:`check_evaluable`);
+            the trainer's validation passes False, having checked them before its first step.
 
     Returns:
         :class:`LogLikelihood` (mean and standard error over datapoints, nats).
@@ -189,7 +192,8 @@ def log_likelihood(
         wakesleep.models.contract.ModelShapeError: a member returning the wrong shape.
     """
     x = _as_tensor(model, data)
-    check_evaluable(model, x)
+    if check:
+        check_evaluable(model, x)
     if seed is not None:
         torch.manual_seed(seed)
     b, kc = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, batch_size, max_memory_mib, x.element_size())

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from wakesleep.layers import BernoulliLayer, GaussianLayer
 from wakesleep.evaluate import exact_log_marginal as _enumerated_or_closed_form
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.contract import has_member, tree_map
+from wakesleep.models.contract import has_exact_form, has_member, states_against_batch
 from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS, binary_states
 
 #: Largest latent dimension integrated by tensor-product quadrature (order^dim nodes).
@@ -110,7 +110,7 @@ def is_generic(model) -> bool:
         kind(model)
         return False
     except NoExactReference:
-        if has_member(model, "exact_log_marginal") or has_member(model, "enumerate_latents"):
+        if has_exact_form(model):
             return True
         raise
 
@@ -128,8 +128,7 @@ def enumerated_log_joint(model, x: Tensor):
     """Every latent state of ``model.enumerate_latents()`` scored against every datapoint.
 
     Each leaf [S, …] of the states is expanded against the batch to [S, B, …], so the model sees
-    the S states as it sees S particles (as :func:`wakesleep.models.contract.exact_log_marginal`
-    does).
+    the S states as it sees S particles (:func:`wakesleep.models.contract.states_against_batch`).
 
     Args:
         x: [B, D].
@@ -150,8 +149,7 @@ def enumerated_log_joint(model, x: Tensor):
         z = model.enumerate_latents()
     except ValueError as e:
         raise _refuse(model, e) from e
-    b = x.shape[0]
-    zs = tree_map(lambda v: v.unsqueeze(1).expand(v.shape[0], b, *v.shape[1:]), z)
+    zs = states_against_batch(z, x.shape[0])
     return zs, model.log_joint(x, zs)
 
 

@@ -733,7 +733,7 @@ def _fit(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: TrainC
         if main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs):
             model.eval()
             fault_point("validate")
-            ll = report_log_likelihood(model, valid, k=cfg.valid_k)
+            ll = report_log_likelihood(model, valid, k=cfg.valid_k, check=False)  # checked before the first step
             record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
             if result.best_valid is None or ll.mean > result.best_valid:
                 result.best_valid, result.best_epoch, since_best, improved = ll.mean, epoch + 1, 0, True

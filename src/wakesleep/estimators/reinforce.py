@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import PROPOSAL
+from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
 class Reinforce(Estimator):
@@ -43,7 +43,7 @@ class Reinforce(Estimator):
 
     def requires(self, model) -> tuple[str, ...]:
         """``propose``, ``log_joint``, both parameter groups."""
-        return PROPOSAL + ("p_parameters",)
+        return TRAINING_WITH_PROPOSAL
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)
@@ -106,7 +106,7 @@ class NVIL(Estimator):
 
     def requires(self, model) -> tuple[str, ...]:
         """``propose``, ``log_joint``, both parameter groups."""
-        return PROPOSAL + ("p_parameters",)
+        return TRAINING_WITH_PROPOSAL
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)
@@ -115,11 +115,12 @@ class NVIL(Estimator):
         b = self.baseline(x.to(self.baseline[0].weight.dtype))[:, 0] if self.baseline is not None else signal.new_zeros(x.shape[0])
         residual = signal - self.centre - b  # ∇ψ through b only
         scale = self.variance.sqrt().clamp_min(1.0)
-        loss = -(log_p + residual.detach() / scale * log_q).mean(0).mean() + (residual**2).mean()
+        baseline_loss = (residual**2).mean()
+        loss = -(log_p + residual.detach() / scale * log_q).mean(0).mean() + baseline_loss
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
                 centred = signal - b.detach()
                 self.centre.mul_(self.alpha).add_((1 - self.alpha) * centred.mean())
                 self.variance.mul_(self.alpha).add_((1 - self.alpha) * centred.var(unbiased=False))
-        metrics = {"objective": signal.mean(), "baseline_loss": (residual.detach() ** 2).mean(), "signal_scale": scale.detach().clone()}
+        metrics = {"objective": signal.mean(), "baseline_loss": baseline_loss.detach(), "signal_scale": scale}
         return EstimatorOutput(loss, metrics)

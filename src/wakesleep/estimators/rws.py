@@ -6,11 +6,10 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils import _pytree as pytree
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
 from wakesleep.estimators.ws import sleep_phase_loss
-from wakesleep.models.contract import PROPOSAL, has_member, leaves, tree_map
+from wakesleep.models.contract import TRAINING_WITH_PROPOSAL, has_member, leaves, tree_map
 
 Q_UPDATES = ("wake", "sleep", "both")
 
@@ -76,14 +75,15 @@ class RWS(Estimator):
         """``propose``, ``log_joint``, both parameter groups; ``sample`` and ``log_proposal`` unless
         q_update="wake"; with ``defensive`` > 0 also ``log_proposal`` and ``sample_uniform`` (or,
         for a model without it, ``enumerate_latents``)."""
-        out = PROPOSAL + ("p_parameters",) + (() if self.q_update == "wake" else ("sample", "log_proposal"))
+        out = TRAINING_WITH_PROPOSAL + (() if self.q_update == "wake" else ("sample", "log_proposal"))
         if self.defensive > 0:
             out += ("log_proposal", "sample_uniform" if has_member(model, "sample_uniform") else "enumerate_latents")
-        return tuple(dict.fromkeys(out))
+        return out  # repeats are harmless: the check lists each missing member once
 
     def defensive_proposal(self, model, x: Tensor):
         """K particles from q_δ = (1 − δ) q_φ + δ u: ``(zs, log_q, log_q_delta)``, log_q = log q_φ(z_k | x)
-        with ∇φ, log q_δ(z_k | x) detached, both [K, B]."""
+        with ∇φ, log q_δ(z_k | x) detached, both [K, B], nats.  z is opaque, so log q_φ of the mixed
+        particles comes from one ``log_proposal`` call (the proposal network runs twice a step)."""
         zq, _ = model.propose(x, self.k)
         if has_member(model, "sample_uniform"):
             zu, log_u = model.sample_uniform(x, self.k)
@@ -94,7 +94,7 @@ class RWS(Estimator):
             zu = tree_map(lambda v: v[idx], states)
             log_u = torch.full((self.k, x.shape[0]), -math.log(n), dtype=x.dtype, device=x.device)
         pick_u = torch.rand(self.k, x.shape[0], device=x.device) < self.defensive  # [K, B]
-        zs = _select(pick_u, zu, zq)
+        zs = tree_map(lambda u, v: torch.where(pick_u.view(*pick_u.shape, *[1] * (u.dim() - 2)), u, v), zu, zq)
         log_q = model.log_proposal(x, zs)
         log_q_delta = torch.logaddexp(math.log1p(-self.defensive) + log_q.detach(), math.log(self.defensive) + log_u.to(log_q.dtype))
         return zs, log_q, log_q_delta
@@ -131,11 +131,3 @@ class RWS(Estimator):
         metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)
 
-
-def _select(mask: Tensor, a, b):
-    """The pytree whose leaves are ``torch.where(mask, a_leaf, b_leaf)``, the [K, B] mask broadcast over
-    each leaf's trailing dimensions (a and b have the same structure and leaf shapes)."""
-    la, spec = pytree.tree_flatten(a)
-    lb, _ = pytree.tree_flatten(b)
-    out = [torch.where(mask.reshape(mask.shape + (1,) * (u.dim() - mask.dim())), u, v) if isinstance(u, Tensor) else v for u, v in zip(la, lb)]
-    return pytree.tree_unflatten(out, spec)

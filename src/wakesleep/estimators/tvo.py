@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import PROPOSAL
+from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
 def beta_schedule(partitions: int, beta_min: float) -> list[float]:
@@ -71,7 +71,7 @@ class TVO(Estimator):
 
     def requires(self, model) -> tuple[str, ...]:
         """``propose``, ``log_joint``, both parameter groups."""
-        return PROPOSAL + ("p_parameters",)
+        return TRAINING_WITH_PROPOSAL
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import PROPOSAL
+from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
 def _check_reparameterizable(model, name: str) -> None:
@@ -48,7 +48,7 @@ class IWAE(Estimator):
 
     def requires(self, model) -> tuple[str, ...]:
         """``propose`` (called with ``reparameterize=True``), ``log_joint``, both parameter groups."""
-        return PROPOSAL + ("p_parameters",)
+        return TRAINING_WITH_PROPOSAL
 
     def check_model(self, model) -> None:
         _check_reparameterizable(model, type(self).__name__)

@@ -8,17 +8,19 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import PROPOSAL
+from wakesleep.evaluate import effective_sample_size
+from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
-def leave_one_out_signals(log_w: Tensor) -> Tensor:
-    r"""VIMCO's per-sample learning signals L̂(z_k | z_−k) = L̂ − log (1/K)(Σ_{j≠k} w_j + ŵ_−k), [K, B].
+def leave_one_out_signals(log_w: Tensor, bound: Tensor) -> Tensor:
+    r"""VIMCO's per-sample learning signals L̂(z_k | z_−k) = L̂ − log (1/K)(Σ_{j≠k} w_j + ŵ_−k), [K, B], nats.
 
-    L̂ = log (1/K) Σ_j w_j and ŵ_−k = exp((1/(K−1)) Σ_{j≠k} log w_j) (the geometric mean of the
-    others), all in log space.  ``log_w`` [K, B] (K ≥ 2), detached by the caller.
+    L̂ = log (1/K) Σ_j w_j (``bound`` [B], computed once by the caller) and
+    ŵ_−k = exp((1/(K−1)) Σ_{j≠k} log w_j) (the geometric mean of the others), all in log space.
+    ``log_w`` [K, B] (K ≥ 2) and ``bound`` detached by the caller; finite log-weights expected
+    (a −inf one makes the geometric means NaN).
     """
     k = log_w.shape[0]
-    bound = torch.logsumexp(log_w, 0) - math.log(k)
     geo = (log_w.sum(0, keepdim=True) - log_w) / (k - 1)  # log ŵ_−k, [K, B]
     # log Σ_{j≠k} w_j in O(K) and without cancellation: the sums before and after k, joined.
     pad = torch.full_like(log_w[:1], -math.inf)
@@ -63,15 +65,13 @@ class VIMCO(Estimator):
 
     def requires(self, model) -> tuple[str, ...]:
         """``propose``, ``log_joint``, both parameter groups."""
-        return PROPOSAL + ("p_parameters",)
+        return TRAINING_WITH_PROPOSAL
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
         log_w = model.log_joint(x, zs) - log_q  # ∇θ through log p, ∇φ through −log q
         bound = torch.logsumexp(log_w, 0) - math.log(self.k)  # L̂ [B]
-        signal = leave_one_out_signals(log_w.detach())  # [K, B]
+        signal = leave_one_out_signals(log_w.detach(), bound.detach())  # [K, B]
         loss = -((signal * log_q).sum(0) + bound).mean()
-        with torch.no_grad():
-            w = torch.softmax(log_w, 0)
-            ess = (1.0 / (w * w).sum(0)).mean()
+        ess = effective_sample_size(log_w.detach()).mean()
         return EstimatorOutput(loss, {"objective": bound.detach().mean(), "ess": ess})

@@ -37,6 +37,9 @@ importance-sampled evaluation:
 - ``exact_log_marginal(x) -> [B]`` (with gradient in θ), or ``enumerate_latents() -> z`` with
   leaves [S, …] listing every latent state once: exact evaluation
   (:func:`wakesleep.evaluate.exact_log_likelihood`) and exact references (``diagnose``).
+- ``sample_uniform(x, k) -> (z, log_u [K, B])``: K draws per datapoint from a broad distribution
+  over the latents' support (RWS's defensive importance sampling; derived from
+  ``enumerate_latents`` where the states can be listed).
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
@@ -82,6 +85,8 @@ MEMBERS: dict[str, str] = {
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")
 PROPOSAL = ("propose", "log_joint", "q_parameters")
+#: What an estimator that trains θ and φ from proposed particles calls (RWS with wake-φ, IWAE, VIMCO, …).
+TRAINING_WITH_PROPOSAL = PROPOSAL + ("p_parameters",)
 #: What importance-sampled validation and evaluation need.
 EVALUATION = ("propose", "log_joint")
 EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
@@ -142,9 +147,10 @@ def leaves(z: Any) -> list[Tensor]:
     return [v for v in pytree.tree_leaves(z) if isinstance(v, Tensor)]
 
 
-def tree_map(fn: Callable[[Tensor], Tensor], z: Any) -> Any:
-    """``fn`` applied to every tensor leaf of z, the structure kept."""
-    return pytree.tree_map(lambda v: fn(v) if isinstance(v, Tensor) else v, z)
+def tree_map(fn: Callable[..., Tensor], z: Any, *rest: Any) -> Any:
+    """``fn`` applied to every tensor leaf of z (and the matching leaves of ``rest``, pytrees of the
+    same structure), the structure kept."""
+    return pytree.tree_map(lambda v, *r: fn(v, *r) if isinstance(v, Tensor) else v, z, *rest)
 
 
 # ------------------------------------------------------------------ queries
@@ -239,8 +245,8 @@ def particle_width(model, x: Tensor) -> int:
     sizes = getattr(model, "latent_sizes", None)
     if sizes:
         return max(x.shape[-1], *sizes)
-    with torch.no_grad():
-        z, _ = model.propose(x[:1], 1)
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        z, _ = model.propose(x[:1], 1)  # the probe must not move the caller's (seeded) random stream
     return x.shape[-1] + sum(v.numel() for v in leaves(z))
 
 
@@ -363,8 +369,21 @@ def exact_log_marginal(model, x: Tensor) -> Tensor:
     if callable(own):
         return own(x)
     check_model(model, ["enumerate_latents"], "exact evaluation (it needs exact_log_marginal(x) or enumerate_latents())")
-    z = model.enumerate_latents()
-    b = x.shape[0]
-    zb = tree_map(lambda v: v.unsqueeze(1).expand(v.shape[0], b, *v.shape[1:]), z)
-    return torch.logsumexp(model.log_joint(x, zb), 0)
+    return enumerated_log_marginal(model, x)
+
+
+def states_against_batch(z: Any, b: int) -> Any:
+    """The states of ``enumerate_latents()`` (leaves [S, …]) expanded against a batch of b
+    datapoints, leaves [S, B, …] (views, no copy): the model sees the S states as S particles."""
+    return tree_map(lambda v: v.unsqueeze(1).expand(v.shape[0], b, *v.shape[1:]), z)
+
+
+def enumerated_log_marginal(model, x: Tensor) -> Tensor:
+    """log Σ_s p_θ(x, z_s) [B], nats, with gradient in θ, over the states of ``enumerate_latents()``
+    (:func:`states_against_batch`) for x [B, D].
+
+    Raises:
+        ValueError: whatever ``enumerate_latents`` raises for latents it cannot list.
+    """
+    return torch.logsumexp(model.log_joint(x, states_against_batch(model.enumerate_latents(), x.shape[0])), 0)
 

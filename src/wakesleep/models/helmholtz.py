@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wakesleep.models.contract import enumerated_log_marginal
 from wakesleep.layers import (
     BernoulliLayer,
     BernoulliPrior,
@@ -423,8 +424,7 @@ class HelmholtzMachine(nn.Module):
             w = lin.weight * torch.exp(self.prior.log_scale)  # W diag(s)
             cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
             return torch.distributions.MultivariateNormal(lin(self.prior.loc), covariance_matrix=cov).log_prob(x)
-        zs = [z[:, None, :] for z in self.enumerate_latents()]  # [S, 1, d] against x [B, D]
-        return torch.logsumexp(self.log_joint(x, zs), 0)
+        return enumerated_log_marginal(self, x)
 
 
 def binary_states(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
