@@ -40,9 +40,10 @@ from wakesleep.compare import subset
 from wakesleep.data import binarized_mnist
 from wakesleep.estimators import ALWS, RWS, VAE
 from wakesleep.evaluate import log_likelihood
+from wakesleep.io import atomic_save_figure, atomic_torch_save, atomic_write_text
 from wakesleep.models import HelmholtzMachine
-from wakesleep.plots import _save_atomic, tile_images
-from wakesleep.train import TrainConfig, atomic_torch_save, atomic_write_text, train
+from wakesleep.plots import tile_images
+from wakesleep.training import TrainConfig, train
 
 
 def estimators(sleep_samples: int) -> dict:
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
             ax.axis("off")
         fig.suptitle(f"binarised MNIST, same generator, K = {a.test_k} log-likelihood on {len(test)} random test images", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
-        _save_atomic(fig, a.figure)
+        atomic_save_figure(fig, a.figure)
         print(f"figure: {a.figure}")
     return 0
 

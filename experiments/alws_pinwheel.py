@@ -34,9 +34,8 @@ from tqdm.auto import tqdm
 
 from wakesleep.estimators import ALWS
 from wakesleep.evaluate import log_likelihood
+from wakesleep.io import atomic_save_figure, atomic_write_text
 from wakesleep.models import HelmholtzMachine
-from wakesleep.plots import _save_atomic
-from wakesleep.train import atomic_write_text
 
 
 def pinwheel(num_classes=5, num_per_class=500, radial_std=0.3, tangential_std=0.1, rate=0.2, seed=0):
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
     fig.suptitle(f"ALWS, {steps_done} steps, N = {a.sleep_samples} sleep samples ({a.krr}), "
                  f"Dir(α = {a.alpha}) prior on π; log p(x) ≈ {ll.mean:.3f} ± {ll.stderr:.3f} nats (K = 1000)")
     fig.tight_layout()
-    _save_atomic(fig, a.figure)
+    atomic_save_figure(fig, a.figure)
 
     summary = {"steps": steps_done, "cpu_seconds": cpu, "log_likelihood": ll.as_dict(), "weights_sorted": weights[order].tolist(),
                "components_above_0.02": kept, "bandwidth": est.krr.kernel.bandwidth.item(), "lam": est.krr.lam.item(),

@@ -113,7 +113,7 @@ def test_checkpoints_of_the_earlier_format_still_load(copy):
 
 @pytest.fixture
 def little_memory(monkeypatch):
-    monkeypatch.setattr(sys.modules["wakesleep.train"], "available_memory", lambda device: 2**16)  # 64 KiB: less than one step of TINY
+    monkeypatch.setattr(sys.modules["wakesleep.training.checks"], "available_memory", lambda device: 2**16)  # 64 KiB: less than one step of TINY
 
 
 def test_a_run_too_large_for_memory_is_refused_before_anything_is_written(tmp_path, little_memory):

@@ -8,11 +8,12 @@ amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as ba
 >>> est = ws.RWS(k=5)
 """
 
-from wakesleep import data, distributed, estimators, evaluate, models
+import wakesleep.train  # MOVED(shim): imported before `train` is bound below, so that a later import of it cannot rebind the name
+from wakesleep import data, estimators, evaluate, models
 from wakesleep.estimators import ALWS, IWAE, RWS, VAE, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import FitResult, TrainConfig, train
+from wakesleep.training import FitResult, TrainConfig, distributed, train
 
 __version__ = "0.1.0"
 

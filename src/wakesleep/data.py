@@ -25,7 +25,6 @@ import http.client
 import math
 import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -37,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from wakesleep.io import atomic_file, atomic_savez
 
 __all__ = [
     "DataError",
@@ -256,17 +257,8 @@ def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a compressed .npz via a temporary file in the same directory and an atomic rename,
-    so an interrupted write never leaves a truncated archive under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache in a shared directory must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a compressed .npz atomically (:func:`wakesleep.io.atomic_savez`)."""
+    atomic_savez(path, arrays)
 
 
 def _read_amat(path: Path) -> np.ndarray:
@@ -289,33 +281,26 @@ def _download(url: str, dest: Path, manual_fix: str) -> None:
     directory renamed into place only once every byte has arrived."""
     from tqdm import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as resp:
-                    length = resp.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    received = 0
-                    with tqdm(
-                        total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}"
-                    ) as bar:
-                        while chunk := resp.read(1 << 20):
-                            fh.write(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as err:  # URLError, HTTPError, timeouts
-                raise DataError(f"could not download {url}: {err}; {manual_fix}") from err
-            if total is not None and received != total:
-                raise DataError(
-                    f"could not download {url}: connection closed after {received} of {total} "
-                    f"bytes; try again, or {manual_fix}"
-                )
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache in a shared directory must be readable
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest, suffix=".part") as fh:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                received = 0
+                with tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}"
+                ) as bar:
+                    while chunk := resp.read(1 << 20):
+                        fh.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as err:  # URLError, HTTPError, timeouts
+            raise DataError(f"could not download {url}: {err}; {manual_fix}") from err
+        if total is not None and received != total:
+            raise DataError(
+                f"could not download {url}: connection closed after {received} of {total} "
+                f"bytes; try again, or {manual_fix}"
+            )
 
 
 # --------------------------------------------------------------------------- data sets

@@ -13,17 +13,16 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wakesleep.data import DataError
+from wakesleep.io import atomic_save_figure
 
 __all__ = ["tile_images", "sample_grid", "learning_curves", "read_jsonl", "comparison_plot"]
 
@@ -35,20 +34,7 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            FigureCanvasAgg(fig)
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_figure(fig, path, dpi)
 
 
 def tile_images(

@@ -1,0 +1,223 @@
+"""The trainer: minibatches, Adam with separate learning rates for p and q, validation each epoch,
+early stopping, JSON-lines metrics (and TensorBoard scalars), atomic checkpoints and resume.
+
+One process, or data-parallel under torchrun (every process calls :func:`train` alike)::
+
+    python -c "import wakesleep as ws; ws.train(model, ws.RWS(k=5), x, valid=v, run_dir='runs/a')"
+    torchrun --nproc-per-node 2 -m wakesleep train --dataset digits --run-dir runs/a      # 2 processes
+    torchrun --nproc-per-node 2 -m wakesleep train --run-dir runs/a --resume             # continue
+
+It knows nothing of any estimator's math: it asks the estimator for a surrogate loss, calls
+``backward()`` and steps (:func:`~wakesleep.training.step.train_step`).  Where each job lives:
+the step and optimiser in :mod:`~wakesleep.training.step`; saving, resuming and RNG state in
+:mod:`~wakesleep.training.checkpoint`; ranks in :mod:`~wakesleep.training.distributed` (only
+rank 0, ``main``, validates and writes files); the checks before the first step in
+:mod:`~wakesleep.training.checks`; the epoch's record in :mod:`~wakesleep.training.metrics`.
+
+The model's device is the run's device: move the model (``model.to("cuda")``) before calling
+:func:`train`; the data and the estimator follow it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from wakesleep import layers
+from wakesleep.evaluate import report_log_likelihood
+from wakesleep.faults import fault_point
+from wakesleep.models import contract
+from wakesleep.runs import CHECKPOINT, clean_temporary_files, run_lock
+from wakesleep.training import distributed
+from wakesleep.training.checkpoint import TrainState, finish, resume as resume_from, save_best, save_checkpoint
+from wakesleep.training.checks import check_model_for_training, data_on_device
+from wakesleep.training.metrics import MetricsLog, epoch_means
+from wakesleep.training.settings import FitResult, TrainConfig
+from wakesleep.training.step import build_optimizer, compile_estimator, refuse_nonfinite, train_step
+
+
+def train(
+    model,
+    estimator,
+    train_data: Tensor,
+    valid: Tensor | None = None,
+    config: TrainConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    **overrides,
+) -> FitResult:
+    """Train ``model`` with ``estimator`` on ``train_data`` [N, D].
+
+    Each step: a minibatch x [B, D] → ``estimator(model, x).loss`` → backward → Adam step with
+    learning rate ``lr_p`` for θ, ``lr_q`` for φ, ``lr_estimator`` for the estimator's own
+    parameters.  After every ``valid_every`` epochs the validation log-likelihood (importance
+    sampled, ``valid_k`` particles, nats) is recorded; the best model is kept in ``best.pt`` and
+    restored at the end; training stops early after ``patience`` validations without improvement.
+
+    With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch; with
+    ``tensorboard``, TensorBoard scalars too) and ``checkpoint.pt`` atomically; ``resume=True`` continues from ``checkpoint.pt`` (loaded as data:
+    :func:`~wakesleep.runs.load_checkpoint`), with ``config``'s learning rates, and goes on past a finished run's
+    end when the setting it stopped on (``epochs``, ``patience``, ``max_seconds``) was raised
+    (:func:`~wakesleep.training.checkpoint.ends_at`).  The run directory is locked for the call (:func:`~wakesleep.runs.run_lock`), and
+    temporary files of killed runs in it are removed first.
+
+    Runs on the model's device.  In a ``torch.distributed`` process group of N > 1 processes
+    (``torchrun``; :mod:`wakesleep.training.distributed`) every process calls ``train`` alike: each takes
+    ``batch_size / N`` datapoints a step from its shard, draws its own particles, and the
+    gradients are averaged; only rank 0 validates and writes files.
+
+    Args:
+        model: any model that meets the contract for ``estimator`` (:mod:`wakesleep.models.contract`;
+            checked before the first step).
+        estimator: a :class:`~wakesleep.estimators.Estimator`.
+        train_data: [N, D] float tensor.
+        valid: [M, D] float tensor, or None (no validation, no early stopping).
+        config: :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+        run_dir: directory for metrics and checkpoints (None: keep nothing on disk).
+        resume: continue from ``run_dir/checkpoint.pt``.
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        wakesleep.models.ModelContractError: (a ``TypeError``) the model lacks members the
+            estimator or validation needs (all listed).
+        wakesleep.models.ModelShapeError: a member returns the wrong shape (named).
+        ValueError: bad settings, an empty data set, data of the wrong width, ``resume`` or
+            ``tensorboard`` without ``run_dir``, or (under torchrun) a batch size that the number of
+            processes does not divide.
+        TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
+        CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint, or one
+            holding Python objects other than tensors and plain data (refused, never run).
+        RunDirectoryBusy: another process is writing ``run_dir``.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig.from_dict({**asdict(cfg), **overrides})
+    world_size = distributed.world()[1]
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    train_data = data_on_device(model, train_data, "train_data")
+    estimator.to(device=contract.device_dtype(model)[0])
+    valid = None if valid is None else data_on_device(model, valid, "valid")
+    valid = check_model_for_training(model, estimator, train_data, valid)
+    run = Path(run_dir) if run_dir is not None else None
+    if resume and run is None:
+        raise ValueError("resume needs a run_dir")
+    if cfg.tensorboard and run is None:
+        raise ValueError("tensorboard needs a run_dir to write its scalars in")
+    if run is None or not distributed.is_main():
+        return _loop(model, estimator, train_data, valid, cfg, run, resume)
+    with run_lock(run):  # one writer: rank 0 writes everything
+        clean_temporary_files(run)
+        return _loop(model, estimator, train_data, valid, cfg, run, resume)
+
+
+def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: TrainConfig, run: Path | None, resume: bool) -> FitResult:
+    """:func:`train` after its checks (and, on rank 0 with a run directory, holding its lock)."""
+    rank, world_size = distributed.world()
+    main = rank == 0  # only rank 0 validates and writes
+    if cfg.compile:
+        layers.use_compiled_kernels(True)
+    forward = compile_estimator(estimator) if cfg.compile else None
+    opt = build_optimizer(model, estimator, cfg)
+    if world_size > 1:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, rank))  # each rank its own particles
+    log = MetricsLog(run if main else None, cfg.tensorboard)
+    st, ended = resume_from(run / CHECKPOINT, model, estimator, opt, cfg) if resume else (TrainState(), False)
+    if resume:
+        log.write(st.result.history)  # drop any record written after the checkpoint
+    if ended:
+        log.close()
+        finish(model, run, None)
+        return st.result
+    distributed.broadcast_state([model, estimator])  # identical starting points on every rank
+    n, local_batch = train_data.shape[0], cfg.batch_size // world_size  # each rank's share of the global batch
+    steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch)
+    step = st.epoch * steps_per_epoch + st.batch
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, disable=not (cfg.progress and main),
+               desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
+    st.start_clock(cfg.clock)
+    st.result.stopped, best_state = "epochs", None  # best_state: the best parameters, in memory when there is no run directory
+    save = partial(save_checkpoint, run / CHECKPOINT if run else None, model, estimator, opt, cfg, st)  # (epochs done, batch, finished)
+    for epoch in range(st.epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = distributed.shard(torch.randperm(n, generator=gen), rank, world_size).to(train_data.device)
+        model.train()
+        if st.batch == 0:
+            st.sums, st.count = {}, 0
+        for b in range(st.batch, steps_per_epoch):
+            x = train_data[order[b * local_batch : (b + 1) * local_batch]]
+            out, bad = train_step(model, estimator, opt, x, forward)
+            step += 1
+            if bad is not None:  # a non-finite loss or gradient: no step was taken
+                if cfg.nan_policy != "skip":
+                    raise refuse_nonfinite(bad, step, epoch, estimator, run)
+                st.result.skipped_steps += 1
+                bar.update(1)
+                continue
+            if step == 1 and world_size > 1:
+                # Lazy initialisations in the first forward pass (e.g. a kernel bandwidth set from
+                # this rank's samples) may differ across ranks: adopt rank 0's.
+                distributed.broadcast_state([model, estimator])
+            st.add(out.metrics)
+            bar.update(1)
+            if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                save(epoch, b + 1, False)
+        st.batch = 0
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **epoch_means(st.sums, st.count, contract.device_dtype(model)[0])}
+        validate = main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs)
+        improved = validate and _validate(model, valid, cfg, epoch, st, record)
+        if improved and run is None:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record["skipped_steps"], record["time"] = st.result.skipped_steps, st.seconds()
+        st.result.history.append(record)
+        bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
+        st.result.stopped = distributed.broadcast_object(_stop(cfg, valid, st, record))  # rank 0 decides for all
+        finished = st.result.stopped != "epochs" or epoch + 1 == cfg.epochs
+        if run is not None:
+            if main and (improved or valid is None):
+                save_best(model, run, epoch + 1)
+            st.sums, st.count = {}, 0
+            save(epoch + 1, 0, finished)
+            log.write(st.result.history)
+        if finished:
+            break
+    bar.close()
+    log.close()
+    st.result.seconds = st.seconds()
+    finish(model, run, best_state)
+    return st.result
+
+
+def _validate(model, valid: Tensor, cfg: TrainConfig, epoch: int, st: TrainState, record: dict) -> bool:
+    """Record the validation log-likelihood (``valid_k`` particles, nats) of the model after
+    ``epoch``; returns whether it is the best so far (else counts one more without improvement)."""
+    model.eval()
+    fault_point("validate")
+    ll = report_log_likelihood(model, valid, k=cfg.valid_k, check=False)  # checked before the first step
+    record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
+    result = st.result
+    if result.best_valid is None or ll.mean > result.best_valid:
+        result.best_valid, result.best_epoch, st.since_best = ll.mean, epoch + 1, 0
+        return True
+    st.since_best += 1
+    return False
+
+
+def _stop(cfg: TrainConfig, valid: Tensor | None, st: TrainState, record: dict) -> str:
+    """Why the run stops after this epoch: ``"early"`` (``patience`` validations without
+    improvement), ``"time"`` (``max_seconds`` spent), or ``"epochs"`` (it does not stop early)."""
+    if cfg.patience is not None and valid is not None and st.since_best >= cfg.patience:
+        return "early"
+    if cfg.max_seconds is not None and record["time"] >= cfg.max_seconds:
+        return "time"
+    return st.result.stopped
