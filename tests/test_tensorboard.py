@@ -17,7 +17,7 @@ from wakesleep.runs import METRICS
 from wakesleep.training import TrainConfig, train
 
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
-CFG = dict(batch_size=100, progress=False, valid_k=5, seed=3, patience=None)
+CFG = {"batch_size": 100, "progress": False, "valid_k": 5, "seed": 3, "patience": None}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from wakesleep.training.settings import MAX_SEED, FitResult, TrainConfig
 from wakesleep.training.step import TrainingError, build_optimizer, compile_estimator, train_step
 
 __all__ = [
-    "train", "TrainConfig", "FitResult", "MAX_SEED", "TrainingError", "CheckpointError", "RunDirectoryBusy",
-    "train_step", "build_optimizer", "compile_estimator", "load_checkpoint", "load_best", "load_model_state", "ends_at",
-    "run_lock", "check_data", "check_model_for_training", "check_memory", "InsufficientMemory",
+    "train", "TrainConfig", "FitResult", "MAX_SEED", "TrainingError", "CheckpointError", "RunDirectoryBusy", "InsufficientMemory",
+    "train_step", "build_optimizer", "compile_estimator", "ends_at", "load_checkpoint", "load_best", "load_model_state", "run_lock",
+    "check_data", "check_model_for_training", "check_memory",
 ]

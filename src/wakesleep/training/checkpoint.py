@@ -98,7 +98,7 @@ def save_best(model, run: Path, epoch: int) -> None:
     atomic_torch_save({"format": BEST_FORMAT, "model": model.state_dict(), "epoch": epoch}, run / BEST)
 
 
-def resume(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[TrainState, bool]:
+def resume_from(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[TrainState, bool]:
     """Load the checkpoint at ``path`` into ``model``, ``estimator``, ``opt`` (with ``cfg``'s
     learning rates) and this rank's RNG state.  Rank 0 reads the file and sends it (or the error)
     to the others: no shared disk needed.
@@ -184,20 +184,15 @@ def _set_rng_states(ckpt: dict, rank: int, world_size: int, device: torch.device
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def finish(model, run: Path | None, best_state: dict | None) -> None:
-    """Load the best parameters (rank 0's) into the model on every rank."""
+def restore_best(model, run: Path | None, best_state: dict | None) -> None:
+    """Load the best parameters into the model on every rank: rank 0's, from ``run/best.pt``, or
+    from ``best_state`` (kept in memory) without a run directory."""
     if distributed.is_main():
-        if run is not None:
-            _restore_best(model, run)
-        elif best_state is not None:
+        if run is not None and (run / BEST).is_file():
+            load_model_state(model, load_best(run / BEST), run / BEST)
+        elif run is None and best_state is not None:
             model.load_state_dict(best_state)
     distributed.broadcast_state([model])
-
-
-def _restore_best(model, run: Path) -> None:
-    best = run / BEST
-    if best.is_file():
-        load_model_state(model, load_best(best), best)
 
 
 def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:

@@ -116,6 +116,14 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed * 1_000_003 + rank * 104_729 + 1) % (2**63 - 1)
 
 
+def seed_ranks(seed: int) -> None:
+    """In a process group, seed this rank's global RNG from (``seed``, rank), so that each rank
+    draws its own particles and sleep samples; with one process, leave the RNG as it is."""
+    rank, size = world()
+    if size > 1:
+        torch.manual_seed(rank_seed(seed, rank))
+
+
 def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
     """All-reduce the mean over ranks of every gradient in ``params``, in place, in one collective.
 

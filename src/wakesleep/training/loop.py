@@ -1,11 +1,11 @@
 """The trainer: minibatches, Adam with separate learning rates for p and q, validation each epoch,
 early stopping, JSON-lines metrics (and TensorBoard scalars), atomic checkpoints and resume.
 
-One process, or data-parallel under torchrun (every process calls :func:`train` alike)::
+Usage: one process, or data-parallel under torchrun (every process calls :func:`train` alike)::
 
-    python -c "import wakesleep as ws; ws.train(model, ws.RWS(k=5), x, valid=v, run_dir='runs/a')"
-    torchrun --nproc-per-node 2 -m wakesleep train --dataset digits --run-dir runs/a      # 2 processes
-    torchrun --nproc-per-node 2 -m wakesleep train --run-dir runs/a --resume             # continue
+    wakesleep train --dataset digits --run-dir runs/a                                  # one process
+    torchrun --nproc-per-node 2 -m wakesleep train --dataset digits --run-dir runs/a   # two processes
+    torchrun --nproc-per-node 2 -m wakesleep train --run-dir runs/a --resume          # continue a stopped run
 
 It knows nothing of any estimator's math: it asks the estimator for a surrogate loss, calls
 ``backward()`` and steps (:func:`~wakesleep.training.step.train_step`).  Where each job lives:
@@ -36,7 +36,7 @@ from wakesleep.faults import fault_point
 from wakesleep.models import contract
 from wakesleep.runs import CHECKPOINT, clean_temporary_files, run_lock
 from wakesleep.training import distributed
-from wakesleep.training.checkpoint import TrainState, finish, resume as resume_from, save_best, save_checkpoint
+from wakesleep.training.checkpoint import TrainState, restore_best, resume_from, save_best, save_checkpoint
 from wakesleep.training.checks import check_model_for_training, data_on_device
 from wakesleep.training.metrics import MetricsLog, epoch_means
 from wakesleep.training.settings import FitResult, TrainConfig
@@ -125,19 +125,20 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     """:func:`train` after its checks (and, on rank 0 with a run directory, holding its lock)."""
     rank, world_size = distributed.world()
     main = rank == 0  # only rank 0 validates and writes
+    device = contract.device_dtype(model)[0]
     if cfg.compile:
         layers.use_compiled_kernels(True)
     forward = compile_estimator(estimator) if cfg.compile else None
     opt = build_optimizer(model, estimator, cfg)
-    if world_size > 1:
-        torch.manual_seed(distributed.rank_seed(cfg.seed, rank))  # each rank its own particles
+    distributed.seed_ranks(cfg.seed)  # each rank its own particles
     log = MetricsLog(run if main else None, cfg.tensorboard)
-    st, ended = resume_from(run / CHECKPOINT, model, estimator, opt, cfg) if resume else (TrainState(), False)
+    st, ended = TrainState(), False
     if resume:
+        st, ended = resume_from(run / CHECKPOINT, model, estimator, opt, cfg)
         log.write(st.result.history)  # drop any record written after the checkpoint
     if ended:
         log.close()
-        finish(model, run, None)
+        restore_best(model, run, None)
         return st.result
     distributed.broadcast_state([model, estimator])  # identical starting points on every rank
     n, local_batch = train_data.shape[0], cfg.batch_size // world_size  # each rank's share of the global batch
@@ -173,7 +174,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 save(epoch, b + 1, False)
         st.batch = 0
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **epoch_means(st.sums, st.count, contract.device_dtype(model)[0])}
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **epoch_means(st.sums, st.count, device)}
         validate = main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs)
         improved = validate and _validate(model, valid, cfg, epoch, st, record)
         if improved and run is None:
@@ -194,7 +195,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     bar.close()
     log.close()
     st.result.seconds = st.seconds()
-    finish(model, run, best_state)
+    restore_best(model, run, best_state)
     return st.result
 
 

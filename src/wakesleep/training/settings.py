@@ -97,7 +97,7 @@ class TrainConfig:
             raise ValueError("tensorboard=True (--tensorboard) needs the optional package tensorboard: pip install tensorboard")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
