@@ -107,7 +107,7 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """What :func:`train` returns: the per-epoch history and how the run ended."""
+    """What :func:`~wakesleep.training.train` returns: the per-epoch history and how the run ended."""
 
     history: list[dict] = field(default_factory=list)
     best_valid: float | None = None

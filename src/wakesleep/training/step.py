@@ -87,7 +87,7 @@ def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=
     the culprit.
 
     Args:
-        model, estimator: as for :func:`train`.
+        model, estimator: as for :func:`~wakesleep.training.train`.
         opt: the optimiser over ``model`` and ``estimator`` (:func:`build_optimizer`).
         x: this process's minibatch [B, D].
         forward: what computes the estimator's output (default ``estimator`` itself; the trainer
