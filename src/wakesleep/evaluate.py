@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from wakesleep.importance import effective_sample_size  # MOVED(shim)
 from wakesleep.models import contract
 
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
@@ -242,13 +243,3 @@ def report_log_likelihood(model, data, k: int = 5000, **kwargs) -> LogLikelihood
         f"{type(model).__name__} has neither a proposal ({contract.MEMBERS['propose']}) for importance-sampled evaluation "
         f"nor an exact form ({contract.MEMBERS['exact_log_marginal']}, or enumerate_latents()): give it one of them"
     )
-
-
-def effective_sample_size(log_w: Tensor) -> Tensor:
-    """ESS = (Σ_k w_k)² / Σ_k w_k² = 1 / Σ_k w̃_k² per datapoint, from log-weights [K, B]; returns [B] in [1, K].
-
-    Computed from the normalised weights w̃ = softmax(log w), so it is exact however large the
-    log-weights are (no exp of an unnormalised value).
-    """
-    w = torch.softmax(log_w, 0)
-    return 1.0 / (w * w).sum(0)

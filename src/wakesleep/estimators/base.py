@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from wakesleep.models.contract import GENERATIVE
+from wakesleep.models.contract import GENERATIVE, TRAINING_WITH_PROPOSAL
 
 
 @dataclass
@@ -62,3 +62,38 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+class ReparameterisedEstimator(Estimator):
+    """Base of the estimators that differentiate through reparameterised particles (VAE, IWAE):
+    k particles z_k = g_φ(ε_k, x) per datapoint and their log-weights, θ and φ trained jointly.
+
+    Args:
+        k: particles per datapoint (≥ 1).
+
+    Raises:
+        ValueError: for k < 1, or (on use) a model with discrete latents.
+    """
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = check_positive_int("k (particles)", k)
+
+    def settings(self) -> dict:
+        return {"k": self.k}
+
+    def requires(self, model) -> tuple[str, ...]:
+        """``propose`` (called with ``reparameterize=True``), ``log_joint``, both parameter groups."""
+        return TRAINING_WITH_PROPOSAL
+
+    def check_model(self, model) -> None:
+        if not getattr(model, "reparameterizable", False):
+            raise ValueError(
+                f"{type(self).__name__} needs reparameterisable latents (propose(x, k, reparameterize=True) and the attribute "
+                f"reparameterizable = True); {type(model).__name__} has none (discrete latents?): use --algorithm rws or ws instead"
+            )
+
+    def log_weights(self, model, x: Tensor) -> Tensor:
+        """log w_k = log p_θ(x, z_k) − log q_φ(z_k | x) [K, B] for k reparameterised particles, with ∇θ and ∇φ."""
+        zs, log_q = model.propose(x, self.k, reparameterize=True)
+        return model.log_joint(x, zs) - log_q

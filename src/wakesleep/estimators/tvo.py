@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
+from wakesleep.importance import normalised_weights
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
@@ -80,7 +81,7 @@ class TVO(Estimator):
         fd = f.detach()
         beta = torch.tensor(self.betas[:-1], dtype=f.dtype, device=f.device)[:, None, None]  # [J, 1, 1]
         width = torch.tensor([c - b for b, c in zip(self.betas, self.betas[1:])], dtype=f.dtype, device=f.device)
-        omega = torch.softmax(beta * fd, 1)  # [J, K, B]
+        omega = normalised_weights(beta * fd, dim=1)  # [J, K, B]
         f_bar = (omega * fd).sum(1, keepdim=True)  # [J, 1, B]
         log_tilde = (1 - beta) * log_q + beta * log_p  # log π̃_β [J, K, B]
         surrogate = (omega * f).sum(1) + (omega * (fd - f_bar) * log_tilde).sum(1)  # [J, B]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.evaluate import effective_sample_size
+from wakesleep.importance import effective_sample_size, log_mean_exp
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
@@ -70,7 +70,7 @@ class VIMCO(Estimator):
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
         log_w = model.log_joint(x, zs) - log_q  # ∇θ through log p, ∇φ through −log q
-        bound = torch.logsumexp(log_w, 0) - math.log(self.k)  # L̂ [B]
+        bound = log_mean_exp(log_w)  # L̂ [B]
         signal = leave_one_out_signals(log_w.detach(), bound.detach())  # [K, B]
         loss = -((signal * log_q).sum(0) + bound).mean()
         ess = effective_sample_size(log_w.detach()).mean()
