@@ -1,4 +1,4 @@
-"""Evaluation: importance-sampled and exact log-likelihood, and the effective sample size.
+"""Evaluation: importance-sampled and exact log-likelihood.
 
 All log-likelihoods are in nats.  The importance-sampled estimate follows the IWAE protocol
 (Burda et al. 2016; ``../shared/reference/ALGORITHMS.md`` §5): for each test point
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from wakesleep.importance import effective_sample_size  # MOVED(shim)
 from wakesleep.models import contract
+from wakesleep.models.contract import exact_log_marginal  # evaluation's public name for the one definition
 
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
 DEFAULT_MAX_MEMORY_MIB = 256.0
@@ -204,19 +205,6 @@ def log_likelihood(
         for xb in x.split(b):
             out.append(importance_log_marginal(model, xb, k, particle_chunk=kc, progress=bar))
     return mean_stderr(torch.cat(out), k)
-
-
-def exact_log_marginal(model, x: Tensor) -> Tensor:
-    """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ: the model's own
-    ``exact_log_marginal(x)`` (a Helmholtz machine's closed form for factor analysis, or its sum
-    over binary and categorical latent states), else the sum over ``enumerate_latents()``
-    (:func:`wakesleep.models.contract.exact_log_marginal`).
-
-    Raises:
-        wakesleep.models.contract.ModelContractError: (a ``TypeError``) the model has neither member.
-        ValueError: its latents cannot be enumerated (no finite support, too many states).
-    """
-    return contract.exact_log_marginal(model, x)
 
 
 def exact_log_likelihood(model, data) -> LogLikelihood:

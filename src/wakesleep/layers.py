@@ -89,6 +89,21 @@ class StochasticLayer(nn.Module):
         return d.rsample() if reparameterize else d.sample()
 
     @property
+    def affine(self) -> bool:
+        """True when the layer's network (``net``) is one affine map from the parent (no hidden units)."""
+        return isinstance(getattr(self, "net", None), nn.Linear)
+
+    def output_affine(self) -> tuple[Tensor, Tensor]:
+        """``(weight [P, H], bias [P])``: the parameters of the last affine map of the layer's network
+        (the whole map parent -> outputs when :attr:`affine`), the parameters themselves, so that
+        in-place edits change the layer.  Its P outputs are the layer's natural parameters (logits,
+        log-rates) or, for a Gaussian, the means then (with an amortised scale) the log-scales.
+        Exact references read and set weights through this, not through the network's modules.
+        """
+        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        return last.weight, last.bias
+
+    @property
     def binary(self) -> bool:
         """True when values lie in {0, 1} (discrete layers, except count layers such as Poisson)."""
         return self.discrete

@@ -420,10 +420,11 @@ class HelmholtzMachine(nn.Module):
         """
         if self.config.get("kind") == "factor_analysis":
             layer = self.generative[0]
-            lin = layer.net
-            w = lin.weight * torch.exp(self.prior.log_scale)  # W diag(s)
+            weight, bias = layer.output_affine()
+            w = weight * torch.exp(self.prior.log_scale)  # W diag(s)
             cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
-            return torch.distributions.MultivariateNormal(lin(self.prior.loc), covariance_matrix=cov).log_prob(x)
+            mean = torch.nn.functional.linear(self.prior.loc, weight, bias)
+            return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x)
         return enumerated_log_marginal(self, x)
 
 
