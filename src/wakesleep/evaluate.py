@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wakesleep.importance import effective_sample_size  # MOVED(shim)
+from wakesleep.importance import effective_sample_size  # noqa: F401  MOVED(shim)
+from wakesleep.importance import log_mean_exp_chunks
 from wakesleep.models import contract
 from wakesleep.models.contract import exact_log_marginal  # evaluation's public name for the one definition
 
@@ -146,15 +147,17 @@ def importance_log_marginal(
         raise ValueError(f"k must be >= 1, got {k}")
     if particle_chunk is None:
         particle_chunk = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, x.shape[0], max_memory_mib, x.element_size())[1]
-    acc = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-    done = 0
-    while done < k:
-        kc = min(particle_chunk, k - done)
-        acc = torch.logaddexp(acc, torch.logsumexp(contract.log_weights(model, x, kc), 0))
-        done += kc
-        if progress is not None:
-            progress.update(kc * x.shape[0])
-    return acc - math.log(k)
+
+    def chunks():
+        done = 0
+        while done < k:
+            kc = min(particle_chunk, k - done)
+            yield contract.log_weights(model, x, kc)
+            done += kc
+            if progress is not None:
+                progress.update(kc * x.shape[0])
+
+    return log_mean_exp_chunks(chunks(), k)
 
 
 def log_likelihood(

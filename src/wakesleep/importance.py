@@ -4,7 +4,8 @@ Every importance-sampling estimator and evaluation in the package reads its K pa
 log-weights log w_k = log p_θ(x, z_k) − log q_φ(z_k | x), [K, B] (particles first), through these
 functions, in the spirit of Pyro's ``LogWeightsMixin`` (``pyro/infer/importance.py``):
 
-- :func:`log_mean_exp`: log (1/K) Σ_k w_k per datapoint, the K-sample bound (Burda et al. 2016);
+- :func:`log_mean_exp`: log (1/K) Σ_k w_k per datapoint, the K-sample bound (Burda et al. 2016),
+  and :func:`log_mean_exp_chunks`, the same over particles drawn in chunks (evaluation);
 - :func:`normalised_weights`: w̃ = softmax_k(log w) per datapoint (not once per batch);
 - :func:`live_normalised_weights`: the same, with datapoints whose K log-weights are all −inf
   given zero weight instead of NaN;
@@ -16,6 +17,7 @@ All in log space and nats; none of them detaches (callers decide where gradients
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -28,6 +30,19 @@ def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
     ``logsumexp - log K`` without exponentiating an unnormalised value.
     """
     return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def log_mean_exp_chunks(chunks: Iterable[Tensor], k: int) -> Tensor:
+    """:func:`log_mean_exp` over K particles that arrive in chunks of log-weights [K_c, B] (Σ K_c = K),
+    so that only one chunk is held at a time: [B], nats.  The running log Σ starts at −inf and
+    takes each chunk's logsumexp by ``logaddexp``; log K is subtracted once at the end.
+    """
+    acc = None
+    for log_w in chunks:
+        if acc is None:
+            acc = torch.full(log_w.shape[1:], -math.inf, dtype=log_w.dtype, device=log_w.device)
+        acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
+    return acc - math.log(k)
 
 
 def normalised_weights(log_w: Tensor, dim: int = 0) -> Tensor:

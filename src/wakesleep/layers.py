@@ -54,6 +54,15 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
 
 
+def register_learnable(module: nn.Module, name: str, value: Tensor, learn: bool) -> None:
+    """Register ``value`` on ``module`` as the parameter ``name`` if ``learn``, else as a buffer
+    (saved in the state dict, moved with the module, never trained)."""
+    if learn:
+        setattr(module, name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
+
+
 def refuse_reparameterisation(reparameterize: bool, units: str, use: str) -> None:
     """Raise ``ValueError`` if ``reparameterize`` is asked of discrete ``units``, naming the estimators to ``use``."""
     if reparameterize:
@@ -89,21 +98,6 @@ class StochasticLayer(nn.Module):
         return d.rsample() if reparameterize else d.sample()
 
     @property
-    def affine(self) -> bool:
-        """True when the layer's network (``net``) is one affine map from the parent (no hidden units)."""
-        return isinstance(getattr(self, "net", None), nn.Linear)
-
-    def output_affine(self) -> tuple[Tensor, Tensor]:
-        """``(weight [P, H], bias [P])``: the parameters of the last affine map of the layer's network
-        (the whole map parent -> outputs when :attr:`affine`), the parameters themselves, so that
-        in-place edits change the layer.  Its P outputs are the layer's natural parameters (logits,
-        log-rates) or, for a Gaussian, the means then (with an amortised scale) the log-scales.
-        Exact references read and set weights through this, not through the network's modules.
-        """
-        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
-        return last.weight, last.bias
-
-    @property
     def binary(self) -> bool:
         """True when values lie in {0, 1} (discrete layers, except count layers such as Poisson)."""
         return self.discrete
@@ -126,7 +120,39 @@ class StochasticLayer(nn.Module):
         return value, d.log_prob(value)
 
 
-class BernoulliLayer(StochasticLayer):
+class NetworkLayer(StochasticLayer):
+    """A conditional layer whose distribution's parameters are a network of the parent, ``net``:
+    an MLP ``in_features -> hidden... -> outputs`` (one affine map without hidden units).
+
+    Args:
+        in_features: parent size.
+        out_features: event size of the value.
+        hidden: hidden sizes of the network.
+        outputs: the network's output width (default ``out_features``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (), outputs: int | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp(in_features, hidden, out_features if outputs is None else outputs)
+
+    @property
+    def affine(self) -> bool:
+        """True when the layer's network (``net``) is one affine map from the parent (no hidden units)."""
+        return isinstance(self.net, nn.Linear)
+
+    def output_affine(self) -> tuple[Tensor, Tensor]:
+        """``(weight [P, H], bias [P])``: the parameters of the last affine map of the layer's network
+        (the whole map parent -> outputs when :attr:`affine`), the parameters themselves, so that
+        in-place edits change the layer.  Its P outputs are the layer's natural parameters (logits,
+        log-rates) or, for a Gaussian, the means then (with an amortised scale) the log-scales.
+        Exact references read and set weights through this, not through the network's modules.
+        """
+        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        return last.weight, last.bias
+
+
+class BernoulliLayer(NetworkLayer):
     """Factorial Bernoulli: p(v_i = 1 | parent) = σ(f(parent)_i), f an MLP (affine for an SBN).
 
     Args:
@@ -137,11 +163,6 @@ class BernoulliLayer(StochasticLayer):
     """
 
     discrete = True
-
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.net = mlp(in_features, hidden, out_features)
 
     def logits(self, parent: Tensor) -> Tensor:
         return self.net(parent)
@@ -178,7 +199,7 @@ class BernoulliLayer(StochasticLayer):
         return value, bernoulli_log_prob(logits, value)
 
 
-class GaussianLayer(StochasticLayer):
+class GaussianLayer(NetworkLayer):
     """Diagonal Gaussian: N(μ(parent), diag σ²), μ an MLP.
 
     Args:
@@ -189,11 +210,10 @@ class GaussianLayer(StochasticLayer):
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (), scale: str = "amortised"):
-        super().__init__()
         if scale not in ("amortised", "learned"):
             raise ValueError(f"scale must be 'amortised' or 'learned', got {scale!r}")
-        self.in_features, self.out_features, self.scale = in_features, out_features, scale
-        self.net = mlp(in_features, hidden, out_features * (2 if scale == "amortised" else 1))
+        super().__init__(in_features, out_features, hidden, outputs=out_features * (2 if scale == "amortised" else 1))
+        self.scale = scale
         if scale == "learned":
             self.log_scale = nn.Parameter(torch.zeros(out_features))
 
@@ -242,7 +262,7 @@ class GaussianLayer(StochasticLayer):
         return value, normal_log_prob(mean, log_scale, value)
 
 
-class PoissonLayer(StochasticLayer):
+class PoissonLayer(NetworkLayer):
     """Factorial Poisson counts: v_i ~ Poisson(exp(f(parent)_i)), f an MLP giving the log-rates.
 
     Args:
@@ -254,11 +274,6 @@ class PoissonLayer(StochasticLayer):
 
     discrete = True
     binary = False
-
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.net = mlp(in_features, hidden, out_features)
 
     def log_rate(self, parent: Tensor) -> Tensor:
         return self.net(parent)
@@ -300,7 +315,7 @@ class PoissonLayer(StochasticLayer):
         return -torch.lgamma(value + 1.0).sum(-1)
 
 
-class CategoricalLayer(StochasticLayer):
+class CategoricalLayer(NetworkLayer):
     """One-hot categorical: v ~ OneHotCategorical(softmax(f(parent))), f an MLP (e.g. the
     proposal q(c | y) for a mixture component c).
 
@@ -313,9 +328,7 @@ class CategoricalLayer(StochasticLayer):
     discrete = True
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, num_classes
-        self.net = mlp(in_features, hidden, num_classes)
+        super().__init__(in_features, num_classes, hidden)
 
     def dist(self, parent: Tensor) -> Distribution:
         return OneHotCategorical(logits=self.net(parent), validate_args=False)
@@ -372,11 +385,8 @@ class GaussianPrior(Prior):
         super().__init__()
         self.out_features = out_features
         loc, log_scale = torch.zeros(out_features), torch.zeros(out_features)
-        if learn:
-            self.loc, self.log_scale = nn.Parameter(loc), nn.Parameter(log_scale)
-        else:
-            self.register_buffer("loc", loc)
-            self.register_buffer("log_scale", log_scale)
+        register_learnable(self, "loc", loc, learn)
+        register_learnable(self, "log_scale", log_scale, learn)
 
     def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
         return Independent(Normal(self.loc.expand(*batch_shape, -1), self.log_scale.exp().expand(*batch_shape, -1)), 1)
@@ -408,11 +418,7 @@ class CategoricalPrior(Prior):
     def __init__(self, num_classes: int, learn: bool = True):
         super().__init__()
         self.out_features = num_classes
-        logits = torch.zeros(num_classes)
-        if learn:
-            self.logits = nn.Parameter(logits)
-        else:
-            self.register_buffer("logits", logits)
+        register_learnable(self, "logits", torch.zeros(num_classes), learn)
 
     @property
     def probs(self) -> Tensor:
@@ -449,11 +455,7 @@ class CirclePrior(Prior):
     def __init__(self, learn: bool = False):
         super().__init__()
         self.out_features = 2
-        nu = torch.zeros(2)
-        if learn:
-            self.natural = nn.Parameter(nu)
-        else:
-            self.register_buffer("natural", nu)
+        register_learnable(self, "natural", torch.zeros(2), learn)
 
     def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
         raise NotImplementedError(

@@ -32,9 +32,7 @@ class IWAE(ReparameterisedEstimator):
     def __init__(self, k: int = 5):
         super().__init__(k)
 
-    def forward(self, model, x: Tensor) -> EstimatorOutput:
-        self.check_model(model)
-        log_w = self.log_weights(model, x)
+    def loss_from_log_weights(self, log_w: Tensor) -> EstimatorOutput:
         bound = log_mean_exp(log_w).mean()
         with torch.no_grad():
             ess = effective_sample_size(log_w).mean()

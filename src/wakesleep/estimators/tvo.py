@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_int
 from wakesleep.importance import normalised_weights
-from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 
 def beta_schedule(partitions: int, beta_min: float) -> list[float]:
@@ -19,7 +18,7 @@ def beta_schedule(partitions: int, beta_min: float) -> list[float]:
     return [0.0] + [beta_min ** (1 - j / (partitions - 1)) for j in range(partitions)]
 
 
-class TVO(Estimator):
+class TVO(ParticleEstimator):
     r"""TVO: ascend the left Riemann sum of the thermodynamic integral of log p(x), in θ and φ jointly.
 
     For a partition 0 = β_0 < β_1 < … < β_J = 1 and π_β(z) ∝ π̃_β(z) = q_φ(z | x)^{1−β} p_θ(x, z)^β,
@@ -56,8 +55,7 @@ class TVO(Estimator):
     name = "tvo"
 
     def __init__(self, k: int = 10, betas: Sequence[float] | None = None, partitions: int = 5, beta_min: float = 0.1):
-        super().__init__()
-        self.k = check_positive_int("k (particles)", k)
+        super().__init__(k)
         self.partitions = check_positive_int("partitions", partitions)
         if not 0.0 < beta_min < 1.0:
             raise ValueError(f"beta_min must be in (0, 1), got {beta_min!r}")
@@ -68,11 +66,7 @@ class TVO(Estimator):
         self.betas = betas
 
     def settings(self) -> dict:
-        return {"k": self.k, "betas": list(self.betas), "partitions": self.partitions, "beta_min": self.beta_min}
-
-    def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups."""
-        return TRAINING_WITH_PROPOSAL
+        return {**super().settings(), "betas": list(self.betas), "partitions": self.partitions, "beta_min": self.beta_min}
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)

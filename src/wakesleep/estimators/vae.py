@@ -24,8 +24,6 @@ class VAE(ReparameterisedEstimator):
     def __init__(self, k: int = 1):
         super().__init__(k)
 
-    def forward(self, model, x: Tensor) -> EstimatorOutput:
-        self.check_model(model)
-        log_w = self.log_weights(model, x)
+    def loss_from_log_weights(self, log_w: Tensor) -> EstimatorOutput:
         elbo = log_w.mean(0).mean()
         return EstimatorOutput(-elbo, {"objective": elbo.detach()})

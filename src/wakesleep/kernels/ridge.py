@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from wakesleep.kernels.features import _as_2d, _check_dim
 from wakesleep.kernels.stationary import StationaryKernel
+from wakesleep.layers import register_learnable
 
 
 class KernelRidgeError(ValueError):
@@ -145,11 +146,7 @@ class KernelRidge(nn.Module):
         self.max_jitter_tries = max_jitter_tries
         self._generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self._warned_jitter = False
-        log_lam = torch.tensor(math.log(lam) if lam > 0 else -math.inf)
-        if learn_lam:
-            self.log_lam = nn.Parameter(log_lam)
-        else:
-            self.register_buffer("log_lam", log_lam)
+        register_learnable(self, "log_lam", torch.tensor(math.log(lam) if lam > 0 else -math.inf), learn_lam)
         # Unit-bandwidth frequencies, fixed after drawing; [F/2, feature dim] (empty until drawn
         # when the feature width is unknown at construction).
         self.register_buffer("rff_frequencies", torch.empty(0, 0))

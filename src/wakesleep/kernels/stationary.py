@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.kernels.features import IdentityFeatures, _as_2d
+from wakesleep.layers import register_learnable
 
 
 class StationaryKernel(nn.Module):
@@ -38,11 +39,7 @@ class StationaryKernel(nn.Module):
         if not bandwidth > 0 or not math.isfinite(bandwidth):
             raise ValueError(f"bandwidth must be positive and finite, got {bandwidth!r}")
         self.features = features if features is not None else IdentityFeatures()
-        log_bw = torch.tensor(math.log(bandwidth))
-        if learn_bandwidth:
-            self.log_bandwidth = nn.Parameter(log_bw)
-        else:
-            self.register_buffer("log_bandwidth", log_bw)
+        register_learnable(self, "log_bandwidth", torch.tensor(math.log(bandwidth)), learn_bandwidth)
 
     @property
     def bandwidth(self) -> Tensor:
