@@ -4,9 +4,9 @@ Every layer offers three views of the same conditional density:
 
 - ``dist(parent)`` returns a ``torch.distributions`` object (``Independent`` with one event
   dimension), for users and for anything that wants ``batch_shape``/``event_shape``/``support``;
-- ``log_prob(value, parent)`` and ``sample(parent)`` are fused forms of the same density for the
-  training hot path, where building a ``Distribution`` object per call costs more than the
-  arithmetic (``tests/test_layers.py`` checks that they agree with ``dist``).
+- ``log_prob(value, parent)`` and ``sample(parent)`` are fused forms of the same density
+  (:mod:`wakesleep.fused`, each written once there) for the training hot path, where building
+  a ``Distribution`` object per call costs more than the arithmetic (``tests/test_layers.py`` checks that they agree with ``dist``).
 
 Shapes follow ``torch.distributions``: parents are ``[*batch, in_features]``, values
 ``[*batch, out_features]``, log-densities ``[*batch]`` in nats.  Priors (top layers) have no
