@@ -16,10 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wakesleep.importance import effective_sample_size  # noqa: F401  MOVED(shim)
 from wakesleep.importance import log_mean_exp_chunks
 from wakesleep.models import contract
 from wakesleep.models.contract import exact_log_marginal  # evaluation's public name for the one definition
+
+# isort: off
+from wakesleep.importance import effective_sample_size  # noqa: F401  MOVED(shim)
+# isort: on
 
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
 DEFAULT_MAX_MEMORY_MIB = 256.0

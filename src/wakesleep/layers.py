@@ -37,7 +37,10 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, Poisson, VonMises
 
 from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, normal_log_prob, normal_sample
+
+# isort: off
 from wakesleep.fused import _FUSE_FROM, _BernoulliLogProb, first_line, use_compiled_kernels  # noqa: F401  MOVED(shim)
+# isort: on
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh) -> nn.Module:

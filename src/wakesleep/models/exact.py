@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 
 from wakesleep.layers import BernoulliLayer, GaussianLayer
-from wakesleep.models.contract import exact_log_marginal as _enumerated_or_closed_form, has_exact_form, has_member, states_against_batch
+from wakesleep.models.contract import exact_log_marginal as _enumerated_or_closed_form
+from wakesleep.models.contract import has_exact_form, has_member, states_against_batch
 from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS, HelmholtzMachine, binary_states
 
 #: Largest latent dimension integrated by tensor-product quadrature (order^dim nodes).

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wakesleep.models.contract import enumerated_log_marginal
 from wakesleep.layers import (
     BernoulliLayer,
     BernoulliPrior,
@@ -31,6 +30,7 @@ from wakesleep.layers import (
     Prior,
     StochasticLayer,
 )
+from wakesleep.models.contract import enumerated_log_marginal
 
 MAX_ENUMERATED_LATENTS = 24
 
