@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent
 
-from wakesleep import layers
-from wakesleep.layers import _BernoulliLogProb, bernoulli_log_prob, bernoulli_sample
+from wakesleep import fused
+from wakesleep.fused import _BernoulliLogProb, bernoulli_log_prob, bernoulli_sample
 
 
 def plain(logits, value):
@@ -43,8 +43,8 @@ def test_gradients_match_autograd_of_the_plain_expression(logit_shape, value_sha
 
 
 def test_fused_node_is_used_for_large_tensors_and_has_second_derivatives():
-    logits = torch.randn(2, layers._FUSE_FROM // 2 + 1, dtype=torch.float64, requires_grad=True)
-    value = (torch.rand(2, layers._FUSE_FROM // 2 + 1, dtype=torch.float64) < 0.5).double()
+    logits = torch.randn(2, fused._FUSE_FROM // 2 + 1, dtype=torch.float64, requires_grad=True)
+    value = (torch.rand(2, fused._FUSE_FROM // 2 + 1, dtype=torch.float64) < 0.5).double()
     out = bernoulli_log_prob(logits, value)
     assert type(out.grad_fn).__name__ == "_BernoulliLogProbBackward"
     small_l = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
@@ -76,11 +76,11 @@ def compiled():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        ok = layers.use_compiled_kernels(True)
+        ok = fused.use_compiled_kernels(True)
     if not ok:
         pytest.skip("torch.compile is unavailable on this machine (no C++ compiler?)")
     yield
-    layers.use_compiled_kernels(False)
+    fused.use_compiled_kernels(False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -111,12 +111,12 @@ def test_compiled_kernels_switch_off_and_on():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        on = layers.use_compiled_kernels(True)
+        on = fused.use_compiled_kernels(True)
     try:
-        assert (layers._compiled is not None) == on
+        assert (fused._compiled is not None) == on
     finally:
-        assert layers.use_compiled_kernels(False) is False
-    assert layers._compiled is None
+        assert fused.use_compiled_kernels(False) is False
+    assert fused._compiled is None
 
 
 def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
@@ -124,10 +124,10 @@ def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(layers, "_compiled_cache", None)  # as in a fresh process
+    monkeypatch.setattr(fused, "_compiled_cache", None)  # as in a fresh process
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
-        assert layers.use_compiled_kernels(True) is False
-    assert layers._compiled is None
+        assert fused.use_compiled_kernels(True) is False
+    assert fused._compiled is None
 
 
 def test_train_config_compile_must_be_a_bool():

@@ -1,4 +1,4 @@
-"""Evaluation: importance-sampled and exact log-likelihood, and the effective sample size.
+"""Evaluation: importance-sampled and exact log-likelihood.
 
 All log-likelihoods are in nats.  The importance-sampled estimate follows the IWAE protocol
 (Burda et al. 2016; ``../shared/reference/ALGORITHMS.md`` §5): for each test point
@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from wakesleep.importance import log_mean_exp_chunks
 from wakesleep.models import contract
+from wakesleep.models.contract import exact_log_marginal  # evaluation's public name for the one definition
+
+# isort: off
+from wakesleep.importance import effective_sample_size  # noqa: F401  MOVED(shim)
+# isort: on
 
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).
 DEFAULT_MAX_MEMORY_MIB = 256.0
@@ -144,15 +150,17 @@ def importance_log_marginal(
         raise ValueError(f"k must be >= 1, got {k}")
     if particle_chunk is None:
         particle_chunk = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, x.shape[0], max_memory_mib, x.element_size())[1]
-    acc = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
-    done = 0
-    while done < k:
-        kc = min(particle_chunk, k - done)
-        acc = torch.logaddexp(acc, torch.logsumexp(contract.log_weights(model, x, kc), 0))
-        done += kc
-        if progress is not None:
-            progress.update(kc * x.shape[0])
-    return acc - math.log(k)
+
+    def chunks():
+        done = 0
+        while done < k:
+            kc = min(particle_chunk, k - done)
+            yield contract.log_weights(model, x, kc)
+            done += kc
+            if progress is not None:
+                progress.update(kc * x.shape[0])
+
+    return log_mean_exp_chunks(chunks(), k)
 
 
 def log_likelihood(
@@ -205,19 +213,6 @@ def log_likelihood(
     return mean_stderr(torch.cat(out), k)
 
 
-def exact_log_marginal(model, x: Tensor) -> Tensor:
-    """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ: the model's own
-    ``exact_log_marginal(x)`` (a Helmholtz machine's closed form for factor analysis, or its sum
-    over binary and categorical latent states), else the sum over ``enumerate_latents()``
-    (:func:`wakesleep.models.contract.exact_log_marginal`).
-
-    Raises:
-        wakesleep.models.contract.ModelContractError: (a ``TypeError``) the model has neither member.
-        ValueError: its latents cannot be enumerated (no finite support, too many states).
-    """
-    return contract.exact_log_marginal(model, x)
-
-
 def exact_log_likelihood(model, data) -> LogLikelihood:
     """Exact mean log-likelihood over ``data`` (see :func:`exact_log_marginal`), nats."""
     x = _as_tensor(model, data)
@@ -242,13 +237,3 @@ def report_log_likelihood(model, data, k: int = 5000, **kwargs) -> LogLikelihood
         f"{type(model).__name__} has neither a proposal ({contract.MEMBERS['propose']}) for importance-sampled evaluation "
         f"nor an exact form ({contract.MEMBERS['exact_log_marginal']}, or enumerate_latents()): give it one of them"
     )
-
-
-def effective_sample_size(log_w: Tensor) -> Tensor:
-    """ESS = (Σ_k w_k)² / Σ_k w_k² = 1 / Σ_k w̃_k² per datapoint, from log-weights [K, B]; returns [B] in [1, K].
-
-    Computed from the normalised weights w̃ = softmax(log w), so it is exact however large the
-    log-weights are (no exp of an unnormalised value).
-    """
-    w = torch.softmax(log_w, 0)
-    return 1.0 / (w * w).sum(0)

@@ -4,9 +4,9 @@ Every layer offers three views of the same conditional density:
 
 - ``dist(parent)`` returns a ``torch.distributions`` object (``Independent`` with one event
   dimension), for users and for anything that wants ``batch_shape``/``event_shape``/``support``;
-- ``log_prob(value, parent)`` and ``sample(parent)`` are fused forms of the same density for the
-  training hot path, where building a ``Distribution`` object per call costs more than the
-  arithmetic (``tests/test_layers.py`` checks that they agree with ``dist``).
+- ``log_prob(value, parent)`` and ``sample(parent)`` are fused forms of the same density
+  (:mod:`wakesleep.fused`, each written once there) for the training hot path, where building
+  a ``Distribution`` object per call costs more than the arithmetic (``tests/test_layers.py`` checks that they agree with ``dist``).
 
 Shapes follow ``torch.distributions``: parents are ``[*batch, in_features]``, values
 ``[*batch, out_features]``, log-densities ``[*batch]`` in nats.  Priors (top layers) have no
@@ -36,7 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, Poisson, VonMises
 
-_LOG_2PI = math.log(2 * math.pi)
+from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, normal_log_prob, normal_sample
+
+# isort: off
+from wakesleep.fused import _FUSE_FROM, _BernoulliLogProb, first_line, use_compiled_kernels  # noqa: F401  MOVED(shim)
+# isort: on
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: type[nn.Module] = nn.Tanh) -> nn.Module:
@@ -53,143 +57,24 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
 
 
-class _BernoulliLogProb(torch.autograd.Function):
-    """Σ_i [v_i l_i − softplus(l_i)] as one autograd node.
-
-    Autograd of the plain expression keeps five nodes and, on the backward pass, runs
-    ``softplus_backward``, a broadcast multiply and a sum over the [K, B, D] tensor; this node's
-    backward is the closed form ∂/∂l = v − σ(l), three in-place passes, and ∂/∂v = l.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, value: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, value)
-        if _compiled is not None:
-            return _compiled[0](logits, value)
-        return _plain_log_prob(logits, value)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, value = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        grad_logits = grad_value = None
-        if ctx.needs_input_grad[0]:
-            shape = torch.broadcast_shapes(logits.shape, value.shape)
-            if torch.is_grad_enabled() or logits.shape != shape:  # differentiable / broadcasting form
-                grad_logits = ((value - torch.sigmoid(logits)) * g).sum_to_size(logits.shape)
-            elif _compiled is not None:
-                grad_logits = _compiled[1](logits, value, grad)
-            else:
-                grad_logits = torch.sigmoid(logits).sub_(value).mul_(-g)
-        if ctx.needs_input_grad[1]:
-            grad_value = (logits * g).sum_to_size(value.shape)
-        return grad_logits, grad_value
+def register_learnable(module: nn.Module, name: str, value: Tensor, learn: bool) -> None:
+    """Register ``value`` on ``module`` as the parameter ``name`` if ``learn``, else as a buffer
+    (saved in the state dict, moved with the module, never trained)."""
+    if learn:
+        setattr(module, name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
 
 
-def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
-    """Σ_i log Bernoulli(value_i; σ(logits_i)) over the last dimension, broadcasting, in nats.
-
-    Computes x·l − softplus(l), which equals ``-binary_cross_entropy_with_logits`` but broadcasts
-    ``value [B, D]`` against ``logits [K, B, D]`` without materialising an expanded copy of x,
-    as a single autograd node whose backward is the closed form ∂/∂l = x − σ(l).
-    """
-    if logits.dtype != value.dtype:
-        value = value.to(logits.dtype)
-    if max(logits.numel(), value.numel()) < _FUSE_FROM:
-        # Small tensors: the per-node cost of a Python autograd.Function exceeds the arithmetic.
-        return _plain_log_prob(logits, value)
-    return _BernoulliLogProb.apply(logits, value)
+def refuse_reparameterisation(reparameterize: bool, units: str, use: str) -> None:
+    """Raise ``ValueError`` if ``reparameterize`` is asked of discrete ``units``, naming the estimators to ``use``."""
+    if reparameterize:
+        raise ValueError(f"{units} cannot be reparameterised; use {use}")
 
 
-def _plain_log_prob(logits: Tensor, value: Tensor) -> Tensor:
-    return torch.linalg.vecdot(logits, value) - F.softplus(logits).sum(-1)
-
-
-#: Tensors with at least this many elements take the fused autograd node in bernoulli_log_prob.
-_FUSE_FROM = 2**16
-
-
-def _log_prob_kernel(logits: Tensor, value: Tensor) -> Tensor:
-    # softplus(l) = max(l, 0) + log(1 + e^{-|l|}); written out so that Inductor emits one
-    # vectorised loop (its softplus/log1p lowering is no faster than ATen's).  For e^{-|l|} below
-    # float32's epsilon, log(1 + e) rounds to 0: an absolute error under 6e-8 nats per unit.
-    return (value * logits - logits.clamp_min(0) - torch.log(1 + torch.exp(-logits.abs()))).sum(-1)
-
-
-def _grad_kernel(logits: Tensor, value: Tensor, grad: Tensor) -> Tensor:
-    return (value - torch.sigmoid(logits)) * grad.unsqueeze(-1)
-
-
-def first_line(err: BaseException) -> str:
-    """``"TypeName: first line of the message"``: a compile failure's cause in one line (Inductor's
-    messages run to pages)."""
-    text = str(err)
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-#: (forward, backward) compiled kernels of the fused Bernoulli node, or None (eager ATen).
-_compiled: tuple | None = None
-_compiled_cache: tuple | None = None
-
-
-def use_compiled_kernels(enabled: bool = True) -> bool:
-    """Run the fused Bernoulli log-density's passes over [K, B, D] as ``torch.compile`` kernels.
-
-    Opt-in (``TrainConfig(compile=True)``, ``wakesleep train --compile``): the forward
-    Σ x·l − softplus(l) and the backward (x − σ(l))·g each become one vectorised loop instead of
-    three to five ATen passes (``docs/benchmarks.md`` gives the measured gain).  Compiling needs
-    a C++ compiler (Inductor's CPU back end) and takes seconds per new shape, so it pays only for
-    runs of many steps.  What is computed does not change (``tests/test_fused.py`` compares it
-    with the eager form); only float32 rounding differs.
-
-    Args:
-        enabled: True to switch the compiled kernels on, False for the eager ATen forms.
-
-    Returns:
-        True if compiled kernels are in use afterwards.  When compiling fails (no compiler, an
-        unsupported platform) this warns once, names the cause, and returns False: the eager
-        forms stay in use and the results are the same.
-    """
-    global _compiled, _compiled_cache
-    if not enabled:
-        _compiled = None
-        return False
-    if _compiled_cache is not None:  # compiled once per process; switching back on is free
-        _compiled = _compiled_cache
-        return True
-    try:
-        fwd = torch.compile(_log_prob_kernel, dynamic=None)
-        bwd = torch.compile(_grad_kernel, dynamic=None)
-        probe = torch.zeros(2, 3)
-        fwd(probe, probe)  # compile now, so that a missing compiler shows here, not mid-training
-        bwd(probe, probe, probe[:, 0])
-    except Exception as err:  # Inductor raises many types (missing compiler, codegen errors)
-        import warnings
-
-        warnings.warn(f"torch.compile is unavailable ({first_line(err)}); "
-                      "using the eager kernels (same results, slower). Install a C++ compiler to use --compile.",
-                      RuntimeWarning, stacklevel=2)
-        _compiled = None
-        return False
-    _compiled = _compiled_cache = (fwd, bwd)
-    return True
-
-
-def bernoulli_sample(probs: Tensor, sample_shape: tuple[int, ...] = ()) -> Tensor:
-    """Binary draws with P(1) = probs, shape [*sample_shape, *probs.shape], no gradient.
-
-    ``uniform < p`` is several times faster than ``torch.bernoulli`` on the CPU and turns NaN
-    probabilities into zeros, leaving the NaN to show in the log-density (where the trainer
-    reports it) instead of raising inside the sampler.
-    """
-    u = torch.rand(*sample_shape, *probs.shape, dtype=probs.dtype, device=probs.device)
-    return u.lt_(probs)  # in place: the 0/1 result lands in u's floating dtype, no bool copy
-
-
-def normal_log_prob(mean: Tensor, log_scale: Tensor, value: Tensor) -> Tensor:
-    """Σ_i log N(value_i; mean_i, exp(log_scale_i)²) over the last dimension, in nats."""
-    z = (value - mean) * torch.exp(-log_scale)
-    return -0.5 * (z * z).sum(-1) - log_scale.expand_as(z).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI
+_BERNOULLI = ("Bernoulli units", "RWS or wake-sleep, not VAE/IWAE")
+_CATEGORICAL = ("categorical units", "RWS, wake-sleep or ALWS")
+_POISSON = ("Poisson counts", "RWS, wake-sleep or ALWS")
 
 
 class StochasticLayer(nn.Module):
@@ -238,7 +123,39 @@ class StochasticLayer(nn.Module):
         return value, d.log_prob(value)
 
 
-class BernoulliLayer(StochasticLayer):
+class NetworkLayer(StochasticLayer):
+    """A conditional layer whose distribution's parameters are a network of the parent, ``net``:
+    an MLP ``in_features -> hidden... -> outputs`` (one affine map without hidden units).
+
+    Args:
+        in_features: parent size.
+        out_features: event size of the value.
+        hidden: hidden sizes of the network.
+        outputs: the network's output width (default ``out_features``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (), outputs: int | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.net = mlp(in_features, hidden, out_features if outputs is None else outputs)
+
+    @property
+    def affine(self) -> bool:
+        """True when the layer's network (``net``) is one affine map from the parent (no hidden units)."""
+        return isinstance(self.net, nn.Linear)
+
+    def output_affine(self) -> tuple[Tensor, Tensor]:
+        """``(weight [P, H], bias [P])``: the parameters of the last affine map of the layer's network
+        (the whole map parent -> outputs when :attr:`affine`), the parameters themselves, so that
+        in-place edits change the layer.  Its P outputs are the layer's natural parameters (logits,
+        log-rates) or, for a Gaussian, the means then (with an amortised scale) the log-scales.
+        Exact references read and set weights through this, not through the network's modules.
+        """
+        last = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+        return last.weight, last.bias
+
+
+class BernoulliLayer(NetworkLayer):
     """Factorial Bernoulli: p(v_i = 1 | parent) = σ(f(parent)_i), f an MLP (affine for an SBN).
 
     Args:
@@ -250,11 +167,6 @@ class BernoulliLayer(StochasticLayer):
 
     discrete = True
 
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.net = mlp(in_features, hidden, out_features)
-
     def logits(self, parent: Tensor) -> Tensor:
         return self.net(parent)
 
@@ -265,8 +177,7 @@ class BernoulliLayer(StochasticLayer):
         return bernoulli_log_prob(self.logits(parent), value)
 
     def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
         return bernoulli_sample(torch.sigmoid(self.logits(parent)).detach())
 
     def mean(self, parent: Tensor) -> Tensor:
@@ -284,15 +195,14 @@ class BernoulliLayer(StochasticLayer):
         return value.new_zeros(value.shape[:-1])
 
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
-        if reparameterize:
-            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
         logits = self.logits(parent)
         with torch.no_grad():
             value = bernoulli_sample(torch.sigmoid(logits), sample_shape)
         return value, bernoulli_log_prob(logits, value)
 
 
-class GaussianLayer(StochasticLayer):
+class GaussianLayer(NetworkLayer):
     """Diagonal Gaussian: N(μ(parent), diag σ²), μ an MLP.
 
     Args:
@@ -303,11 +213,10 @@ class GaussianLayer(StochasticLayer):
     """
 
     def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (), scale: str = "amortised"):
-        super().__init__()
         if scale not in ("amortised", "learned"):
             raise ValueError(f"scale must be 'amortised' or 'learned', got {scale!r}")
-        self.in_features, self.out_features, self.scale = in_features, out_features, scale
-        self.net = mlp(in_features, hidden, out_features * (2 if scale == "amortised" else 1))
+        super().__init__(in_features, out_features, hidden, outputs=out_features * (2 if scale == "amortised" else 1))
+        self.scale = scale
         if scale == "learned":
             self.log_scale = nn.Parameter(torch.zeros(out_features))
 
@@ -329,10 +238,7 @@ class GaussianLayer(StochasticLayer):
 
     def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
         mean, log_scale = self.params(parent)
-        eps = torch.randn_like(mean)
-        if not reparameterize:
-            mean, log_scale = mean.detach(), log_scale.detach()
-        return mean + log_scale.exp() * eps
+        return normal_sample(mean, log_scale, torch.randn_like(mean), reparameterize)
 
     def mean(self, parent: Tensor) -> Tensor:
         return self.params(parent)[0]
@@ -355,14 +261,11 @@ class GaussianLayer(StochasticLayer):
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
         mean, log_scale = self.params(parent)
         eps = torch.randn(*sample_shape, *mean.shape, dtype=mean.dtype, device=mean.device)
-        if reparameterize:
-            value = mean + log_scale.exp() * eps
-        else:
-            value = (mean.detach() + log_scale.detach().exp() * eps)
+        value = normal_sample(mean, log_scale, eps, reparameterize)
         return value, normal_log_prob(mean, log_scale, value)
 
 
-class PoissonLayer(StochasticLayer):
+class PoissonLayer(NetworkLayer):
     """Factorial Poisson counts: v_i ~ Poisson(exp(f(parent)_i)), f an MLP giving the log-rates.
 
     Args:
@@ -375,11 +278,6 @@ class PoissonLayer(StochasticLayer):
     discrete = True
     binary = False
 
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.net = mlp(in_features, hidden, out_features)
-
     def log_rate(self, parent: Tensor) -> Tensor:
         return self.net(parent)
 
@@ -387,24 +285,25 @@ class PoissonLayer(StochasticLayer):
         return Independent(Poisson(self.log_rate(parent).exp(), validate_args=False), 1)
 
     def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
-        eta, psi = self.exponential_family(parent)
+        return self._log_prob(value, *self.exponential_family(parent))
+
+    def _log_prob(self, value: Tensor, eta: Tensor, psi: Tensor) -> Tensor:
+        """η·x − Ψ + log h(x) [*batch], nats, from the natural parameters and log-normaliser."""
         return (value * eta).sum(-1) - psi + self.log_base_measure(value)
 
     def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("Poisson counts cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        refuse_reparameterisation(reparameterize, *_POISSON)
         return torch.poisson(self.log_rate(parent).detach().exp())
 
     def mean(self, parent: Tensor) -> Tensor:
         return self.log_rate(parent).exp()
 
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
-        if reparameterize:
-            raise ValueError("Poisson counts cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        refuse_reparameterisation(reparameterize, *_POISSON)
         eta, psi = self.exponential_family(parent)
         with torch.no_grad():
             value = torch.poisson(eta.exp().expand(*sample_shape, *eta.shape))
-        return value, (value * eta).sum(-1) - psi + self.log_base_measure(value)
+        return value, self._log_prob(value, eta, psi)
 
     def exponential_family(self, parent: Tensor) -> tuple[Tensor, Tensor]:
         """η = log rate [*batch, out], Ψ = Σ_i rate_i [*batch] (nats); S(x) = x,
@@ -419,7 +318,7 @@ class PoissonLayer(StochasticLayer):
         return -torch.lgamma(value + 1.0).sum(-1)
 
 
-class CategoricalLayer(StochasticLayer):
+class CategoricalLayer(NetworkLayer):
     """One-hot categorical: v ~ OneHotCategorical(softmax(f(parent))), f an MLP (e.g. the
     proposal q(c | y) for a mixture component c).
 
@@ -432,28 +331,24 @@ class CategoricalLayer(StochasticLayer):
     discrete = True
 
     def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = ()):
-        super().__init__()
-        self.in_features, self.out_features = in_features, num_classes
-        self.net = mlp(in_features, hidden, num_classes)
+        super().__init__(in_features, num_classes, hidden)
 
     def dist(self, parent: Tensor) -> Distribution:
         return OneHotCategorical(logits=self.net(parent), validate_args=False)
 
     def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
-        return (value * torch.log_softmax(self.net(parent), -1)).sum(-1)
+        return categorical_log_prob(torch.log_softmax(self.net(parent), -1), value)
 
     def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        refuse_reparameterisation(reparameterize, *_CATEGORICAL)
         return self.dist(parent.detach()).sample()
 
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
-        if reparameterize:
-            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        refuse_reparameterisation(reparameterize, *_CATEGORICAL)
         logp = torch.log_softmax(self.net(parent), -1)
         with torch.no_grad():
             value = OneHotCategorical(logits=logp, validate_args=False).sample(sample_shape)
-        return value, (value * logp).sum(-1)
+        return value, categorical_log_prob(logp, value)
 
 
 class Prior(StochasticLayer):
@@ -479,8 +374,7 @@ class BernoulliPrior(Prior):
         return bernoulli_log_prob(self.logits, value)
 
     def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("Bernoulli units cannot be reparameterised; use RWS or wake-sleep, not VAE/IWAE")
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
         return bernoulli_sample(torch.sigmoid(self.logits).detach(), batch_shape)
 
     def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
@@ -494,11 +388,8 @@ class GaussianPrior(Prior):
         super().__init__()
         self.out_features = out_features
         loc, log_scale = torch.zeros(out_features), torch.zeros(out_features)
-        if learn:
-            self.loc, self.log_scale = nn.Parameter(loc), nn.Parameter(log_scale)
-        else:
-            self.register_buffer("loc", loc)
-            self.register_buffer("log_scale", log_scale)
+        register_learnable(self, "loc", loc, learn)
+        register_learnable(self, "log_scale", log_scale, learn)
 
     def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
         return Independent(Normal(self.loc.expand(*batch_shape, -1), self.log_scale.exp().expand(*batch_shape, -1)), 1)
@@ -508,8 +399,7 @@ class GaussianPrior(Prior):
 
     def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
         eps = torch.randn(*batch_shape, self.out_features, device=self.loc.device, dtype=self.loc.dtype)
-        loc, log_scale = (self.loc, self.log_scale) if reparameterize else (self.loc.detach(), self.log_scale.detach())
-        return loc + log_scale.exp() * eps
+        return normal_sample(self.loc, self.log_scale, eps, reparameterize)
 
     def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
         return self.loc.expand(*batch_shape, -1)
@@ -531,11 +421,7 @@ class CategoricalPrior(Prior):
     def __init__(self, num_classes: int, learn: bool = True):
         super().__init__()
         self.out_features = num_classes
-        logits = torch.zeros(num_classes)
-        if learn:
-            self.logits = nn.Parameter(logits)
-        else:
-            self.register_buffer("logits", logits)
+        register_learnable(self, "logits", torch.zeros(num_classes), learn)
 
     @property
     def probs(self) -> Tensor:
@@ -546,11 +432,10 @@ class CategoricalPrior(Prior):
         return OneHotCategorical(logits=self.logits.expand(*batch_shape, -1), validate_args=False)
 
     def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
-        return (value * torch.log_softmax(self.logits, -1)).sum(-1)
+        return categorical_log_prob(torch.log_softmax(self.logits, -1), value)
 
     def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("categorical units cannot be reparameterised; use RWS, wake-sleep or ALWS")
+        refuse_reparameterisation(reparameterize, *_CATEGORICAL)
         return OneHotCategorical(logits=self.logits.detach(), validate_args=False).sample(batch_shape)
 
     def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
@@ -573,11 +458,7 @@ class CirclePrior(Prior):
     def __init__(self, learn: bool = False):
         super().__init__()
         self.out_features = 2
-        nu = torch.zeros(2)
-        if learn:
-            self.natural = nn.Parameter(nu)
-        else:
-            self.register_buffer("natural", nu)
+        register_learnable(self, "natural", torch.zeros(2), learn)
 
     def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
         raise NotImplementedError(
@@ -599,8 +480,7 @@ class CirclePrior(Prior):
         return VonMises(torch.atan2(nu[0], nu[1]), self._kappa().detach().clamp_min(1e-8), validate_args=False)
 
     def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
-        if reparameterize:
-            raise ValueError("CirclePrior samples cannot be reparameterised; use ALWS, RWS or wake-sleep")
+        refuse_reparameterisation(reparameterize, "CirclePrior samples", "ALWS, RWS or wake-sleep")
         a = self.angle_dist().sample(batch_shape)
         return torch.stack([torch.sin(a), torch.cos(a)], -1)
 

@@ -2,14 +2,15 @@
 
 from wakesleep.estimators.alws import ALWS, build_kernel_ridge, train_proposal
 from wakesleep.estimators.base import Estimator, EstimatorOutput
+from wakesleep.estimators.iwae import IWAE
 from wakesleep.estimators.reinforce import NVIL, Reinforce
 from wakesleep.estimators.rws import RWS
 from wakesleep.estimators.tvo import TVO
-from wakesleep.estimators.vae import IWAE, VAE
+from wakesleep.estimators.vae import VAE
 from wakesleep.estimators.vimco import VIMCO
-from wakesleep.estimators.ws import WakeSleep, sleep_phase_loss
+from wakesleep.estimators.ws import SleepPhase, WakeSleep, sleep_phase_loss
 
 ESTIMATORS = {"ws": WakeSleep, "rws": RWS, "alws": ALWS, "vae": VAE, "iwae": IWAE,
               "vimco": VIMCO, "reinforce": Reinforce, "nvil": NVIL, "tvo": TVO}
 
-__all__ = ["ALWS", "build_kernel_ridge", "train_proposal", "ESTIMATORS", "Estimator", "EstimatorOutput", "IWAE", "NVIL", "RWS", "Reinforce", "TVO", "VIMCO", "VAE", "WakeSleep", "sleep_phase_loss"]
+__all__ = ["ALWS", "build_kernel_ridge", "train_proposal", "ESTIMATORS", "Estimator", "EstimatorOutput", "IWAE", "NVIL", "RWS", "Reinforce", "SleepPhase", "TVO", "VIMCO", "VAE", "WakeSleep", "sleep_phase_loss"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from wakesleep.models.contract import GENERATIVE
+from wakesleep.models.contract import GENERATIVE, TRAINING_WITH_PROPOSAL
 
 
 @dataclass
@@ -62,3 +62,62 @@ def check_positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+class ParticleEstimator(Estimator):
+    """Base of the estimators that draw k particles per datapoint from the proposal q_φ(z | x) and
+    train θ and φ together (IWAE, VAE, VIMCO, REINFORCE, NVIL, TVO): ``k`` is checked and kept in
+    :meth:`settings`, and the model must have a proposal.
+
+    Raises:
+        ValueError: for k below :attr:`k_minimum`.
+    """
+
+    #: How the error for a bad k names it, and the least k the estimator takes.
+    k_label = "k (particles)"
+    k_minimum = 1
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = check_positive_int(self.k_label, k, self.k_minimum)
+
+    def settings(self) -> dict:
+        return {"k": self.k}
+
+    def requires(self, model) -> tuple[str, ...]:
+        """``propose``, ``log_joint``, both parameter groups."""
+        return TRAINING_WITH_PROPOSAL
+
+
+class ReparameterisedEstimator(ParticleEstimator):
+    """Base of the estimators that differentiate through reparameterised particles (VAE, IWAE):
+    k particles z_k = g_φ(ε_k, x) per datapoint (``propose(x, k, reparameterize=True)``) and their
+    log-weights, θ and φ trained jointly; a subclass turns the log-weights into its loss
+    (:meth:`loss_from_log_weights`).
+
+    Args:
+        k: particles per datapoint (≥ 1).
+
+    Raises:
+        ValueError: for k < 1, or (on use) a model with discrete latents.
+    """
+
+    def check_model(self, model) -> None:
+        if not getattr(model, "reparameterizable", False):
+            raise ValueError(
+                f"{type(self).__name__} needs reparameterisable latents (propose(x, k, reparameterize=True) and the attribute "
+                f"reparameterizable = True); {type(model).__name__} has none (discrete latents?): use --algorithm rws or ws instead"
+            )
+
+    def log_weights(self, model, x: Tensor) -> Tensor:
+        """log w_k = log p_θ(x, z_k) − log q_φ(z_k | x) [K, B] for k reparameterised particles, with ∇θ and ∇φ."""
+        zs, log_q = model.propose(x, self.k, reparameterize=True)
+        return model.log_joint(x, zs) - log_q
+
+    def forward(self, model, x: Tensor) -> EstimatorOutput:
+        self.check_model(model)
+        return self.loss_from_log_weights(self.log_weights(model, x))
+
+    def loss_from_log_weights(self, log_w: Tensor) -> EstimatorOutput:  # pragma: no cover - abstract
+        """The loss and metrics from the log-weights [K, B] of :meth:`log_weights`."""
+        raise NotImplementedError

@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_int
 
 
-class Reinforce(Estimator):
+class Reinforce(ParticleEstimator):
     r"""Plain REINFORCE for the ELBO, no baseline: the reference that the others' variance is measured against.
 
     z_1..z_K ~ q_φ(z | x) detached, learning signal l_k = log p_θ(x, z_k) − log q_φ(z_k | x) (detached):
@@ -33,17 +32,10 @@ class Reinforce(Estimator):
     """
 
     name = "reinforce"
+    k_label = "k (samples)"
 
     def __init__(self, k: int = 1):
-        super().__init__()
-        self.k = check_positive_int("k (samples)", k)
-
-    def settings(self) -> dict:
-        return {"k": self.k}
-
-    def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups."""
-        return TRAINING_WITH_PROPOSAL
+        super().__init__(k)
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)
@@ -53,7 +45,7 @@ class Reinforce(Estimator):
         return EstimatorOutput(loss, {"objective": signal.mean()})
 
 
-class NVIL(Estimator):
+class NVIL(ParticleEstimator):
     r"""NVIL: REINFORCE for the ELBO with centring, an input-dependent baseline and variance normalisation.
 
     l_k = log p_θ(x, z_k) − log q_φ(z_k | x) (detached), z_k ~ q_φ(z | x); residual r_k = l_k − c − b_ψ(x):
@@ -86,10 +78,10 @@ class NVIL(Estimator):
     """
 
     name = "nvil"
+    k_label = "k (samples)"
 
     def __init__(self, k: int = 1, data_dim: int | None = None, baseline_hidden: int = 100, alpha: float = 0.8):
-        super().__init__()
-        self.k = check_positive_int("k (samples)", k)
+        super().__init__(k)
         self.data_dim = None if data_dim is None else check_positive_int("data_dim", data_dim)
         self.baseline_hidden = check_positive_int("baseline_hidden", baseline_hidden)
         if not 0.0 <= alpha < 1.0:
@@ -102,11 +94,7 @@ class NVIL(Estimator):
         self.register_buffer("variance", torch.ones(()))
 
     def settings(self) -> dict:
-        return {"k": self.k, "data_dim": self.data_dim, "baseline_hidden": self.baseline_hidden, "alpha": self.alpha}
-
-    def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups."""
-        return TRAINING_WITH_PROPOSAL
+        return {**super().settings(), "data_dim": self.data_dim, "baseline_hidden": self.baseline_hidden, "alpha": self.alpha}
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
 from wakesleep.estimators.ws import sleep_phase_loss
+from wakesleep.importance import live_normalised_weights, log_mean_exp, mean_live_effective_sample_size
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL, has_member, leaves, tree_map
 
 Q_UPDATES = ("wake", "sleep", "both")
@@ -109,8 +110,7 @@ class RWS(Estimator):
         log_w = log_p.detach() - log_q_delta
         # A datapoint whose K log-weights are all −inf carries no information: weight it 0 rather
         # than let softmax return NaN (0·(−inf) is guarded by the where below).
-        dead = torch.isneginf(log_w).all(0)
-        w = torch.softmax(log_w.masked_fill(dead, 0.0), dim=0).masked_fill(dead, 0.0)  # per datapoint, over K
+        w, dead = live_normalised_weights(log_w)
         live = w != 0  # zero weight: no term, even where log p = −inf; NaN weights stay, for the trainer to see
         loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
         if self.q_update != "sleep":
@@ -123,11 +123,8 @@ class RWS(Estimator):
             loss = loss + sleep_phi
         else:
             loss = loss + 0.5 * (wake_phi + sleep_phi)
-        objective = (torch.logsumexp(log_w, 0) - math.log(self.k)).mean()
-        # Mean ESS over the live datapoints (NaN if none), and the count of dead ones: written
-        # without boolean indexing or a branch on data, so that no step waits on the device.
-        n_dead = dead.sum().to(log_w.dtype)
-        ess = torch.where(dead, 0.0, 1.0 / (w * w).sum(0)).sum() / (dead.numel() - n_dead)
+        objective = log_mean_exp(log_w).mean()
+        ess, n_dead = mean_live_effective_sample_size(w, dead)
         metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_int
+from wakesleep.importance import normalised_weights
 
 
 def beta_schedule(partitions: int, beta_min: float) -> list[float]:
@@ -18,7 +18,7 @@ def beta_schedule(partitions: int, beta_min: float) -> list[float]:
     return [0.0] + [beta_min ** (1 - j / (partitions - 1)) for j in range(partitions)]
 
 
-class TVO(Estimator):
+class TVO(ParticleEstimator):
     r"""TVO: ascend the left Riemann sum of the thermodynamic integral of log p(x), in θ and φ jointly.
 
     For a partition 0 = β_0 < β_1 < … < β_J = 1 and π_β(z) ∝ π̃_β(z) = q_φ(z | x)^{1−β} p_θ(x, z)^β,
@@ -55,8 +55,7 @@ class TVO(Estimator):
     name = "tvo"
 
     def __init__(self, k: int = 10, betas: Sequence[float] | None = None, partitions: int = 5, beta_min: float = 0.1):
-        super().__init__()
-        self.k = check_positive_int("k (particles)", k)
+        super().__init__(k)
         self.partitions = check_positive_int("partitions", partitions)
         if not 0.0 < beta_min < 1.0:
             raise ValueError(f"beta_min must be in (0, 1), got {beta_min!r}")
@@ -67,11 +66,7 @@ class TVO(Estimator):
         self.betas = betas
 
     def settings(self) -> dict:
-        return {"k": self.k, "betas": list(self.betas), "partitions": self.partitions, "beta_min": self.beta_min}
-
-    def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups."""
-        return TRAINING_WITH_PROPOSAL
+        return {**super().settings(), "betas": list(self.betas), "partitions": self.partitions, "beta_min": self.beta_min}
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)
@@ -80,7 +75,7 @@ class TVO(Estimator):
         fd = f.detach()
         beta = torch.tensor(self.betas[:-1], dtype=f.dtype, device=f.device)[:, None, None]  # [J, 1, 1]
         width = torch.tensor([c - b for b, c in zip(self.betas, self.betas[1:])], dtype=f.dtype, device=f.device)
-        omega = torch.softmax(beta * fd, 1)  # [J, K, B]
+        omega = normalised_weights(beta * fd, dim=1)  # [J, K, B]
         f_bar = (omega * fd).sum(1, keepdim=True)  # [J, 1, B]
         log_tilde = (1 - beta) * log_q + beta * log_p  # log π̃_β [J, K, B]
         surrogate = (omega * f).sum(1) + (omega * (fd - f_bar) * log_tilde).sum(1)  # [J, B]

@@ -7,9 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.evaluate import effective_sample_size
-from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator
+from wakesleep.importance import effective_sample_size, log_mean_exp
 
 
 def leave_one_out_signals(log_w: Tensor, bound: Tensor) -> Tensor:
@@ -30,7 +29,7 @@ def leave_one_out_signals(log_w: Tensor, bound: Tensor) -> Tensor:
     return bound - (torch.logaddexp(others, geo) - math.log(k))
 
 
-class VIMCO(Estimator):
+class VIMCO(ParticleEstimator):
     r"""VIMCO: ascend the K-sample bound L_K = E[L̂], L̂ = log (1/K) Σ_k w_k, in θ and φ jointly,
     with leave-one-out control variates for the score-function part of the φ-gradient.
 
@@ -55,22 +54,16 @@ class VIMCO(Estimator):
     """
 
     name = "vimco"
+    k_label = "k (particles; VIMCO's leave-one-out baseline needs k >= 2)"
+    k_minimum = 2
 
     def __init__(self, k: int = 5):
-        super().__init__()
-        self.k = check_positive_int("k (particles; VIMCO's leave-one-out baseline needs k >= 2)", k, minimum=2)
-
-    def settings(self) -> dict:
-        return {"k": self.k}
-
-    def requires(self, model) -> tuple[str, ...]:
-        """``propose``, ``log_joint``, both parameter groups."""
-        return TRAINING_WITH_PROPOSAL
+        super().__init__(k)
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         zs, log_q = model.propose(x, self.k)  # zs detached; log_q carries ∇φ
         log_w = model.log_joint(x, zs) - log_q  # ∇θ through log p, ∇φ through −log q
-        bound = torch.logsumexp(log_w, 0) - math.log(self.k)  # L̂ [B]
+        bound = log_mean_exp(log_w)  # L̂ [B]
         signal = leave_one_out_signals(log_w.detach(), bound.detach())  # [K, B]
         loss = -((signal * log_q).sum(0) + bound).mean()
         ess = effective_sample_size(log_w.detach()).mean()

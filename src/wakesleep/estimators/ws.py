@@ -62,3 +62,22 @@ class WakeSleep(Estimator):
         wake = -model.log_joint(x, zs).mean()
         sleep = sleep_phase_loss(model, self.sleep_batch or x.shape[0])
         return EstimatorOutput(wake + sleep, {"wake_log_joint": -wake.detach(), "sleep_log_q": -sleep.detach()})
+
+
+class SleepPhase(Estimator):
+    """Fits q_φ alone by the sleep phase: ascend ∇φ log q_φ(z̃ | x̃), (z̃, x̃) ~ p_θ (Hinton et al. 1995).
+
+    θ receives no gradient.  Used after an estimator that learns θ only (ALWS: ALGORITHMS.md §4)
+    so that the importance-sampled test log-likelihood has a proposal; the proposal changes the
+    variance of that estimate, not its expectation.  The loss is :func:`sleep_phase_loss` with
+    as many sleep samples as the data batch has datapoints.
+
+    Metrics: ``sleep_log_q`` (mean log q_φ(z̃ | x̃), nats).
+    """
+
+    name = "sleep-proposal"
+
+    def forward(self, model, x: Tensor) -> EstimatorOutput:
+        loss = sleep_phase_loss(model, x.shape[0])
+        return EstimatorOutput(loss, {"sleep_log_q": -loss.detach()})
+

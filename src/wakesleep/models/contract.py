@@ -357,13 +357,15 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
-    """Exact log p_θ(x) per datapoint [B], nats, with gradient w.r.t. θ: the model's own
-    ``exact_log_marginal`` where it has one, else log Σ_s p_θ(x, z_s) over the states of
-    ``enumerate_latents()`` (each leaf [S, …] expanded against the batch, so the model sees
-    z [S, B, …] as it sees S particles).
+    """Exact log p_θ(x) per datapoint, [B], nats, with gradient with respect to θ: the model's own
+    ``exact_log_marginal(x)`` where it has one (a Helmholtz machine's closed form for factor
+    analysis, or its sum over binary and categorical latent states), else log Σ_s p_θ(x, z_s) over
+    the states of ``enumerate_latents()`` (each leaf [S, …] expanded against the batch, so the
+    model sees z [S, B, …] as it sees S particles).  Also :func:`wakesleep.evaluate.exact_log_marginal`.
 
     Raises:
-        ModelContractError: a model with neither member.
+        ModelContractError: (a ``TypeError``) a model with neither member.
+        ValueError: its latents cannot be enumerated (no finite support, too many states).
     """
     own = getattr(model, "exact_log_marginal", None)
     if callable(own):

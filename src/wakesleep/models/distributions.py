@@ -92,15 +92,8 @@ class DistributionsModel(nn.Module):
     width 1 is handed to a likelihood with scalar events as [B].
     """
 
-    def __init__(
-        self,
-        prior: Callable[[], Distribution],
-        likelihood: Callable[[Tensor], Distribution],
-        proposal: Callable[[Tensor], Distribution] | None = None,
-        generative: nn.Module | Iterable[nn.Parameter] | None = None,
-        recognition: nn.Module | Iterable[nn.Parameter] | None = None,
-        validate_args: bool | None = False,
-    ):
+    def __init__(self, prior, likelihood, proposal=None, generative=None, recognition=None, validate_args=False):
+        # The arguments, their types and their errors are those of from_distributions, written there once.
         super().__init__()
         self.validate_args = validate_args
         for name, fn in (("prior", prior), ("likelihood", likelihood)):

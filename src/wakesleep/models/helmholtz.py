@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wakesleep.models.contract import enumerated_log_marginal
 from wakesleep.layers import (
     BernoulliLayer,
     BernoulliPrior,
@@ -31,6 +30,7 @@ from wakesleep.layers import (
     Prior,
     StochasticLayer,
 )
+from wakesleep.models.contract import enumerated_log_marginal
 
 MAX_ENUMERATED_LATENTS = 24
 
@@ -335,6 +335,11 @@ class HelmholtzMachine(nn.Module):
             return self.log_joint(x, zs) - log_q
 
     # ---------------------------------------------------------------- exact
+    def _latent_layers(self) -> list[StochasticLayer]:
+        """The layers that give z_1, …, z_L their distributions, bottom first: p(z_l | z_{l+1}) for
+        l < L, then the prior p(z_L)."""
+        return list(self.generative[1:]) + [self.prior]
+
     def _latent_support_sizes(self) -> list[int]:
         """How many states each latent layer has, bottom first: 2^d for d Bernoulli units, C for a
         categorical layer.
@@ -342,10 +347,9 @@ class HelmholtzMachine(nn.Module):
         Raises:
             ValueError: naming the first layer whose support is not finite (Gaussian, Poisson, angle).
         """
-        layers = list(self.generative[1:]) + [self.prior]  # the distribution of z_1, …, z_L
         out = []
-        for i, layer in enumerate(layers):
-            if isinstance(layer, (CategoricalLayer, CategoricalPrior)):
+        for i, layer in enumerate(self._latent_layers()):
+            if _one_hot(layer):
                 out.append(layer.out_features)
             elif isinstance(layer, (BernoulliLayer, BernoulliPrior)):
                 out.append(2**layer.out_features)
@@ -376,9 +380,8 @@ class HelmholtzMachine(nn.Module):
         if total > 2**MAX_ENUMERATED_LATENTS:
             raise ValueError(f"the latents have {total} joint states; enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
         p = next(self.parameters())
-        layers = list(self.generative[1:]) + [self.prior]
-        supports = [torch.eye(layer.out_features, dtype=p.dtype, device=p.device) if isinstance(layer, (CategoricalLayer, CategoricalPrior))
-                    else binary_states(layer.out_features, p.dtype, p.device) for layer in layers]
+        supports = [torch.eye(layer.out_features, dtype=p.dtype, device=p.device) if _one_hot(layer)
+                    else binary_states(layer.out_features, p.dtype, p.device) for layer in self._latent_layers()]
         grids = torch.meshgrid(*[torch.arange(s.shape[0], device=s.device) for s in supports], indexing="ij")
         return [s[g.reshape(-1)] for s, g in zip(supports, grids)]
 
@@ -397,9 +400,9 @@ class HelmholtzMachine(nn.Module):
         p = next(self.parameters())
         b = x.shape[0]
         zs = []
-        for layer in list(self.generative[1:]) + [self.prior]:
+        for layer in self._latent_layers():
             d = layer.out_features
-            if isinstance(layer, (CategoricalLayer, CategoricalPrior)):
+            if _one_hot(layer):
                 c = torch.randint(d, (k, b), device=p.device)
                 zs.append(torch.nn.functional.one_hot(c, d).to(p.dtype))
             else:
@@ -420,11 +423,17 @@ class HelmholtzMachine(nn.Module):
         """
         if self.config.get("kind") == "factor_analysis":
             layer = self.generative[0]
-            lin = layer.net
-            w = lin.weight * torch.exp(self.prior.log_scale)  # W diag(s)
+            weight, bias = layer.output_affine()
+            w = weight * torch.exp(self.prior.log_scale)  # W diag(s)
             cov = w @ w.T + torch.diag(torch.exp(2 * layer.log_scale))
-            return torch.distributions.MultivariateNormal(lin(self.prior.loc), covariance_matrix=cov).log_prob(x)
+            mean = torch.nn.functional.linear(self.prior.loc, weight, bias)
+            return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x)
         return enumerated_log_marginal(self, x)
+
+
+def _one_hot(layer: StochasticLayer) -> bool:
+    """True for a one-hot categorical latent layer (its states are the C unit vectors)."""
+    return isinstance(layer, (CategoricalLayer, CategoricalPrior))
 
 
 def binary_states(n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
