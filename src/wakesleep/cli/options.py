@@ -19,44 +19,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
-def _positive_int(text: str) -> int:
+def _typed(text: str, cast, ok, unreadable: str, out_of_range: str):
+    """``cast(text)`` when it reads and ``ok`` holds of it, else an argparse error: ``unreadable`` or
+    ``out_of_range``, formatted with ``text`` and the value ``v``."""
     try:
-        v = int(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+        raise argparse.ArgumentTypeError(unreadable.format(text=text)) from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(out_of_range.format(text=text, v=v))
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _typed(text, int, lambda v: v >= 1, "expected an integer >= 1, got {text!r}", "expected an integer >= 1, got {v}")
 
 
 def _unit_interval(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+    return _typed(text, float, lambda v: 0.0 <= v < 1.0, "expected a number in [0, 1), got {text!r}", "expected a number in [0, 1), got {text!r}")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return v
+    return _typed(text, float, lambda v: v > 0 and v != float("inf"),
+                  "expected a positive number, got {text!r}", "expected a positive finite number, got {text!r}")
 
 
 def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}") from None
-    if not 0 <= v <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1 = {MAX_SEED}, got {v}")
-    return v
+    return _typed(text, int, lambda v: 0 <= v <= MAX_SEED,
+                  f"expected an integer from 0 to {MAX_SEED}, got {{text!r}}", f"expected an integer from 0 to 2**32 - 1 = {MAX_SEED}, got {{v}}")
 
 
 def resolve_device(name: str) -> torch.device:
