@@ -57,3 +57,8 @@ def test_a_model_table_and_its_record_build_one_model():
     model = build_model(table, 10)
     assert model.config["sizes"] == [10, 3] and model.config["hidden"] == [8]
     assert set(config.MODEL_KINDS) == {"sbn", "gaussian"}
+
+
+def test_tensorboard_is_an_option_of_train_given_only_when_asked():
+    assert build_parser().parse_args(["train", "--tensorboard"]).tensorboard is True
+    assert build_parser().parse_args(["train"]).tensorboard is False
