@@ -209,7 +209,7 @@ def test_sample_keeps_the_grid_training_drew(copy):
 
 
 def test_a_long_evaluation_says_how_long_it_will_take(trained, monkeypatch):
-    import wakesleep.cli as cli
+    import wakesleep.cli.results as cli  # evaluate's module (the command line is split by job)
 
     real = cli.report_log_likelihood
 

@@ -76,7 +76,7 @@ def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
     out = tmp_path / "out"
     run_compare(parse_config(tiny()), out, progress=False)
     run = out / "WS" / "seed0"
-    assert not (run / "config.json").exists()  # a compare run, not a `wakesleep train` one
+    assert (run / "config.json").is_file()  # one run-directory format: compare records its runs as `wakesleep train` does
     assert main(["evaluate", str(run), "--k", "10", "--no-progress"]) == 0
     said = capsys.readouterr().out
     assert "test log-likelihood:" in said and "K=10, n=250" in said
@@ -87,6 +87,10 @@ def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
     from wakesleep.cli import load_run
     from wakesleep.train import CheckpointError
 
+    recorded = json.loads((run / "config.json").read_text())
+    assert load_run(run)[1] == recorded
+    (run / "config.json").unlink()  # a compare run written before compare recorded config.json: still read
+    assert load_run(run)[1]["model"] == recorded["model"]
     (run / "run.json").write_text("{")
     with pytest.raises(CheckpointError, match="run.json is damaged"):
         load_run(run)

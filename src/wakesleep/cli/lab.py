@@ -1,10 +1,10 @@
-"""Command-line subcommands ``wakesleep diagnose`` and ``wakesleep compare`` (registered by :mod:`wakesleep.cli`).
+"""``wakesleep diagnose`` and ``wakesleep compare CONFIG``: the research tools (:mod:`wakesleep.lab`) on the command line.
 
 ``wakesleep diagnose``: bias, variance, cosine and time per estimate of every estimator's
-gradient on the exact references (:mod:`wakesleep.diagnostics`), or on a user's own model with an
+gradient on the exact references (:mod:`wakesleep.lab.diagnostics`), or on a user's own model with an
 exact log p(x) (``--model FILE.py:FACTORY``).
 ``wakesleep compare CONFIG.toml``: train several estimators like for like and report test
-log-likelihood with time (:mod:`wakesleep.compare`).
+log-likelihood with time (:mod:`wakesleep.lab.compare`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import compare, diagnostics, references
+from wakesleep import references
+from wakesleep.cli.options import _positive_float as positive_float, _positive_int as positive_int
+from wakesleep.lab import compare, diagnostics
+from wakesleep.lab.tables import markdown_table
 from wakesleep.models import check_model
 from wakesleep.models.loading import build_user_model
 
 
-def add_subcommands(sub, positive_int, positive_float) -> None:
+def add_parsers(sub) -> None:
     """Add the ``diagnose`` and ``compare`` parsers to ``sub`` (an argparse subparsers object)."""
     d = sub.add_parser(
         "diagnose",
@@ -118,7 +121,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     cfg = compare.load_config(a.config, only=a.only)
     records, summary, out = compare.run_compare(cfg, a.out, progress=not a.no_progress)
     print()
-    print(compare.markdown_table(summary))
+    print(markdown_table(summary))
     print(f"\ntables: {out / 'summary.csv'} {out / 'summary.md'} {out / 'per_seed.csv'}")
     if (out / "curves.png").is_file():
         print(f"plot: {out / 'curves.png'}")

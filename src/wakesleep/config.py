@@ -1,0 +1,245 @@
+"""One grammar and one registry for models and estimators, used by the command line, compare's TOML
+files and diagnose's ``"rws:k=8"`` strings; and the one run-directory record they all write.
+
+Estimators: :data:`ESTIMATORS` (name -> class, :mod:`wakesleep.estimators`) is the registry; an
+estimator's settings are its constructor's keyword arguments (:func:`estimator_parameters`), so a
+new estimator is added by adding its class to that registry.  A setting is written
+``Setting.of("rws", k=8)`` or parsed from ``"rws:k=8,q_update=wake"`` (:meth:`Setting.parse`);
+the command line's options and compare's ``[[estimators]]`` tables give the same ``(algorithm,
+settings)`` pair, and :func:`build_estimator` builds every one of them.
+
+Models: a model table is what compare's ``[model]`` table holds, ``{"kind": "sbn" | "gaussian",
+"layers": [...], <builder settings>}`` or a user's ``{"spec": "FILE.py:FACTORY"}``; the command
+line's ``--model/--layers/--hidden/--q-hidden/--likelihood`` are read into one.  For data of width
+D, :func:`model_record` turns it into the record a run directory keeps (``config.json``'s
+"model": a Helmholtz machine's own ``config``, or the user spec) and :func:`build_model` builds the
+model from that record (:func:`wakesleep.models.loading.model_from_config`): one path, whether the
+model is new or rebuilt from a run.
+
+A run directory (``wakesleep train``'s, or one ``OUT/LABEL/seedS`` of ``wakesleep compare``)
+records itself in ``config.json`` (:func:`run_record`) and is read back by :func:`load_run`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wakesleep.data import load_dataset
+from wakesleep.estimators import ESTIMATORS
+from wakesleep.models import HelmholtzMachine
+from wakesleep.models.loading import ModelSpecError, model_from_config, user_model_config
+from wakesleep.train import BEST, CHECKPOINT, CheckpointError, load_best, load_checkpoint, load_model_state
+
+#: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
+MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
+#: The run directory's record (what ``evaluate``, ``sample`` and ``--resume`` rebuild the run from).
+CONFIG = "config.json"
+#: A compare run's fingerprint (``OUT/LABEL/seedS/run.json``); before compare wrote ``config.json``
+#: too, it was the only record of such a run.
+COMPARE_RUN = "run.json"
+
+
+# ------------------------------------------------------------------ estimators
+
+
+def estimator_parameters(algorithm: str) -> dict[str, inspect.Parameter]:
+    """The settings of estimator ``algorithm``: its constructor's parameters (name -> parameter,
+    with ``default`` and ``annotation``), in the constructor's order.
+
+    Raises:
+        ValueError: an unknown algorithm.
+    """
+    if algorithm not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {algorithm!r}; available: {sorted(ESTIMATORS)}")
+    params = inspect.signature(ESTIMATORS[algorithm]).parameters
+    return {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_estimator(algorithm: str, settings: dict[str, Any]):
+    """The estimator ``ESTIMATORS[algorithm](**settings)``: every estimator of a run, a comparison or
+    a diagnosis is built here.
+
+    Raises:
+        ValueError: an unknown algorithm, or settings the estimator rejects; TypeError: a setting
+            the estimator does not take.
+    """
+    if algorithm not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {algorithm!r}; available: {sorted(ESTIMATORS)}")
+    return ESTIMATORS[algorithm](**settings)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One estimator configuration: a registry name and constructor arguments.
+
+    Attributes:
+        algorithm: a key of ``wakesleep.estimators.ESTIMATORS`` (``ws``, ``rws``, ``vae``, ``iwae``, ``alws``).
+        params: constructor keyword arguments, as sorted ``(name, value)`` pairs.
+    """
+
+    algorithm: str
+    params: tuple = ()
+
+    @classmethod
+    def of(cls, algorithm: str, **params) -> "Setting":
+        """The setting ``algorithm`` with constructor arguments ``params`` (stored sorted by name)."""
+        return cls(algorithm, tuple(sorted(params.items())))
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        """Parse ``"rws:k=8,q_update=wake"`` (values: int, float, bool, else string).
+
+        Raises:
+            ValueError: an unknown algorithm or a malformed ``name=value``.
+        """
+        algorithm, _, rest = text.strip().partition(":")
+        algorithm = algorithm.strip().lower()
+        if algorithm not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {algorithm!r} in {text!r}; available: {sorted(ESTIMATORS)}")
+        params = {}
+        for item in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"estimator setting {item!r} in {text!r} is not name=value (e.g. rws:k=8,q_update=wake)")
+            params[key.strip()] = _parse_value(value.strip())
+        return cls.of(algorithm, **params)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        return self.algorithm + ("(" + ",".join(f"{k}={v}" for k, v in self.params) + ")" if self.params else "")
+
+    def build(self):
+        """The estimator ``ESTIMATORS[algorithm](**params)``.
+
+        Raises:
+            ValueError: an unknown algorithm, or arguments the estimator rejects (the message names them).
+        """
+        try:
+            return build_estimator(self.algorithm, self.kwargs)
+        except TypeError as e:
+            raise ValueError(f"{self.label}: {e}") from None
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ------------------------------------------------------------------ models
+
+
+def model_record(table: dict[str, Any], data_dim: int) -> dict[str, Any]:
+    """The run-directory record of model table ``table`` for data of width ``data_dim``: a user's
+    spec (:func:`~wakesleep.models.loading.user_model_config`) or a Helmholtz machine's ``config``
+    (the data width prepended to ``layers`` as ``sizes``)."""
+    if "spec" in table:
+        return user_model_config(table["spec"], data_dim)
+    settings = {k: v for k, v in table.items() if k not in ("kind", "layers")}
+    return {"kind": table["kind"], "sizes": [data_dim, *table["layers"]], **settings}
+
+
+def build_model(table: dict[str, Any], data_dim: int):
+    """The (untrained; seed torch first) model of model table ``table`` for data of width
+    ``data_dim``: a Helmholtz machine, or the user's factory (``{"spec": "FILE.py:FACTORY"}``).
+
+    Raises:
+        wakesleep.models.loading.ModelSpecError: a user's factory that does not load.
+    """
+    return model_from_config(model_record(table, data_dim))
+
+
+# ------------------------------------------------------------------ the run record
+
+
+def dataset_record(dataset: str) -> str:
+    """A data file by its absolute path, so that the run opens from any directory; a name as it is."""
+    return str(Path(dataset).resolve()) if Path(str(dataset)).is_file() else str(dataset)
+
+
+def run_record(model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int) -> dict:
+    """A run directory's ``config.json``: the model's record, the estimator, the data, the trainer's
+    settings (:class:`~wakesleep.train.TrainConfig` keyword arguments) and the test's particles."""
+    return {"model": model, "algorithm": algorithm, "estimator": settings,
+            "data": {"dataset": dataset_record(dataset), "data_dir": data_dir}, "train": train, "test_k": test_k}
+
+
+def run_dataset(config: dict):
+    """The data set a run's record names."""
+    d = config["data"]
+    return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
+
+
+def read_summary(path: Path) -> dict:
+    """A run's ``summary.json``, or {} when it is missing or unreadable."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _compare_run_config(run: Path) -> dict:
+    """The ``config.json`` equivalent of one ``wakesleep compare`` run (``NAME/LABEL/seedS``) written
+    before compare wrote ``config.json``: its data from ``run.json``, its model from the checkpoint's
+    recorded model config."""
+    try:
+        recorded = json.loads((run / COMPARE_RUN).read_text())
+        dataset, data_dir = recorded["data"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run / COMPARE_RUN} is damaged ({e}); rerun the comparison") from None
+    model_config = load_checkpoint(run / CHECKPOINT).get("model_config")
+    if not model_config and isinstance(recorded.get("model"), dict) and "spec" in recorded["model"]:
+        model_config = user_model_config(recorded["model"]["spec"], load_dataset(dataset, data_dir=data_dir).dim)
+    if not model_config:
+        raise CheckpointError(f"{run / CHECKPOINT} does not record its model; rerun the comparison")
+    return {"model": model_config, "data": {"dataset": dataset, "data_dir": data_dir}}
+
+
+def load_run(run: Path):
+    """Rebuild (model, config) of a run directory, with the best parameters loaded.
+
+    A run directory is what ``wakesleep train`` writes (``config.json``), or one run of
+    ``wakesleep compare`` (``OUT/LABEL/seedS`` with ``run.json``).
+
+    Raises:
+        CheckpointError: a missing or damaged config or checkpoint.
+    """
+    run = Path(run)
+    cfg_path = run / CONFIG
+    if not cfg_path.is_file() and (run / COMPARE_RUN).is_file():
+        config, cfg_path = _compare_run_config(run), run / COMPARE_RUN
+    elif not cfg_path.is_file():
+        raise CheckpointError(f"{run} is not a run directory (no {CONFIG}); train one with `wakesleep train --run-dir {run}`")
+    else:
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
+    try:
+        model = model_from_config(config["model"])
+    except ModelSpecError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} does not describe a model: {e}") from None
+    best = run / BEST
+    state = load_best(best) if best.is_file() else load_checkpoint(run / CHECKPOINT)["model"]  # as data: no code runs
+    try:
+        load_model_state(model, state, run)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; the parameters do not fit the model in {cfg_path}") from None
+    return model, config
