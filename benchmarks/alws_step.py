@@ -44,7 +44,7 @@ import torch
 from wakesleep.data import digits
 from wakesleep.estimators import ALWS
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import atomic_write_text
+from wakesleep.io import atomic_write_text
 
 
 def flat_grad(params) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The SBN 784-200 (one layer of 200 binary latents, factorial Bernoulli proposal), batch 100 of
 binary data, K = 5 particles: each estimator's step is what the trainer does per minibatch
-(:func:`wakesleep.train.train_step`: the surrogate loss, ``backward()``, the finiteness check and
+(:func:`wakesleep.training.train_step`: the surrogate loss, ``backward()``, the finiteness check and
 Adam).  The estimators are interleaved in rounds so that a slow patch of the machine hits all of
 them; each figure is the median over ``--rounds`` of the CPU time of ``--steps`` steps on one
 intra-op thread, and each ratio is the median over rounds of the ratio within a round to RWS's
@@ -25,7 +25,7 @@ import time
 import torch
 
 import wakesleep as ws
-from wakesleep.train import TrainConfig, build_optimizer, train_step
+from wakesleep.training import TrainConfig, build_optimizer, train_step
 
 B, K, D, H = 100, 5, 784, 200
 

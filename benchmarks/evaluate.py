@@ -48,7 +48,7 @@ def child(a: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from wakesleep.cli import load_run
+    from wakesleep.runs import load_run
     from wakesleep.evaluate import chunk_sizes, log_likelihood
     from wakesleep.models.contract import particle_width
     from wakesleep.models import HelmholtzMachine
@@ -62,7 +62,7 @@ def child(a: argparse.Namespace) -> None:
         model = HelmholtzMachine.sbn([784, 200]) if a.model == "sbn" else HelmholtzMachine.gaussian([784, 50])
     model.eval()
     if a.compile:
-        from wakesleep.layers import use_compiled_kernels
+        from wakesleep.fused import use_compiled_kernels
 
         if not use_compiled_kernels(True):
             raise SystemExit("--compile: torch.compile is unavailable here")

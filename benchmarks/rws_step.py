@@ -40,8 +40,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import wakesleep as ws
-from wakesleep import layers
-from wakesleep.train import TrainConfig, build_optimizer, compile_estimator, train_step
+from wakesleep import fused
+from wakesleep.training import TrainConfig, build_optimizer, compile_estimator, train_step
 
 B, K = 100, 5
 MODELS = {
@@ -121,25 +121,25 @@ def pyro_step(model: ws.HelmholtzMachine, algorithm: str, x: torch.Tensor):
 
 
 def our_step(model, estimator, x, compiled: bool = False):
-    """The trainer's step (:func:`wakesleep.train.train_step`): loss, backward, finiteness check, Adam.
+    """The trainer's step (:func:`wakesleep.training.train_step`): loss, backward, finiteness check, Adam.
 
     With ``compiled`` it is the step of ``TrainConfig(compile=True)``: the estimator through
-    :func:`wakesleep.train.compile_estimator` and the compiled Bernoulli kernels switched on (and
+    :func:`wakesleep.training.compile_estimator` and the compiled Bernoulli kernels switched on (and
     off again after each step, so that the eager side, interleaved with it, stays eager).
     """
     opt = build_optimizer(model, estimator, TrainConfig())
     if not compiled:
         return lambda: train_step(model, estimator, opt, x)
-    if not layers.use_compiled_kernels(True):
+    if not fused.use_compiled_kernels(True):
         raise SystemExit("--compile: torch.compile is unavailable here (see the warning above)")
     forward = compile_estimator(estimator)
 
     def step():
-        layers.use_compiled_kernels(True)
+        fused.use_compiled_kernels(True)
         try:
             train_step(model, estimator, opt, x, forward)
         finally:
-            layers.use_compiled_kernels(False)
+            fused.use_compiled_kernels(False)
 
     return step
 

@@ -16,7 +16,7 @@ time passes ``--cpu-minutes`` (checked at the end of each epoch, so a run may ov
 epoch; the time actually used is reported), one thread, no validation during training.  Then the
 test log-likelihood is estimated with K = 5000 importance samples from each model's own proposal
 on a fixed random ``--test-n`` of the 10,000 test images (for time; the same subset as
-``wakesleep compare``'s ``test_n``, ``wakesleep.compare.subset``: the test file is ordered by class,
+``wakesleep compare``'s ``test_n``, ``wakesleep.lab.compare.subset``: the test file is ordered by class,
 so its first images are a biased sample), in nats, with its standard error over those images.
 
     python experiments/alws_binarized_mnist.py                       # 3 × 6 CPU-minutes + evaluation
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from wakesleep.compare import subset
+from wakesleep.lab.compare import subset
 from wakesleep.data import binarized_mnist
 from wakesleep.estimators import ALWS, RWS, VAE
 from wakesleep.evaluate import log_likelihood
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     test = subset(data.test, a.test_n)
     results, grids = {}, {}
     summary_path = Path(a.summary)
-    evaluation = {"test_n": a.test_n, "test_k": a.test_k, "seed": a.seed, "test_subset": "random (wakesleep.compare.subset)"}
+    evaluation = {"test_n": a.test_n, "test_k": a.test_k, "seed": a.seed, "test_subset": "random (wakesleep.lab.compare.subset)"}
     if summary_path.is_file():  # keep earlier models' results when re-running some of them on the same test images
         earlier = json.loads(summary_path.read_text())
         if {k: earlier.get("settings", {}).get(k) for k in evaluation} == evaluation:

@@ -7,12 +7,12 @@ import math
 import torch
 
 from wakesleep.models import HelmholtzMachine
-from wakesleep.references import flat_grad as grads  # noqa: F401 - re-exported for the tests
-from wakesleep.references import sbn_reference
+from wakesleep.models.exact import flat_grad as grads  # noqa: F401 - re-exported for the tests
+from wakesleep.models.exact import sbn_reference
 
 
 def small_sbn(data_dim: int = 16, latents: int = 8, seed: int = 0, scale: float = 1.5, q_scale: float = 0.3) -> HelmholtzMachine:
-    """The float64 one-layer SBN of :func:`wakesleep.references.sbn_reference` (peaked posterior, broad proposal)."""
+    """The float64 one-layer SBN of :func:`wakesleep.models.exact.sbn_reference` (peaked posterior, broad proposal)."""
     return sbn_reference(data_dim, latents, seed=seed, scale=scale, q_scale=q_scale)[0]
 
 

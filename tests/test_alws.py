@@ -24,7 +24,7 @@ from wakesleep.layers import (
 )
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.contract import EXPONENTIAL_FAMILY, GENERATIVE, ExponentialFamilyModel, LatentVariableModel, ModelContractError, check_model
-from wakesleep.train import TrainConfig, train
+from wakesleep.training import TrainConfig, train
 
 F64 = torch.float64
 TARGETS = ("generic", "exp_family")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wakesleep.compare import ConfigError, load_config, parse_config, run_compare
+from wakesleep.lab.compare import ConfigError, load_config, parse_config, run_compare
 from wakesleep.estimators import ALWS, ESTIMATORS
 from wakesleep.kernels import MLPFeatures
 
@@ -84,8 +84,8 @@ def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
     assert evaluations[-1]["k"] == 10 and evaluations[-1]["n"] == 250
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
-    from wakesleep.cli import load_run
-    from wakesleep.train import CheckpointError
+    from wakesleep.runs import load_run
+    from wakesleep.runs import CheckpointError
 
     recorded = json.loads((run / "config.json").read_text())
     assert load_run(run)[1] == recorded

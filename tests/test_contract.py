@@ -383,7 +383,7 @@ def test_vae_keeps_the_particles_asked_for():
 
 def test_compare_and_diagnose_take_a_users_model(tmp_path, monkeypatch):
     """compare's [model] spec and diagnose --model run the example mixture like a built-in model."""
-    from wakesleep import compare
+    from wakesleep.lab import compare
     from wakesleep.cli import main
 
     sys.path.insert(0, str(ROOT / "examples"))

@@ -16,7 +16,8 @@ from wakesleep.estimators import IWAE, RWS
 from wakesleep.evaluate import WORKING_COPIES, chunk_sizes, log_likelihood
 from wakesleep.models.contract import particle_width
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import CHECKPOINT, load_checkpoint, train
+from wakesleep.runs import CHECKPOINT, load_checkpoint
+from wakesleep.training import train
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -22,11 +22,11 @@ import matplotlib.image
 import pytest
 import torch
 
-from wakesleep import compare as compare_module
-from wakesleep import diagnostics as D
+from wakesleep.lab import compare as compare_module
+from wakesleep.lab import diagnostics as D
 from wakesleep.cli import main
-from wakesleep.compare import ConfigError, load_config, parse_config, run_compare
-from wakesleep.references import build_reference
+from wakesleep.lab.compare import ConfigError, load_config, parse_config, run_compare
+from wakesleep.models.exact import build_reference
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

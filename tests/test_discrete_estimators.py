@@ -1,5 +1,5 @@
 """The score-function and multi-sample estimators of ALGORITHMS.md §8 against exact gradients of
-their own objectives, by enumeration, on a small SBN (:func:`wakesleep.references.sbn_reference`)
+their own objectives, by enumeration, on a small SBN (:func:`wakesleep.models.exact.sbn_reference`)
 and the Gaussian mixture of ``examples/gmm.py``:
 
 - VIMCO (Mnih & Rezende 2016): unbiased for ∇ L_K, L_K = E[log (1/K) Σ_k w_k], whose exact value is
@@ -28,7 +28,7 @@ import wakesleep as ws
 from exactness import bias_norm_band, grads
 from wakesleep.estimators import ESTIMATORS, NVIL, RWS, TVO, VIMCO, Reinforce
 from wakesleep.evaluate import exact_log_marginal
-from wakesleep.references import enumerated_log_joint, exact_theta_grad, exact_wake_phi_target, sbn_reference
+from wakesleep.models.exact import enumerated_log_joint, exact_theta_grad, exact_wake_phi_target, sbn_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import gmm  # noqa: E402

@@ -26,11 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from wakesleep import distributed
+from wakesleep.training import distributed
 from wakesleep.estimators import ALWS, RWS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import read_jsonl
-from wakesleep.train import CHECKPOINT, FAULT_ENV, METRICS, TrainConfig, build_optimizer, load_checkpoint, train_step
+from wakesleep.runs import CHECKPOINT, METRICS, load_checkpoint
+from wakesleep.faults import FAULT_ENV
+from wakesleep.training import TrainConfig, build_optimizer, train_step
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -149,7 +151,7 @@ def _torchrun(run_dir: Path, *extra: str, fault: str | None = None) -> subproces
 
 
 def _train_worker(rank: int, store: str, run_dir: str, resume: bool, fault: str | None) -> None:
-    from wakesleep.train import train
+    from wakesleep.training import train
 
     torch.set_num_threads(1)
     if fault:
@@ -213,7 +215,7 @@ def test_shards_are_equal_and_cover_the_data():
 
 
 def test_batch_must_split_evenly_over_processes(monkeypatch):
-    from wakesleep.train import train
+    from wakesleep.training import train
 
     monkeypatch.setattr(distributed, "world", lambda: (0, 2))  # rank 0 of 2, without a process group
     with pytest.raises(ValueError, match="divisible"):

@@ -4,7 +4,7 @@
   (:func:`wakesleep.exact_log_likelihood`), compared per datapoint (paired differences) with the
   delta method's bias −χ²/(2K) taken off, within 3 standard errors of the differences;
 - RWS θ- and wake-φ gradients (Bornschein & Bengio 2015) against the exact ones of
-  :mod:`wakesleep.references` (its generic branch: forward algorithm and enumeration), with
+  :mod:`wakesleep.models.exact` (its generic branch: forward algorithm and enumeration), with
   per-coordinate z-scores bounded by a Bonferroni t-quantile (family-wise false alarm 0.1%) and
   a bias that shrinks with K by more than its noise;
 - the HMM's forward algorithm against enumeration, the circle's quadrature against a doubled grid
@@ -28,7 +28,7 @@ from scipy.stats import t as student_t
 import wakesleep as ws
 from exactness import bias_norm_band, grads
 from wakesleep.estimators import RWS, train_proposal
-from wakesleep.references import NoExactReference, chi_square, exact_log_marginal, exact_theta_grad, exact_wake_phi_target
+from wakesleep.models.exact import NoExactReference, chi_square, reference_log_marginal as exact_log_marginal, exact_theta_grad, exact_wake_phi_target
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from wakesleep.plots import read_jsonl
-from wakesleep.train import CHECKPOINT, FAULT_ENV, LOCK_OWNER, METRICS, load_checkpoint
+from wakesleep.runs import CHECKPOINT, LOCK_OWNER, METRICS, load_checkpoint
+from wakesleep.faults import FAULT_ENV
 
 ARGS = [
     "train", "--algorithm", "rws", "--k", "3", "--dataset", "digits", "--layers", "10", "--epochs", "3",

@@ -131,7 +131,7 @@ def test_a_failing_compiler_warns_and_leaves_the_eager_kernels(monkeypatch):
 
 
 def test_train_config_compile_must_be_a_bool():
-    from wakesleep.train import TrainConfig
+    from wakesleep.training import TrainConfig
 
     assert TrainConfig(compile=True).compile is True
     with pytest.raises(ValueError, match="compile must be True or False"):
@@ -148,7 +148,7 @@ def test_compiled_step_draws_the_same_particles_and_computes_the_same_loss_and_g
     by whole nats.
     """
     import wakesleep as ws
-    from wakesleep.train import compile_estimator
+    from wakesleep.training import compile_estimator
 
     torch.manual_seed(0)
     model = ws.HelmholtzMachine.sbn([784, 64]) if kind == "sbn" else ws.HelmholtzMachine.gaussian([784, 8], hidden=(32,))

@@ -10,8 +10,10 @@ import torch
 
 from exactness import grads, small_sbn
 from wakesleep.estimators import IWAE, RWS
-from wakesleep.evaluate import effective_sample_size, importance_log_marginal
-from wakesleep.train import CHECKPOINT, TrainingError, load_checkpoint, train
+from wakesleep.importance import effective_sample_size
+from wakesleep.evaluate import importance_log_marginal
+from wakesleep.runs import CHECKPOINT, load_checkpoint
+from wakesleep.training import TrainingError, train
 
 
 class Shifted(torch.nn.Module):

@@ -22,7 +22,7 @@ from wakesleep.cli import main
 from wakesleep.data import DataError, load_npz
 from wakesleep.estimators import ESTIMATORS, IWAE, RWS, VAE, WakeSleep
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import TrainConfig, train
+from wakesleep.training import TrainConfig, train
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -17,18 +17,7 @@ from exactness import z_scores
 from wakesleep.estimators import sleep_phase_loss
 from wakesleep.evaluate import importance_log_marginal
 from wakesleep.models import HelmholtzMachine
-from wakesleep.references import (
-    NoExactReference,
-    build_reference,
-    exact_log_marginal,
-    exact_sleep_phi_target,
-    exact_theta_grad,
-    exact_wake_phi_target,
-    fa_posterior,
-    flat_grad,
-    latent_grid,
-    quadrature_rule,
-)
+from wakesleep.models.exact import NoExactReference, build_reference, reference_log_marginal as exact_log_marginal, exact_sleep_phi_target, exact_theta_grad, exact_wake_phi_target, fa_posterior, flat_grad, latent_grid, quadrature_rule
 
 Z_MAX = 4.5
 
@@ -113,7 +102,7 @@ def test_models_without_an_exact_form_are_refused():
 
 def test_factor_analysis_with_a_learned_prior_has_no_closed_form_posterior():
     """The posterior, φ-targets and χ² assume the fixed prior N(0, I); log p(x) does not."""
-    from wakesleep.references import chi_square
+    from wakesleep.models.exact import chi_square
 
     torch.manual_seed(0)
     model = HelmholtzMachine.factor_analysis(4, 2, learn_prior=True).double()
@@ -128,7 +117,7 @@ def test_factor_analysis_with_a_learned_prior_has_no_closed_form_posterior():
 @pytest.mark.parametrize("name", ["factor-analysis", "sbn", "gaussian-quadrature"])
 def test_chi_square_is_the_second_moment_of_the_weights(name):
     """1 + χ²(p(z|x) ‖ q) = E_q[(w / p(x))²], estimated with 50000 proposal draws per datapoint and the exact p(x)."""
-    from wakesleep.references import chi_square
+    from wakesleep.models.exact import chi_square
 
     model, x = build_reference(name, batch=4)
     torch.manual_seed(5)

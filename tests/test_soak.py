@@ -20,7 +20,9 @@ from wakesleep.data import digits
 from wakesleep.estimators import RWS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import read_jsonl
-from wakesleep.train import CHECKPOINT, FAULT_ENV, LOCK_OWNER, METRICS, load_checkpoint, train
+from wakesleep.runs import CHECKPOINT, LOCK_OWNER, METRICS, load_checkpoint
+from wakesleep.faults import FAULT_ENV
+from wakesleep.training import train
 
 
 def rss_mib() -> float:

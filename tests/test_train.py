@@ -11,7 +11,8 @@ from wakesleep.data import digits
 from wakesleep.estimators import IWAE, RWS, WakeSleep
 from wakesleep.evaluate import exact_log_likelihood
 from wakesleep.models import HelmholtzMachine
-from wakesleep.train import BEST, CHECKPOINT, METRICS, CheckpointError, TrainConfig, TrainingError, train
+from wakesleep.runs import BEST, CHECKPOINT, METRICS, CheckpointError
+from wakesleep.training import TrainConfig, TrainingError, train
 
 
 @pytest.fixture(scope="module")

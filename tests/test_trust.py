@@ -19,7 +19,10 @@ import pytest
 import torch
 
 from wakesleep.cli import main
-from wakesleep.train import CHECKPOINT, FAULT_ENV, LOCK_OWNER, TrainConfig, ends_at, load_checkpoint
+from wakesleep.runs import CHECKPOINT, LOCK_OWNER, load_checkpoint
+from wakesleep.faults import FAULT_ENV
+from wakesleep.training import TrainConfig
+from wakesleep.training.checkpoint import ends_at
 
 TINY = ["--dataset", "digits", "--layers", "5", "--epochs", "1", "--valid-k", "2", "--test-k", "5", "--no-progress"]
 
@@ -241,7 +244,7 @@ def test_a_second_writer_is_refused_with_the_first_ones_process_id(tmp_path):
 def test_a_killed_holders_stale_record_is_not_named(tmp_path):
     """A holder killed with SIGKILL leaves .lock-owner.json behind (its lock goes with it); the
     refusal names only a live process's record."""
-    from wakesleep.train import _owner
+    from wakesleep.runs import _owner
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     record = {"host": __import__("socket").gethostname(), "command": "train", "since": "then"}

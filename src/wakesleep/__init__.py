@@ -8,7 +8,6 @@ amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as ba
 >>> est = ws.RWS(k=5)
 """
 
-import wakesleep.train  # noqa: F401  MOVED(shim): imported before `train` is bound below, so that a later import of it cannot rebind the name
 from wakesleep import data, estimators, evaluate, models
 from wakesleep.estimators import ALWS, IWAE, RWS, VAE, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood

@@ -17,7 +17,8 @@ model from that record (:func:`wakesleep.models.loading.model_from_config`): one
 model is new or rebuilt from a run.
 
 A run directory (``wakesleep train``'s, or one ``OUT/LABEL/seedS`` of ``wakesleep compare``)
-records itself in ``config.json`` (:func:`run_record`) and is read back by :func:`load_run`.
+records itself in ``config.json`` (:func:`run_record`) and is read back by
+:func:`wakesleep.runs.load_run`.
 """
 
 from __future__ import annotations
@@ -31,16 +32,10 @@ from typing import Any
 from wakesleep.data import load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.loading import ModelSpecError, model_from_config, user_model_config
-from wakesleep.train import BEST, CHECKPOINT, CheckpointError, load_best, load_checkpoint, load_model_state
+from wakesleep.models.loading import model_from_config, user_model_config
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
-#: The run directory's record (what ``evaluate``, ``sample`` and ``--resume`` rebuild the run from).
-CONFIG = "config.json"
-#: A compare run's fingerprint (``OUT/LABEL/seedS/run.json``); before compare wrote ``config.json``
-#: too, it was the only record of such a run.
-COMPARE_RUN = "run.json"
 
 
 # ------------------------------------------------------------------ estimators
@@ -173,7 +168,7 @@ def dataset_record(dataset: str) -> str:
 
 def run_record(model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int) -> dict:
     """A run directory's ``config.json``: the model's record, the estimator, the data, the trainer's
-    settings (:class:`~wakesleep.train.TrainConfig` keyword arguments) and the test's particles."""
+    settings (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
     return {"model": model, "algorithm": algorithm, "estimator": settings,
             "data": {"dataset": dataset_record(dataset), "data_dir": data_dir}, "train": train, "test_k": test_k}
 
@@ -193,53 +188,3 @@ def read_summary(path: Path) -> dict:
     return summary if isinstance(summary, dict) else {}
 
 
-def _compare_run_config(run: Path) -> dict:
-    """The ``config.json`` equivalent of one ``wakesleep compare`` run (``NAME/LABEL/seedS``) written
-    before compare wrote ``config.json``: its data from ``run.json``, its model from the checkpoint's
-    recorded model config."""
-    try:
-        recorded = json.loads((run / COMPARE_RUN).read_text())
-        dataset, data_dir = recorded["data"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{run / COMPARE_RUN} is damaged ({e}); rerun the comparison") from None
-    model_config = load_checkpoint(run / CHECKPOINT).get("model_config")
-    if not model_config and isinstance(recorded.get("model"), dict) and "spec" in recorded["model"]:
-        model_config = user_model_config(recorded["model"]["spec"], load_dataset(dataset, data_dir=data_dir).dim)
-    if not model_config:
-        raise CheckpointError(f"{run / CHECKPOINT} does not record its model; rerun the comparison")
-    return {"model": model_config, "data": {"dataset": dataset, "data_dir": data_dir}}
-
-
-def load_run(run: Path):
-    """Rebuild (model, config) of a run directory, with the best parameters loaded.
-
-    A run directory is what ``wakesleep train`` writes (``config.json``), or one run of
-    ``wakesleep compare`` (``OUT/LABEL/seedS`` with ``run.json``).
-
-    Raises:
-        CheckpointError: a missing or damaged config or checkpoint.
-    """
-    run = Path(run)
-    cfg_path = run / CONFIG
-    if not cfg_path.is_file() and (run / COMPARE_RUN).is_file():
-        config, cfg_path = _compare_run_config(run), run / COMPARE_RUN
-    elif not cfg_path.is_file():
-        raise CheckpointError(f"{run} is not a run directory (no {CONFIG}); train one with `wakesleep train --run-dir {run}`")
-    else:
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is corrupt: {e}") from None
-    try:
-        model = model_from_config(config["model"])
-    except ModelSpecError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path} does not describe a model: {e}") from None
-    best = run / BEST
-    state = load_best(best) if best.is_file() else load_checkpoint(run / CHECKPOINT)["model"]  # as data: no code runs
-    try:
-        load_model_state(model, state, run)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; the parameters do not fit the model in {cfg_path}") from None
-    return model, config

@@ -202,24 +202,19 @@ def validate(
             "uint8)"
         )
     if np.issubdtype(a.dtype, np.inexact):
-        bad = ~np.isfinite(a)
-        n_bad = int(np.count_nonzero(bad))
-        if n_bad:
-            row, col = np.argwhere(bad)[0]
-            raise DataError(
-                f"{where}: {n_bad} NaN or inf value(s); the first at row {row}, column {col} "
-                f"(value {a[row, col]}); remove or impute those datapoints before training"
-            )
+        _refuse_values(a, ~np.isfinite(a), where, "NaN or inf value(s); the first at",
+                       "remove or impute those datapoints before training")
     if binary:
-        nonbinary = (a != 0) & (a != 1)
-        n_bad = int(np.count_nonzero(nonbinary))
-        if n_bad:
-            row, col = np.argwhere(nonbinary)[0]
-            raise DataError(
-                f"{where}: {n_bad} value(s) not in {{0, 1}}, the first at row {row}, column {col} "
-                f"(value {a[row, col]}); a Bernoulli likelihood needs values in {{0,1}}; "
-                "binarise first, e.g. x > 0.5"
-            )
+        _refuse_values(a, (a != 0) & (a != 1), where, "value(s) not in {0, 1}, the first at",
+                       "a Bernoulli likelihood needs values in {0,1}; binarise first, e.g. x > 0.5")
+
+
+def _refuse_values(a: np.ndarray, bad: np.ndarray, where: str, what: str, fix: str) -> None:
+    """Raise a :class:`DataError` naming how many entries of ``a`` are ``bad``, the first one and the fix."""
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad:
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{where}: {n_bad} {what} row {row}, column {col} (value {a[row, col]}); {fix}")
 
 
 def _is_binary(a: np.ndarray) -> bool:

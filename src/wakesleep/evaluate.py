@@ -21,7 +21,6 @@ from wakesleep.models import contract
 from wakesleep.models.contract import exact_log_marginal  # evaluation's public name for the one definition
 
 # isort: off
-from wakesleep.importance import effective_sample_size  # noqa: F401  MOVED(shim)
 # isort: on
 
 #: Default cap on evaluation's working memory, MiB (see :func:`log_likelihood`).

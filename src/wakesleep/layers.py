@@ -39,7 +39,6 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, On
 from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, normal_log_prob, normal_sample
 
 # isort: off
-from wakesleep.fused import _FUSE_FROM, _BernoulliLogProb, first_line, use_compiled_kernels  # noqa: F401  MOVED(shim)
 # isort: on
 
 

@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
-from wakesleep import layers
+from wakesleep import fused
 from wakesleep.data import load_dataset
 from wakesleep.io import atomic_write_text
-from wakesleep.models.loading import user_model_config
+from wakesleep.models.loading import ModelSpecError, model_from_config, user_model_config
 
 CONFIG, CHECKPOINT, BEST, METRICS, SUMMARY = "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 SAMPLES, CURVES = "samples.png", "curves.png"
@@ -178,7 +178,7 @@ def _load_data_only(path: Path) -> Any:
             "as a wakesleep checkpoint does, and opening it could run code; delete it, or retrain"
         ) from None
     except Exception as e:  # torch raises several types (RuntimeError, OSError, EOFError, …) for damaged files
-        raise CheckpointError(f"checkpoint {path} is unreadable ({layers.first_line(e)}); it is truncated or not a checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({fused.first_line(e)}); it is truncated or not a checkpoint") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -246,3 +246,49 @@ def read_run(run: str | Path) -> tuple[dict, Path]:
         return json.loads(path.read_text()), path
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is corrupt: {e}") from None
+
+
+def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:
+    """``module.load_state_dict(state)``, with a one-line :class:`CheckpointError` naming ``source``
+    and the first mismatch (missing/unexpected key, or shapes) instead of torch's multi-line error."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} holds no {what} parameters")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        if shapes:
+            k = shapes[0]
+            first = f"{k} has shape {tuple(state[k].shape)} there but {tuple(own[k].shape)} here"
+        else:
+            first = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        n = len(missing) + len(unexpected) + len(shapes)
+        raise CheckpointError(f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with")
+    module.load_state_dict(state)
+
+
+def load_run(run: str | Path):
+    """Rebuild (model, config) of a run directory, with the best parameters loaded.
+
+    A run directory is what ``wakesleep train`` writes (``config.json``), or one run of
+    ``wakesleep compare`` (``OUT/LABEL/seedS``; before it wrote ``config.json``, only ``run.json``).
+
+    Raises:
+        CheckpointError: a missing or damaged config or checkpoint.
+    """
+    run = Path(run)
+    config, cfg_path = read_run(run)
+    try:
+        model = model_from_config(config["model"])
+    except ModelSpecError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} does not describe a model: {e}") from None
+    best = run / BEST
+    state = load_best(best) if best.is_file() else load_checkpoint(run / CHECKPOINT)["model"]  # as data: no code runs
+    try:
+        load_model_state(model, state, run)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; the parameters do not fit the model in {cfg_path}") from None
+    return model, config

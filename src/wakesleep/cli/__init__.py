@@ -17,7 +17,7 @@ on stderr naming the fix and exit status 2; Ctrl-C exits 130 and SIGTERM 143, ke
 checkpoint.  Nothing is written before a new run's whole configuration has been checked.
 
 ``--device cpu|cuda|auto`` picks where training and evaluation run.  Under ``torchrun`` the same
-``train`` command trains data-parallel (:mod:`wakesleep.distributed`): rank 0 sets up the run
+``train`` command trains data-parallel (:mod:`wakesleep.training.distributed`): rank 0 sets up the run
 directory, prints, checkpoints and evaluates; every rank trains on its shard.
 """
 
@@ -31,14 +31,15 @@ import threading
 
 import torch
 
-from wakesleep import distributed, layers
+from wakesleep import fused
+from wakesleep.training import distributed
 from wakesleep.cli import lab, results, train
 from wakesleep.cli.options import UsageError, _Parser, resolve_device
 from wakesleep.cli.train import estimator_settings, model_from_args  # public names of the command line
-from wakesleep.config import load_run  # MOVED(shim): wakesleep.cli.load_run
 from wakesleep.data import DataError
 from wakesleep.models import ModelContractError
-from wakesleep.train import CheckpointError, RunDirectoryBusy, TrainingError
+from wakesleep.runs import CheckpointError, RunDirectoryBusy
+from wakesleep.training import TrainingError
 
 __all__ = ["UsageError", "build_parser", "estimator_settings", "load_run", "main", "model_from_args", "resolve_device"]
 
@@ -80,7 +81,7 @@ def _given_options(argv: list[str]) -> set[str]:
 def _resource_error(e: BaseException) -> str | None:
     if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or isinstance(e, RuntimeError) and any(
             m in str(e) for m in ("can't allocate memory", "not enough memory", "out of memory")):
-        return f"out of memory ({layers.first_line(e)}); use a smaller model, --batch-size or --k"
+        return f"out of memory ({fused.first_line(e)}); use a smaller model, --batch-size or --k"
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         return f"cannot use{where}: {e.strerror or e}; check the path, its permissions and the free space"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import references
+from wakesleep.models import exact as references
 from wakesleep.cli.options import _positive_float as positive_float, _positive_int as positive_int
 from wakesleep.lab import compare, diagnostics
 from wakesleep.lab.tables import markdown_table

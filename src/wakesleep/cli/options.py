@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from wakesleep.train import MAX_SEED
+from wakesleep.training import MAX_SEED
 
 
 class UsageError(ValueError):

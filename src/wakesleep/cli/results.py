@@ -14,13 +14,15 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import layers, plots
+from wakesleep import fused, plots
 from wakesleep.cli.options import UsageError, _add_device, _positive_float, _positive_int, _seed, resolve_device
-from wakesleep.config import load_run, read_summary, run_dataset
+from wakesleep.runs import load_run
+from wakesleep.config import read_summary, run_dataset
 from wakesleep.data import DataError
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, report_log_likelihood
 from wakesleep.models.contract import has_proposal
-from wakesleep.train import RunDirectoryBusy, atomic_write_text, run_lock
+from wakesleep.runs import RunDirectoryBusy, run_lock
+from wakesleep.io import atomic_write_text
 
 SUMMARY = "summary.json"
 
@@ -64,7 +66,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     model.to(resolve_device(a.device))
     data = run_dataset(config)
     if a.compile:
-        layers.use_compiled_kernels(True)
+        fused.use_compiled_kernels(True)
     _say_how_long(model, getattr(data, a.split), a)
     ll = report_log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
                                progress=not a.no_progress, seed=a.seed)

@@ -18,21 +18,24 @@ from pathlib import Path
 
 import torch
 
-from wakesleep import distributed, plots
+from wakesleep import plots
+from wakesleep.training import distributed
 from wakesleep.cli.options import DEVICE_OPTION, UsageError, _positive_float, _positive_int, _seed, _unit_interval, resolve_device
 from wakesleep.cli.results import draw_samples
 from wakesleep.config import (
-    CONFIG, build_estimator, build_model, dataset_record, estimator_parameters, read_summary, run_dataset, run_record,
+    build_estimator, build_model, dataset_record, estimator_parameters, read_summary, run_dataset, run_record,
 )
 from wakesleep.data import DataError, load_dataset, validate
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import report_log_likelihood
 from wakesleep.models.contract import device_dtype, has_proposal
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, model_from_config, resolve_spec
-from wakesleep.train import (
-    BEST, CHECKPOINT, MAX_SEED, METRICS, CheckpointError, RunDirectoryBusy, TrainConfig, atomic_write_text, check_memory, check_model_for_training,
-    clean_temporary_files, ends_at, fault_point, load_checkpoint, run_lock, train,
-)
+from wakesleep.runs import BEST, CHECKPOINT, CONFIG, METRICS, CheckpointError, RunDirectoryBusy, clean_temporary_files, load_checkpoint, run_lock
+from wakesleep.training import MAX_SEED, TrainConfig, train
+from wakesleep.io import atomic_write_text
+from wakesleep.training.checks import check_memory, check_model_for_training
+from wakesleep.training.checkpoint import ends_at
+from wakesleep.faults import fault_point
 
 SUMMARY, SAMPLES, CURVES = "summary.json", "samples.png", "curves.png"
 

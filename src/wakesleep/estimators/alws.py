@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -70,6 +71,11 @@ def build_kernel_ridge(
     return KernelRidge(k, lam=lam, method=krr, num_features=num_features, num_inducing=num_inducing,
                        learn_lam=learn, seed=seed)
 
+
+
+#: The kernel ridge regression's settings (name -> parameter) that ALWS takes: build_kernel_ridge's
+#: parameters but ``learn`` (ALWS's ``learn_kernel``) and ``seed`` (ALWS's own).
+KERNEL_PARAMETERS = {n: p for n, p in inspect.signature(build_kernel_ridge).parameters.items() if n not in ("learn", "seed")}
 
 def exp_family_prediction(
     krr: KernelRidge, x_sleep: Tensor, targets: Tensor, x_query: Tensor, stats_query: Tensor,
@@ -164,22 +170,20 @@ class ALWS(Estimator):
         self,
         sleep_samples: int = 2000,
         target: str = "auto",
-        kernel: str = "gaussian",
-        krr: str = "exact",
-        lam: float = 1e-3,
-        num_features: int = 1000,
-        num_inducing: int = 500,
-        features: str = "identity",
-        data_dim: int | None = None,
-        feature_dim: int = 32,
-        feature_hidden: Sequence[int] = (256,),
         valid_samples: int = 500,
         learn_kernel: bool = True,
         q_update: str | None = None,
         q_batch: int | None = None,
         seed: int = 0,
         kernel_ridge: KernelRidge | None = None,
+        **kernel,
     ):
+        # The kernel's settings are build_kernel_ridge's parameters, written once there; the
+        # class's __signature__ (below the class) lists them, so that the registry sees them.
+        unknown = sorted(set(kernel) - set(KERNEL_PARAMETERS))
+        if unknown:
+            raise TypeError(f"ALWS got unexpected keyword argument(s) {unknown}")
+        kernel = {name: kernel.get(name, p.default) for name, p in KERNEL_PARAMETERS.items()}
         super().__init__()
         self.sleep_samples = check_positive_int("sleep_samples", sleep_samples, 2)
         self.valid_samples = check_positive_int("valid_samples", valid_samples)
@@ -190,15 +194,12 @@ class ALWS(Estimator):
         self.target, self.q_update, self.learn_kernel = target, q_update, bool(learn_kernel)
         self.q_batch = None if q_batch is None else check_positive_int("q_batch", q_batch)
         self._settings = {
-            "sleep_samples": sleep_samples, "target": target, "kernel": kernel, "krr": krr, "lam": lam,
-            "num_features": num_features, "num_inducing": num_inducing, "features": features,
-            "data_dim": data_dim, "feature_dim": feature_dim, "feature_hidden": list(feature_hidden),
+            "sleep_samples": sleep_samples, "target": target, **kernel, "feature_hidden": list(kernel["feature_hidden"]),
             "valid_samples": valid_samples, "learn_kernel": learn_kernel, "q_update": q_update,
             "q_batch": q_batch, "seed": seed,
         }
         if kernel_ridge is None:
-            kernel_ridge = build_kernel_ridge(kernel, krr, lam, num_features, num_inducing, features, data_dim,
-                                              feature_dim, feature_hidden, learn=self.learn_kernel, seed=seed)
+            kernel_ridge = build_kernel_ridge(**kernel, learn=self.learn_kernel, seed=seed)
         elif not isinstance(kernel_ridge, KernelRidge):
             raise TypeError(f"kernel_ridge must be a KernelRidge, got {type(kernel_ridge).__name__}")
         self.krr = kernel_ridge
@@ -344,6 +345,11 @@ class ALWS(Estimator):
             loss = loss + sleep
             metrics["sleep_log_q"] = -sleep.detach()
         return EstimatorOutput(loss, metrics)
+
+
+_own = [p for p in inspect.signature(ALWS.__init__).parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+ALWS.__signature__ = inspect.Signature(_own[:2] + list(KERNEL_PARAMETERS.values()) + _own[2:])
+del _own
 
 
 def train_proposal(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from wakesleep.estimators.base import EstimatorOutput, ReparameterisedEstimator
-from wakesleep.estimators.iwae import IWAE  # noqa: F401  MOVED(shim)
 
 
 class VAE(ReparameterisedEstimator):

@@ -61,14 +61,19 @@ from typing import Any
 import torch
 
 from wakesleep import plots
-from wakesleep.config import CONFIG, COMPARE_RUN as RUN, MODEL_KINDS, build_estimator, build_model as build_table_model, run_record
+from wakesleep.runs import COMPARE_RUN as RUN, CONFIG
+from wakesleep.config import MODEL_KINDS, build_estimator, build_model as build_table_model, run_record
 from wakesleep.data import SPLITS, load_dataset
-from wakesleep.estimators import ESTIMATORS, Estimator, EstimatorOutput, sleep_phase_loss
+from wakesleep.config import ESTIMATORS
+from wakesleep.estimators import SleepPhase
 from wakesleep.evaluate import log_likelihood, mean_stderr
 from wakesleep.lab.tables import csv_text, markdown_table, torch_threads
 from wakesleep.models.contract import device_dtype
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, resolve_spec
-from wakesleep.train import CHECKPOINT, METRICS, TrainConfig, atomic_write_text, check_data, check_model_for_training, train
+from wakesleep.runs import CHECKPOINT, METRICS
+from wakesleep.training import TrainConfig, train
+from wakesleep.io import atomic_write_text
+from wakesleep.training.checks import check_data, check_model_for_training
 
 SUMMARY = "summary.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
@@ -272,22 +277,6 @@ def load_config(path: str | Path, only: list[str] | None = None) -> CompareConfi
 # ------------------------------------------------------------------ running
 
 
-# TODO(merge): replace by wakesleep.estimators.SleepPhase
-class SleepPhaseProposal(Estimator):
-    """Fits q_φ alone by the sleep phase: ascend ∇φ log q_φ(z̃ | x̃), (z̃, x̃) ~ p_θ (Hinton et al. 1995).
-
-    θ receives no gradient.  Used after an estimator that learns θ only (ALWS: ALGORITHMS.md §4)
-    so that the importance-sampled test log-likelihood has a proposal; the proposal changes the
-    variance of that estimate, not its expectation.
-    """
-
-    name = "sleep-proposal"
-
-    def forward(self, model, x):
-        loss = sleep_phase_loss(model, x.shape[0])
-        return EstimatorOutput(loss, {"sleep_log_q": -loss.detach()})
-
-
 def subset(x: torch.Tensor, n: int | None) -> torch.Tensor:
     """A fixed random subset of n rows (all rows if n is None or ≥ len(x)), the same in every run:
     x [N, D] → [min(n, N), D].
@@ -355,7 +344,7 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     proposal_seconds = 0.0
     if spec.proposal_epochs:
         pcfg = TrainConfig.from_dict({**asdict(tcfg), "epochs": spec.proposal_epochs, "max_seconds": None, "patience": None})
-        proposal_seconds = train(model, SleepPhaseProposal(), data.train, valid, pcfg).seconds
+        proposal_seconds = train(model, SleepPhase(), data.train, valid, pcfg).seconds
     model.eval()
     test = subset(data.test, cfg.test_n)
     ll = log_likelihood(model, test, k=cfg.test_k, seed=seed, progress=progress)

@@ -1,6 +1,6 @@
 """Gradient diagnostics: how good is each estimator's learning signal, against the exact gradient?
 
-For a model with an exact reference (:mod:`wakesleep.references`) and a data batch x [B, D],
+For a model with an exact reference (:mod:`wakesleep.models.exact`) and a data batch x [B, D],
 each estimator setting is run R times; every run gives one θ-estimate ĝ = −∇θ loss (and one
 φ-estimate, −∇φ loss).  Against the exact target g (∇θ mean_b log p_θ(x_b); for φ the quantity
 the estimator's φ-update aims at, see :func:`phi_target`) this reports, in units of ‖g‖:
@@ -48,14 +48,8 @@ from wakesleep.config import Setting
 from wakesleep.evaluate import mean_stderr
 from wakesleep.lab.tables import csv_text, torch_threads
 from wakesleep.models.contract import ModelContractError, check_model, device_dtype
-from wakesleep.references import (
-    NoExactReference,
-    exact_log_marginal,
-    exact_sleep_phi_target,
-    exact_wake_phi_target,
-    flat_grad,
-)
-from wakesleep.train import atomic_write_text
+from wakesleep.models.exact import NoExactReference, reference_log_marginal as exact_log_marginal, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
+from wakesleep.io import atomic_write_text
 
 #: Columns of the results table, in order.
 COLUMNS = (
@@ -297,7 +291,7 @@ def diagnose(
     are skipped with a warning.
 
     Args:
-        model: a model with an exact reference (see :mod:`wakesleep.references`).
+        model: a model with an exact reference (see :mod:`wakesleep.models.exact`).
         x: the data batch [B, D] (the model's dtype and device).
         settings: :class:`Setting` objects or strings such as ``"rws:k=8"``; default
             :func:`default_settings`.

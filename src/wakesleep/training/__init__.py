@@ -7,7 +7,8 @@ where it goes (``metrics.jsonl``, TensorBoard); ``settings.py`` :class:`TrainCon
 """
 
 from wakesleep.runs import CheckpointError, RunDirectoryBusy, load_best, load_checkpoint, run_lock
-from wakesleep.training.checkpoint import ends_at, load_model_state
+from wakesleep.training.checkpoint import ends_at
+from wakesleep.runs import load_model_state
 from wakesleep.training.checks import InsufficientMemory, check_data, check_memory, check_model_for_training
 from wakesleep.training.loop import train
 from wakesleep.training.settings import MAX_SEED, FitResult, TrainConfig

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from wakesleep.io import atomic_torch_save
 from wakesleep.models import contract
-from wakesleep.runs import BEST, BEST_FORMAT, CHECKPOINT_FORMAT, CheckpointError, load_best, load_checkpoint
+from wakesleep.runs import BEST, BEST_FORMAT, CHECKPOINT_FORMAT, CheckpointError, load_best, load_checkpoint, load_model_state
 from wakesleep.training import distributed
 from wakesleep.training.settings import FitResult, TrainConfig
 
@@ -195,21 +195,3 @@ def restore_best(model, run: Path | None, best_state: dict | None) -> None:
     distributed.broadcast_state([model])
 
 
-def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, what: str = "model") -> None:
-    """``module.load_state_dict(state)``, with a one-line :class:`CheckpointError` naming ``source``
-    and the first mismatch (missing/unexpected key, or shapes) instead of torch's multi-line error."""
-    own = module.state_dict()
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} holds no {what} parameters")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        if shapes:
-            k = shapes[0]
-            first = f"{k} has shape {tuple(state[k].shape)} there but {tuple(own[k].shape)} here"
-        else:
-            first = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        n = len(missing) + len(unexpected) + len(shapes)
-        raise CheckpointError(f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with")
-    module.load_state_dict(state)

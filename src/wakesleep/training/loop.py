@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from wakesleep import layers
+from wakesleep import fused
 from wakesleep.evaluate import report_log_likelihood
 from wakesleep.faults import fault_point
 from wakesleep.models import contract
@@ -127,7 +127,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     main = rank == 0  # only rank 0 validates and writes
     device = contract.device_dtype(model)[0]
     if cfg.compile:
-        layers.use_compiled_kernels(True)
+        fused.use_compiled_kernels(True)
     forward = compile_estimator(estimator) if cfg.compile else None
     opt = build_optimizer(model, estimator, cfg)
     distributed.seed_ranks(cfg.seed)  # each rank its own particles

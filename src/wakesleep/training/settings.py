@@ -36,7 +36,7 @@ class TrainConfig:
         progress: show a progress bar.
         compile: ``torch.compile`` the training step (:func:`~wakesleep.training.step.compile_estimator`) and the
             Bernoulli log-density kernels used by validation and evaluation
-            (:func:`wakesleep.layers.use_compiled_kernels`, which stay switched on for the rest
+            (:func:`wakesleep.fused.use_compiled_kernels`, which stay switched on for the rest
             of the process).  Needs a C++ compiler; falls back to eager with a warning; the same
             draws and results up to float rounding.
         tensorboard: also write each epoch's metrics as TensorBoard scalars into the run directory,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from wakesleep import layers
+from wakesleep import fused
 from wakesleep.estimators.base import EstimatorOutput
 from wakesleep.faults import fault_point
 from wakesleep.training import distributed
@@ -70,7 +70,7 @@ def compile_estimator(estimator):
         try:
             return compiled(model, x)
         except Exception as err:  # Dynamo/Inductor raise many types; the eager call below re-raises real errors
-            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({layers.first_line(err)}); "
+            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({fused.first_line(err)}); "
                           "training on with the eager step", RuntimeWarning, stacklevel=2)
             compiled = None
             return estimator(model, x)
