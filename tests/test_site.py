@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_site_builds_strictly_with_the_api_reference_from_the_docstrings(tmp_path):
     site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     # the API reference is drawn from the docstrings: RWS's own words, rendered
     assert "Reweighted wake-sleep with K particles" in (site / "api" / "estimators" / "index.html").read_text()
