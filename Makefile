@@ -1,4 +1,4 @@
-# `make run`: set up, then train RWS on the embedded digits and evaluate.  `make test`: set up, then test.
+# `make run`: set up, then train RWS on the embedded digits and evaluate.  `make test`: set up, check style (ruff), then test.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +23,10 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/wakesleep train --algorithm rws --dataset digits --run-dir runs/digits-rws --overwrite
 
+# Style first (lint, then the formatter's check: configured in pyproject.toml), then the suite.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	WAKESLEEP_DATA_DIR=$${WAKESLEEP_DATA_DIR:-$(abspath ..)/shared/data} $(PY) -m pytest -q
 
 clean:
