@@ -43,8 +43,8 @@ import torch
 
 from wakesleep.data import digits
 from wakesleep.estimators import ALWS
-from wakesleep.models import HelmholtzMachine
 from wakesleep.io import atomic_write_text
+from wakesleep.models import HelmholtzMachine
 
 
 def flat_grad(params) -> torch.Tensor:
@@ -133,13 +133,17 @@ def main(argv=None) -> int:
         "nystrom": dict(krr="nystrom", num_inducing=a.num_inducing),
         "rff": dict(krr="rff", num_features=a.num_features),
     }
-    print(f"# ALWS step benchmark ({a.problem}, generic target): torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, "
-          f"{a.threads} thread(s), {a.dtype}, M = {x.shape[0]}, V = 500, lam = {a.lam}, "
-          f"Nystrom m = {a.num_inducing}, RFF F = {a.num_features}")
-    header = (f"{'N':>6} {'original s':>10} {'exact s':>8} {'nystrom s':>9} {'rff s':>7} "
-              f"{'orig/exact':>10} {'orig/nys':>8} {'orig/rff':>8} "
-              f"{'cos θ orig':>10} {'cos θ nys':>9} {'cos θ rff':>9} {'cos k orig':>10} {'cos k nys':>9} {'cos k rff':>9}")
+    print(
+        f"# ALWS step benchmark ({a.problem}, generic target): torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{a.threads} thread(s), {a.dtype}, M = {x.shape[0]}, V = 500, lam = {a.lam}, "
+        f"Nystrom m = {a.num_inducing}, RFF F = {a.num_features}"
+    )
+    header = (
+        f"{'N':>6} {'original s':>10} {'exact s':>8} {'nystrom s':>9} {'rff s':>7} "
+        f"{'orig/exact':>10} {'orig/nys':>8} {'orig/rff':>8} "
+        f"{'cos θ orig':>10} {'cos θ nys':>9} {'cos θ rff':>9} {'cos k orig':>10} {'cos k nys':>9} {'cos k rff':>9}"
+    )
     print(header)
     rows = []
     for n in a.sizes:
@@ -170,10 +174,13 @@ def main(argv=None) -> int:
             v = row.get(key)
             return format(v, fmt) if v is not None else "-"
 
-        print(f"{n:>6} {f('original', '10.3f')} {f('exact', '8.3f')} {f('nystrom', '9.3f')} {f('rff', '7.3f')} "
-              f"{f('original_over_exact', '10.2f')} {f('original_over_nystrom', '8.1f')} {f('original_over_rff', '8.1f')} "
-              f"{f('cos_theta_original', '10.5f')} {f('cos_theta_nystrom', '9.4f')} {f('cos_theta_rff', '9.4f')} "
-              f"{f('cos_kernel_original', '10.5f')} {f('cos_kernel_nystrom', '9.4f')} {f('cos_kernel_rff', '9.4f')}", flush=True)
+        print(
+            f"{n:>6} {f('original', '10.3f')} {f('exact', '8.3f')} {f('nystrom', '9.3f')} {f('rff', '7.3f')} "
+            f"{f('original_over_exact', '10.2f')} {f('original_over_nystrom', '8.1f')} {f('original_over_rff', '8.1f')} "
+            f"{f('cos_theta_original', '10.5f')} {f('cos_theta_nystrom', '9.4f')} {f('cos_theta_rff', '9.4f')} "
+            f"{f('cos_kernel_original', '10.5f')} {f('cos_kernel_nystrom', '9.4f')} {f('cos_kernel_rff', '9.4f')}",
+            flush=True,
+        )
     if a.json:
         atomic_write_text(Path(a.json), json.dumps({"settings": vars(a), "rows": rows}, indent=2))
     return 0

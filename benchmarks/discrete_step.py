@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         model, est = ws.HelmholtzMachine.sbn([D, H]), build()
         opt = build_optimizer(model, est, TrainConfig())
-        steps[name] = (lambda model=model, est=est, opt=opt: train_step(model, est, opt, x))
+        steps[name] = lambda model=model, est=est, opt=opt: train_step(model, est, opt, x)
     times = {name: [] for name in steps}
     for r in range(a.rounds + 1):  # round 0 warms up
         for name, step in steps.items():

@@ -31,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-
 BATCH = 100  # datapoints per evaluation batch (log_likelihood's default)
 
 
@@ -48,10 +47,10 @@ def child(a: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from wakesleep.runs import load_run
     from wakesleep.evaluate import chunk_sizes, log_likelihood
-    from wakesleep.models.contract import particle_width
     from wakesleep.models import HelmholtzMachine
+    from wakesleep.models.contract import particle_width
+    from wakesleep.runs import load_run
 
     torch.set_num_threads(a.threads)
     x = torch.from_numpy(np.load(a.data))[: a.n]
@@ -87,17 +86,30 @@ def child(a: argparse.Namespace) -> None:
     peak_after = max_rss_mib()
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
     b, kc = chunk_sizes(particle_width(model, x), x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
-    print(json.dumps({
-        "n": ll.n, "k": ll.k, "mean": ll.mean, "stderr": ll.stderr, "wall_s": wall, "cpu_s": cpu,
-        "baseline_mib": baseline, "peak_mib": peak, "eval_mib": peak - baseline, "chunk": [b, kc],
-    }))
+    print(
+        json.dumps(
+            {
+                "n": ll.n,
+                "k": ll.k,
+                "mean": ll.mean,
+                "stderr": ll.stderr,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "baseline_mib": baseline,
+                "peak_mib": peak,
+                "eval_mib": peak - baseline,
+                "chunk": [b, kc],
+            }
+        )
+    )
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=None, help="a run directory with a trained model (default: an untrained SBN-200)")
-    p.add_argument("--model", choices=["sbn", "gaussian"], default="sbn",
-                   help="untrained model without --run: SBN 784-200, or Gaussian 784-[200,200]-50")
+    p.add_argument(
+        "--model", choices=["sbn", "gaussian"], default="sbn", help="untrained model without --run: SBN 784-200, or Gaussian 784-[200,200]-50"
+    )
     p.add_argument("--n", type=int, default=10000, help="test images (default: all 10,000)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--max-memory-mib", type=float, default=256.0)
@@ -118,26 +130,41 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "test.npy"
         np.save(path, test)
-        cmd = [sys.executable, __file__, "--child", "--data", str(path), "--n", str(a.n), "--k", str(a.k),
-               "--max-memory-mib", str(a.max_memory_mib), "--threads", str(a.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--data",
+            str(path),
+            "--n",
+            str(a.n),
+            "--k",
+            str(a.k),
+            "--max-memory-mib",
+            str(a.max_memory_mib),
+            "--threads",
+            str(a.threads),
+        ]
         cmd += ["--run", a.run] if a.run else ["--model", a.model]
         cmd += ["--progress"] if a.progress else []
         cmd += ["--compile"] if a.compile else []
         r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     res = json.loads(r.stdout.strip().splitlines()[-1])
     n_all = test.shape[0]
-    print(f"model: {a.run or {'sbn': 'untrained SBN 784-200', 'gaussian': 'untrained Gaussian 784-[200,200]-50'}[a.model]}; K = {res['k']}; {res['n']} of {n_all} test images; "
-          f"{a.threads} thread(s){', compiled kernels' if a.compile else ''}; chunks of {res['chunk'][0]} images x {res['chunk'][1]} particles")
+    print(
+        f"model: {a.run or {'sbn': 'untrained SBN 784-200', 'gaussian': 'untrained Gaussian 784-[200,200]-50'}[a.model]}; K = {res['k']}; {res['n']} of {n_all} test images; "
+        f"{a.threads} thread(s){', compiled kernels' if a.compile else ''}; chunks of {res['chunk'][0]} images x {res['chunk'][1]} particles"
+    )
     print(f"log-likelihood: {res['mean']:.2f} ± {res['stderr']:.2f} nats")
-    print(f"time: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU "
-          f"({res['n'] * res['k'] / res['cpu_s'] / 1e6:.2f} M particles per CPU second)")
+    print(f"time: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} s CPU ({res['n'] * res['k'] / res['cpu_s'] / 1e6:.2f} M particles per CPU second)")
     if res["n"] < n_all:
         f = n_all / res["n"]
-        print(f"extrapolated to all {n_all} images (x{f:.0f}, linear in n): {res['wall_s'] * f:.0f} s wall, "
-              f"{res['cpu_s'] * f:.0f} s CPU")
-    print(f"memory: baseline RSS {res['baseline_mib']:.0f} MiB, peak {res['peak_mib']:.0f} MiB: "
-          f"the evaluation took {res['eval_mib']:.0f} MiB against a cap of {a.max_memory_mib:.0f} MiB "
-          f"({'under' if res['eval_mib'] <= a.max_memory_mib else 'OVER'} the cap)")
+        print(f"extrapolated to all {n_all} images (x{f:.0f}, linear in n): {res['wall_s'] * f:.0f} s wall, {res['cpu_s'] * f:.0f} s CPU")
+    print(
+        f"memory: baseline RSS {res['baseline_mib']:.0f} MiB, peak {res['peak_mib']:.0f} MiB: "
+        f"the evaluation took {res['eval_mib']:.0f} MiB against a cap of {a.max_memory_mib:.0f} MiB "
+        f"({'under' if res['eval_mib'] <= a.max_memory_mib else 'OVER'} the cap)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import time
 import warnings
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import wakesleep as ws
@@ -227,15 +226,21 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, device {device}, {a.threads} thread(s), clock={a.clock}")
     print(f"machine: torch.mm {MM_N}x{MM_N}: {rate / 1e9:.1f} GFLOP/s (median of {len(mm_times)}, interleaved with the steps)")
     print()
-    print(f"| model, estimator | ours, ms | step GFLOP/s (matmul) | / machine | Pyro, ms | Pyro / ours | ceiling |{' compiled, ms |' if a.compile else ''}")
+    print(
+        f"| model, estimator | ours, ms | step GFLOP/s (matmul) | / machine | Pyro, ms | Pyro / ours | ceiling |{' compiled, ms |' if a.compile else ''}"
+    )
     print(f"|---|---|---|---|---|---|---|{'---|' if a.compile else ''}")
     for name, flops, pyro_flops, med in rows:
         ours = med["ours"]
         step_rate = flops / ours
         pyro = med.get("pyro")
         cells = [
-            LABELS[name], f"{ours * 1e3:.2f}", f"{step_rate / 1e9:.1f} ({flops / 1e6:.0f} MFLOP)", f"{step_rate / rate:.2f}",
-            f"{pyro * 1e3:.2f}" if pyro else "n/a", f"{pyro / ours:.1f}x" if pyro else "n/a",
+            LABELS[name],
+            f"{ours * 1e3:.2f}",
+            f"{step_rate / 1e9:.1f} ({flops / 1e6:.0f} MFLOP)",
+            f"{step_rate / rate:.2f}",
+            f"{pyro * 1e3:.2f}" if pyro else "n/a",
+            f"{pyro / ours:.1f}x" if pyro else "n/a",
             # Pyro's time over the time of our matmuls alone at the machine's rate: no step that
             # does these products can beat Pyro by more than this.
             f"{pyro / (flops / rate):.1f}x (Pyro: {pyro_flops / 1e6:.0f} MFLOP)" if pyro else "n/a",

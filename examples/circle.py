@@ -90,8 +90,7 @@ class CircleModel(nn.Module):
     def parameters_dict(self) -> dict[str, float]:
         """μ (radians in (−π, π]), κ, r and s as floats."""
         nu = self.prior.natural.detach()
-        return {"mu": math.atan2(nu[0].item(), nu[1].item()), "kappa": nu.norm().item(),
-                "r": self.log_r.exp().item(), "s": self.log_s.exp().item()}
+        return {"mu": math.atan2(nu[0].item(), nu[1].item()), "kappa": nu.norm().item(), "r": self.log_r.exp().item(), "s": self.log_s.exp().item()}
 
     def p_parameters(self) -> list[nn.Parameter]:
         return [self.prior.natural, self.log_r, self.log_s]
@@ -160,7 +159,7 @@ def closed_form_log_marginal(model: CircleModel, x: Tensor) -> Tensor:
     c = (torch.stack([nu[1], nu[0]]) + r * x / s2).norm(dim=-1)
     kappa = nu.norm()
     log_i0 = lambda v: torch.log(torch.special.i0e(v)) + v  # noqa: E731
-    return (-(x.square().sum(-1) + r * r) / (2 * s2) - torch.log(2 * math.pi * s2) + log_i0(c) - log_i0(kappa))
+    return -(x.square().sum(-1) + r * r) / (2 * s2) - torch.log(2 * math.pi * s2) + log_i0(c) - log_i0(kappa)
 
 
 def true_circle() -> CircleModel:
@@ -222,8 +221,12 @@ def main(argv=None) -> dict:
     p.add_argument("--lr-kernel", type=float, default=1e-2, help="Adam rate of the kernel's bandwidth and λ")
     p.add_argument("--target", default="auto", choices=["auto", "generic", "exp_family"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-data", default=None, metavar="FILE.npz",
-                   help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop")
+    p.add_argument(
+        "--write-data",
+        default=None,
+        metavar="FILE.npz",
+        help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop",
+    )
     a = p.parse_args(argv)
     if a.write_data:
         from pathlib import Path
@@ -245,22 +248,38 @@ def main(argv=None) -> dict:
     est = ws.ALWS(sleep_samples=a.sleep_samples, target=a.target, lam=1e-2, valid_samples=500, q_update=None, seed=a.seed)
     for epochs, scale in ((a.epochs, 1.0), (a.fine_epochs, 0.1)):
         if epochs > 0:  # a second call: a fresh Adam at the lower rate; the estimator keeps its kernel
-            ws.train(model, est, x, None, epochs=epochs, batch_size=a.batch_size, lr_p=a.lr * scale,
-                     lr_estimator=a.lr_kernel * scale, patience=None, progress=False, seed=a.seed + (scale < 1))
+            ws.train(
+                model,
+                est,
+                x,
+                None,
+                epochs=epochs,
+                batch_size=a.batch_size,
+                lr_p=a.lr * scale,
+                lr_estimator=a.lr_kernel * scale,
+                patience=None,
+                progress=False,
+                seed=a.seed + (scale < 1),
+            )
     mle = maximum_likelihood(x)
     with torch.no_grad():  # on the training data, where the MLE is the best any learner can do
-        train_ll = {"exact_log_likelihood_train": closed_form_log_marginal(model, x).mean().item(),
-                    "exact_log_likelihood_train_mle": closed_form_log_marginal(mle, x.double()).mean().item()}
+        train_ll = {
+            "exact_log_likelihood_train": closed_form_log_marginal(model, x).mean().item(),
+            "exact_log_likelihood_train_mle": closed_form_log_marginal(mle, x.double()).mean().item(),
+        }
         train_ll["exact_log_likelihood_train_gap"] = train_ll["exact_log_likelihood_train_mle"] - train_ll["exact_log_likelihood_train"]
-    out = {**{f"{k}_true": v for k, v in truth.parameters_dict().items()},
-           **{f"{k}_start": v for k, v in start.items()},
-           **model.parameters_dict(),
-           **{f"{k}_mle": v for k, v in mle.parameters_dict().items()},
-           **train_ll,
-           "exact_log_likelihood_true": ws.exact_log_likelihood(truth, x_test).mean, **before,
-           "exact_log_likelihood": ws.exact_log_likelihood(model, x_test).mean,
-           "exact_log_likelihood_stderr": ws.exact_log_likelihood(model, x_test).stderr,
-           "seconds": time.perf_counter() - start_time}
+    out = {
+        **{f"{k}_true": v for k, v in truth.parameters_dict().items()},
+        **{f"{k}_start": v for k, v in start.items()},
+        **model.parameters_dict(),
+        **{f"{k}_mle": v for k, v in mle.parameters_dict().items()},
+        **train_ll,
+        "exact_log_likelihood_true": ws.exact_log_likelihood(truth, x_test).mean,
+        **before,
+        "exact_log_likelihood": ws.exact_log_likelihood(model, x_test).mean,
+        "exact_log_likelihood_stderr": ws.exact_log_likelihood(model, x_test).stderr,
+        "seconds": time.perf_counter() - start_time,
+    }
     for key, value in out.items():
         print(f"{key}: {value:.6g}")
     return out

@@ -176,8 +176,9 @@ def main(argv=None, build=None, as_latent=lambda c: c) -> dict:
 
         Path(a.write_data).parent.mkdir(parents=True, exist_ok=True)
 
-        np.savez(a.write_data, train=make_data(a.n, a.seed).numpy(), valid=make_data(1000, a.seed + 1).numpy(),
-                 test=make_data(1000, a.seed + 2).numpy())
+        np.savez(
+            a.write_data, train=make_data(a.n, a.seed).numpy(), valid=make_data(1000, a.seed + 1).numpy(), test=make_data(1000, a.seed + 2).numpy()
+        )
         print(f"data: {a.write_data}")
         return {}
     torch.manual_seed(a.seed)
@@ -187,8 +188,15 @@ def main(argv=None, build=None, as_latent=lambda c: c) -> dict:
     ws.train(model, ws.RWS(k=a.k, q_update="wake"), x, x_valid, epochs=a.epochs, lr_p=1e-2, lr_q=1e-2, patience=None, progress=False)
     after = report(model, x_test, as_latent)
     ll, exact = ws.log_likelihood(model, x_test, k=1000, seed=0), exact_log_likelihood(model, x_test, as_latent)
-    out = {"pi_l1_start": before["pi_l1"], "pi_l1": after["pi_l1"], "q_tv_start": before["q_tv"], "q_tv": after["q_tv"],
-           "log_likelihood": ll.mean, "log_likelihood_stderr": ll.stderr, "exact_log_likelihood": exact.mean}
+    out = {
+        "pi_l1_start": before["pi_l1"],
+        "pi_l1": after["pi_l1"],
+        "q_tv_start": before["q_tv"],
+        "q_tv": after["q_tv"],
+        "log_likelihood": ll.mean,
+        "log_likelihood_stderr": ll.stderr,
+        "exact_log_likelihood": exact.mean,
+    }
     for key, value in out.items():
         print(f"{key}: {value:.4f}")
     return out

@@ -87,8 +87,7 @@ class HMM(nn.Module):
 
     def _emission(self, x: Tensor) -> Tensor:
         """log N(x_t; μ_s, σ²) for every state s: [B, T, 3] for x [B, T], nats."""
-        return (-0.5 * ((x[..., None] - self.means) / self.log_sigma.exp()) ** 2
-                - self.log_sigma - 0.5 * math.log(2 * math.pi))
+        return -0.5 * ((x[..., None] - self.means) / self.log_sigma.exp()) ** 2 - self.log_sigma - 0.5 * math.log(2 * math.pi)
 
     def log_prior(self, z: Tensor) -> Tensor:
         """log p_θ(z) for z [*S, T] (integers in 0..2), [*S], nats."""
@@ -137,8 +136,10 @@ class HMM(nn.Module):
         """
         count = STATES**self.length
         if count > MAX_ENUMERATED:
-            raise ValueError(f"an HMM with T={self.length} has 3^{self.length} = {count} state sequences; "
-                             f"enumeration is limited to 2^24 (T <= 15): use exact_log_marginal (the forward algorithm)")
+            raise ValueError(
+                f"an HMM with T={self.length} has 3^{self.length} = {count} state sequences; "
+                f"enumeration is limited to 2^24 (T <= 15): use exact_log_marginal (the forward algorithm)"
+            )
         idx = torch.arange(count, device=self.means.device)
         powers = STATES ** torch.arange(self.length - 1, -1, -1, device=idx.device)
         return (idx[:, None] // powers) % STATES
@@ -221,8 +222,11 @@ def parameters_of(model: HMM) -> dict:
     them in another order: the likelihood does not change when the states are relabelled)."""
     with torch.no_grad():
         order = torch.argsort(model.means)
-        return {"means": model.means[order], "init": torch.softmax(model.init_logits, 0)[order],
-                "trans": torch.softmax(model.trans_logits, -1)[order][:, order]}
+        return {
+            "means": model.means[order],
+            "init": torch.softmax(model.init_logits, 0)[order],
+            "trans": torch.softmax(model.trans_logits, -1)[order][:, order],
+        }
 
 
 def parameter_errors(model: HMM, truth: HMM) -> dict:
@@ -246,8 +250,12 @@ def main(argv=None) -> dict:
     p.add_argument("--k", type=int, default=20, help="RWS particles")
     p.add_argument("--eval-k", type=int, default=1000, help="particles of the importance-sampled log-likelihood")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-data", default=None, metavar="FILE.npz",
-                   help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop")
+    p.add_argument(
+        "--write-data",
+        default=None,
+        metavar="FILE.npz",
+        help="write train/valid/test splits (--n, 1000, --n-test) for `wakesleep train --dataset FILE.npz` and stop",
+    )
     a = p.parse_args(argv)
     if a.write_data:
         from pathlib import Path
@@ -267,20 +275,23 @@ def main(argv=None) -> dict:
     model = perturbed(true_hmm(a.length), 1.0, a.seed)
     start = parameter_errors(model, truth)
     ll_start = ws.exact_log_likelihood(model, x_test).mean
-    ws.train(model, ws.RWS(k=a.k, q_update="wake"), x, x_valid, epochs=a.epochs, lr_p=1e-2, lr_q=1e-2,
-             patience=None, progress=False, seed=a.seed)
+    ws.train(model, ws.RWS(k=a.k, q_update="wake"), x, x_valid, epochs=a.epochs, lr_p=1e-2, lr_q=1e-2, patience=None, progress=False, seed=a.seed)
     learned = parameter_errors(model, truth)
     ll = ws.log_likelihood(model, x_test, k=a.eval_k, seed=a.seed)
     with torch.no_grad():  # per sequence, paired with the exact value: the proposal's own error
         gap = ws.evaluate.mean_stderr(ws.evaluate.importance_log_marginal(model, x_test, a.eval_k) - model.exact_log_marginal(x_test))
     out = {
-        "log_likelihood": ll.mean, "log_likelihood_stderr": ll.stderr,
+        "log_likelihood": ll.mean,
+        "log_likelihood_stderr": ll.stderr,
         "exact_log_likelihood": ws.exact_log_likelihood(model, x_test).mean,
         "exact_log_likelihood_true": ws.exact_log_likelihood(truth, x_test).mean,
         "exact_log_likelihood_start": ll_start,
-        "importance_minus_exact": gap.mean, "importance_minus_exact_stderr": gap.stderr,
-        **{f"{k}_start": v for k, v in start.items()}, **learned,
-        "means": parameters_of(model)["means"].tolist(), "means_true": parameters_of(truth)["means"].tolist(),
+        "importance_minus_exact": gap.mean,
+        "importance_minus_exact_stderr": gap.stderr,
+        **{f"{k}_start": v for k, v in start.items()},
+        **learned,
+        "means": parameters_of(model)["means"].tolist(),
+        "means_true": parameters_of(truth)["means"].tolist(),
         "seconds": time.perf_counter() - start_time,
     }
     for key, value in out.items():

@@ -36,11 +36,11 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from wakesleep.lab.compare import subset
 from wakesleep.data import binarized_mnist
 from wakesleep.estimators import ALWS, RWS, VAE
 from wakesleep.evaluate import log_likelihood
 from wakesleep.io import atomic_save_figure, atomic_torch_save, atomic_write_text
+from wakesleep.lab.compare import subset
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import tile_images
 from wakesleep.training import TrainConfig, train
@@ -48,9 +48,18 @@ from wakesleep.training import TrainConfig, train
 
 def estimators(sleep_samples: int) -> dict:
     return {
-        "alws": ALWS(sleep_samples=sleep_samples, valid_samples=250, target="exp_family", krr="exact",
-                     features="mlp", data_dim=784, feature_dim=32, feature_hidden=(256,), lam=1e-3,
-                     q_update="sleep"),
+        "alws": ALWS(
+            sleep_samples=sleep_samples,
+            valid_samples=250,
+            target="exp_family",
+            krr="exact",
+            features="mlp",
+            data_dim=784,
+            feature_dim=32,
+            feature_hidden=(256,),
+            lam=1e-3,
+            q_update="sleep",
+        ),
         "rws": RWS(k=5, q_update="both"),
         "vae": VAE(k=1),
     }
@@ -85,16 +94,30 @@ def main(argv=None) -> int:
             continue
         torch.manual_seed(a.seed)
         model = HelmholtzMachine.gaussian([784, 16], hidden=(200,))
-        cfg = TrainConfig(epochs=10_000, batch_size=100, lr_p=1e-3, lr_q=1e-3, lr_estimator=a.lr_kernel,
-                          seed=a.seed, patience=None, max_seconds=a.cpu_minutes * 60, clock="process")
+        cfg = TrainConfig(
+            epochs=10_000,
+            batch_size=100,
+            lr_p=1e-3,
+            lr_q=1e-3,
+            lr_estimator=a.lr_kernel,
+            seed=a.seed,
+            patience=None,
+            max_seconds=a.cpu_minutes * 60,
+            clock="process",
+        )
         print(f"training {name} for {a.cpu_minutes} CPU minutes", flush=True)
         fit = train(model, est, data.train, valid=None, config=cfg)
         model.eval()
         ll = log_likelihood(model, test, k=a.test_k, progress=True, seed=a.seed)
         steps = fit.history[-1]["step"] if fit.history else 0
-        results[name] = {"test_log_likelihood": ll.as_dict(), "cpu_seconds": fit.seconds, "epochs": len(fit.history),
-                         "steps": steps, "settings": est.settings(),
-                         "last_epoch": {k: v for k, v in fit.history[-1].items() if k.startswith("train_")}}
+        results[name] = {
+            "test_log_likelihood": ll.as_dict(),
+            "cpu_seconds": fit.seconds,
+            "epochs": len(fit.history),
+            "steps": steps,
+            "settings": est.settings(),
+            "last_epoch": {k: v for k, v in fit.history[-1].items() if k.startswith("train_")},
+        }
         print(f"{name}: {ll} after {len(fit.history)} epochs ({steps} steps, {fit.seconds:.0f} CPU s)", flush=True)
         torch.manual_seed(a.seed)
         grids[name] = tile_images(model.sample_mean(64).cpu(), (28, 28), nrow=8)
@@ -107,8 +130,10 @@ def main(argv=None) -> int:
         for ax, (name, grid) in zip(axes, grids.items()):
             r = results[name]
             ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{name.upper()}: {r['test_log_likelihood']['mean']:.1f} nats\n"
-                         f"({r['epochs']} epochs, {r['cpu_seconds'] / 60:.1f} CPU min)", fontsize=10)
+            ax.set_title(
+                f"{name.upper()}: {r['test_log_likelihood']['mean']:.1f} nats\n({r['epochs']} epochs, {r['cpu_seconds'] / 60:.1f} CPU min)",
+                fontsize=10,
+            )
             ax.axis("off")
         fig.suptitle(f"binarised MNIST, same generator, K = {a.test_k} log-likelihood on {len(test)} random test images", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.95))

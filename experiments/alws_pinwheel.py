@@ -86,13 +86,24 @@ def main(argv=None) -> int:
     with torch.no_grad():  # spread the initial component means over the data's range
         model.generative[1].net.bias[:2].zero_()
         model.generative[1].net.weight[:2].copy_(torch.randn(2, a.components))
-    est = ALWS(sleep_samples=a.sleep_samples, valid_samples=500, target="exp_family", krr=a.krr,
-               num_inducing=a.num_inducing, lam=a.lam, q_update="sleep", q_batch=a.batch_size, seed=a.seed)
-    opt = torch.optim.Adam([
-        {"params": model.p_parameters(), "lr": a.lr},
-        {"params": model.q_parameters(), "lr": a.lr},
-        {"params": list(est.parameters()), "lr": a.lr_kernel},
-    ])
+    est = ALWS(
+        sleep_samples=a.sleep_samples,
+        valid_samples=500,
+        target="exp_family",
+        krr=a.krr,
+        num_inducing=a.num_inducing,
+        lam=a.lam,
+        q_update="sleep",
+        q_batch=a.batch_size,
+        seed=a.seed,
+    )
+    opt = torch.optim.Adam(
+        [
+            {"params": model.p_parameters(), "lr": a.lr},
+            {"params": model.q_parameters(), "lr": a.lr},
+            {"params": list(est.parameters()), "lr": a.lr_kernel},
+        ]
+    )
     history = []
     t0 = time.process_time()
     bar = tqdm(range(a.steps), desc="ALWS pinwheel", unit="step")
@@ -142,14 +153,24 @@ def main(argv=None) -> int:
     ax[2].set_xlabel("component (sorted)")
     ax[2].set_ylabel("mixture weight π")
     ax[2].set_title(f"{kept} of {a.components} components with π > 0.02")
-    fig.suptitle(f"ALWS, {steps_done} steps, N = {a.sleep_samples} sleep samples ({a.krr}), "
-                 f"Dir(α = {a.alpha}) prior on π; log p(x) ≈ {ll.mean:.3f} ± {ll.stderr:.3f} nats (K = 1000)")
+    fig.suptitle(
+        f"ALWS, {steps_done} steps, N = {a.sleep_samples} sleep samples ({a.krr}), "
+        f"Dir(α = {a.alpha}) prior on π; log p(x) ≈ {ll.mean:.3f} ± {ll.stderr:.3f} nats (K = 1000)"
+    )
     fig.tight_layout()
     atomic_save_figure(fig, a.figure)
 
-    summary = {"steps": steps_done, "cpu_seconds": cpu, "log_likelihood": ll.as_dict(), "weights_sorted": weights[order].tolist(),
-               "components_above_0.02": kept, "bandwidth": est.krr.kernel.bandwidth.item(), "lam": est.krr.lam.item(),
-               "settings": vars(a), "history": history}
+    summary = {
+        "steps": steps_done,
+        "cpu_seconds": cpu,
+        "log_likelihood": ll.as_dict(),
+        "weights_sorted": weights[order].tolist(),
+        "components_above_0.02": kept,
+        "bandwidth": est.krr.kernel.bandwidth.item(),
+        "lam": est.krr.lam.item(),
+        "settings": vars(a),
+        "history": history,
+    }
     atomic_write_text(Path(a.summary), json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("steps", "cpu_seconds", "log_likelihood", "weights_sorted", "components_above_0.02")}, indent=1))
     print(f"figure: {a.figure}")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from exactness import cosine, grads
+from exactness import grads
 from torch.distributions import Normal, OneHotCategorical, Poisson
 
 from wakesleep.estimators import ALWS, ESTIMATORS, build_kernel_ridge, sleep_phase_loss, train_proposal
@@ -43,12 +43,15 @@ def one_thread():
 # ------------------------------------------------------------------ layers and priors
 
 
-@pytest.mark.parametrize("layer", [
-    BernoulliLayer(3, 5, (4,)),
-    GaussianLayer(3, 5, (4,)),
-    GaussianLayer(3, 5, (), scale="learned"),
-    PoissonLayer(3, 5, (4,)),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        BernoulliLayer(3, 5, (4,)),
+        GaussianLayer(3, 5, (4,)),
+        GaussianLayer(3, 5, (), scale="learned"),
+        PoissonLayer(3, 5, (4,)),
+    ],
+)
 def test_exponential_family_view_reproduces_log_prob(layer):
     """η·S(x) − Ψ + log h(x) must equal log p(x | parent) of torch.distributions, for every layer."""
     torch.manual_seed(0)
@@ -184,7 +187,6 @@ def fa_problem():
 def prior_shifted_batch(fa_problem):
     """100 points from the model with its prior moved (μ₀ = (0.8, −0.5), log s = (0.4, −0.3)), so
     that the prior parameters' exact gradient is large."""
-    model = fa_problem[0]
     truth = fa_model(0)
     with torch.no_grad():
         truth.prior.loc.copy_(torch.tensor([0.8, -0.5]))
@@ -321,8 +323,10 @@ def test_gradient_error_falls_over_250_1000_4000_and_target_variances(fa_problem
                     rel, cos, sd = _summary(g[t], exact)
                     errors[t][n] = rel
                     bias = (g[t].mean(0) - exact).norm() / exact.norm()
-                    print(f"{kind:7s} {t:10s} N={n:5d} rel.err {rel.mean():.3f}±{rel.std() / 8**0.5:.3f} "
-                          f"cos {cos.mean():.3f} (min {cos.min():.3f}) bias {bias:.3f} spread {sd:.3f}")
+                    print(
+                        f"{kind:7s} {t:10s} N={n:5d} rel.err {rel.mean():.3f}±{rel.std() / 8**0.5:.3f} "
+                        f"cos {cos.mean():.3f} (min {cos.min():.3f}) bias {bias:.3f} spread {sd:.3f}"
+                    )
             for t in TARGETS:
                 _check_falls(errors[t])
 
@@ -337,10 +341,12 @@ def test_prior_parameter_gradients_match_the_closed_form(fa_problem, prior_shift
     cov = w @ torch.diag(s2) @ w.T + torch.diag(torch.exp(2 * model.generative[0].log_scale))
     r = torch.linalg.solve(cov, (x - (w @ model.prior.loc + b)).T)  # [D, M]
     cinv_w = torch.linalg.solve(cov, w)
-    closed = torch.cat([
-        (w.T @ r).mean(1),
-        (s2[:, None] * ((w.T @ r) ** 2 - (w * cinv_w).sum(0)[:, None])).mean(1),
-    ]).detach()
+    closed = torch.cat(
+        [
+            (w.T @ r).mean(1),
+            (s2[:, None] * ((w.T @ r) ** 2 - (w * cinv_w).sum(0)[:, None])).mean(1),
+        ]
+    ).detach()
     prior_params = [model.prior.loc, model.prior.log_scale]
     torch.testing.assert_close(grads(prior_params, exact_log_marginal(model, x).mean()), closed)
 
@@ -558,10 +564,38 @@ def test_command_line_trains_and_evaluates_alws(tmp_path):
     from wakesleep.cli import main
 
     run = tmp_path / "alws"
-    args = ["train", "--algorithm", "alws", "--model", "gaussian", "--layers", "4", "--hidden", "16",
-            "--sleep-samples", "200", "--krr", "nystrom", "--num-inducing", "50", "--kernel", "matern32",
-            "--lam", "0.01", "--lr-kernel", "0.02", "--batch-size", "200", "--test-k", "10", "--valid-k", "5",
-            "--run-dir", str(run), "--no-progress"]
+    args = [
+        "train",
+        "--algorithm",
+        "alws",
+        "--model",
+        "gaussian",
+        "--layers",
+        "4",
+        "--hidden",
+        "16",
+        "--sleep-samples",
+        "200",
+        "--krr",
+        "nystrom",
+        "--num-inducing",
+        "50",
+        "--kernel",
+        "matern32",
+        "--lam",
+        "0.01",
+        "--lr-kernel",
+        "0.02",
+        "--batch-size",
+        "200",
+        "--test-k",
+        "10",
+        "--valid-k",
+        "5",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+    ]
     assert main(args + ["--epochs", "1"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["estimator"]["krr"] == "nystrom" and config["estimator"]["num_inducing"] == 50
@@ -588,8 +622,7 @@ def test_resumed_training_keeps_the_learned_kernel(tmp_path):
     train(fa_model(0, learn_prior=False).float(), est, data, config=TrainConfig(epochs=1, **cfg), run_dir=tmp_path)
     saved = est.krr.kernel.log_bandwidth.item()
     fresh = ALWS(sleep_samples=200, valid_samples=50, lam=1e-2)
-    fit = train(fa_model(0, learn_prior=False).float(), fresh, data, config=TrainConfig(epochs=2, **cfg),
-                run_dir=tmp_path, resume=True)
+    fit = train(fa_model(0, learn_prior=False).float(), fresh, data, config=TrainConfig(epochs=2, **cfg), run_dir=tmp_path, resume=True)
     assert [r["epoch"] for r in fit.history] == [1, 2]
     # 4 more Adam steps of lr 0.05 move log σ by at most 0.2 (plus rounding)
     assert abs(fresh.krr.kernel.log_bandwidth.item() - saved) <= 0.2 + 1e-4

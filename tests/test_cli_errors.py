@@ -100,17 +100,22 @@ def test_existing_run_is_not_overwritten_silently(trained):
     rejected(["train", *TINY, "--run-dir", str(trained)], "--resume", "--overwrite")
 
 
-@pytest.mark.parametrize("arrays, needle", [
-    ({"data": np.zeros((50, 3, 4, 2))}, "2-D array"),
-    ({"train": np.zeros((5, 4)), "valid": np.zeros((5, 5)), "test": np.zeros((5, 4))}, "width"),
-    ({"train": np.full((5, 4), 0.5), "valid": np.zeros((5, 4)), "test": np.zeros((5, 4))}, "binar"),
-    ({"data": np.array(["a", "b"])}, "mine.npz"),
-])
+@pytest.mark.parametrize(
+    "arrays, needle",
+    [
+        ({"data": np.zeros((50, 3, 4, 2))}, "2-D array"),
+        ({"train": np.zeros((5, 4)), "valid": np.zeros((5, 5)), "test": np.zeros((5, 4))}, "width"),
+        ({"train": np.full((5, 4), 0.5), "valid": np.zeros((5, 4)), "test": np.zeros((5, 4))}, "binar"),
+        ({"data": np.array(["a", "b"])}, "mine.npz"),
+    ],
+)
 def test_data_files_with_wrong_shape_or_values(tmp_path, arrays, needle):
     path = tmp_path / "mine.npz"
     np.savez(path, **arrays)
-    err = rejected(["train", "--dataset", str(path), "--model", "sbn", "--layers", "2", "--epochs", "1",
-                    "--run-dir", str(tmp_path / "r"), "--no-progress"], needle)
+    err = rejected(
+        ["train", "--dataset", str(path), "--model", "sbn", "--layers", "2", "--epochs", "1", "--run-dir", str(tmp_path / "r"), "--no-progress"],
+        needle,
+    )
     assert not (tmp_path / "r" / "checkpoint.pt").exists(), err
 
 
@@ -155,13 +160,16 @@ def test_run_directories_that_cannot_hold_a_run(tmp_path):
     assert afile.read_text() == "x" and list(locked.iterdir()) == []
 
 
-@pytest.mark.parametrize("extra, needles", [
-    (["--hidden", "-5"], ["--hidden", ">= 1"]),
-    (["--q-hidden", "-2"], ["--q-hidden", ">= 1"]),
-    (["--device", "tpu"], ["--device", "cpu, cuda"]),
-    (["--seed", str(2**70)], ["--seed", "2**32 - 1"]),
-    (["--layers", "1000000000"], ["needs about", "available on cpu", "would fit"]),  # refused before allocating
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (["--hidden", "-5"], ["--hidden", ">= 1"]),
+        (["--q-hidden", "-2"], ["--q-hidden", ">= 1"]),
+        (["--device", "tpu"], ["--device", "cpu, cuda"]),
+        (["--seed", str(2**70)], ["--seed", "2**32 - 1"]),
+        (["--layers", "1000000000"], ["needs about", "available on cpu", "would fit"]),  # refused before allocating
+    ],
+)
 def test_bad_option_values_are_one_line(tmp_path, extra, needles):
     rejected(["train", *TINY, *extra, "--run-dir", str(tmp_path / "r")], *needles)
     assert not (tmp_path / "r").exists()

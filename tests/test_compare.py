@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wakesleep.lab.compare import ConfigError, load_config, parse_config, run_compare
 from wakesleep.estimators import ALWS, ESTIMATORS
 from wakesleep.kernels import MLPFeatures
+from wakesleep.lab.compare import ConfigError, load_config, parse_config, run_compare
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -37,7 +37,9 @@ def test_binarized_mnist_alws_row_parses_to_learned_feature_krr():
 
 def test_alws_settings_the_estimator_rejects_name_the_row():
     raw = {
-        "data": {"dataset": "digits"}, "model": {"kind": "gaussian", "layers": [4]}, "train": {"epochs": 1},
+        "data": {"dataset": "digits"},
+        "model": {"kind": "gaussian", "layers": [4]},
+        "train": {"epochs": 1},
         "estimators": [{"label": "ALWS", "algorithm": "alws", "settings": {"features": "mlp"}}],  # no data_dim
     }
     with pytest.raises(ConfigError, match=r"estimators\[0\]\.settings.*data_dim"):
@@ -47,9 +49,14 @@ def test_alws_settings_the_estimator_rejects_name_the_row():
 def tiny(**train) -> dict:
     """One estimator, one seed, one epoch on the embedded digits."""
     return {
-        "name": "tiny", "seeds": [0], "threads": 1, "data": {"dataset": "digits"}, "model": {"kind": "sbn", "layers": [8]},
+        "name": "tiny",
+        "seeds": [0],
+        "threads": 1,
+        "data": {"dataset": "digits"},
+        "model": {"kind": "sbn", "layers": [8]},
         "train": {"epochs": 1, "batch_size": 100, "valid_k": 5, "clock": "process", **train},
-        "evaluate": {"test_k": 10, "test_n": 20, "valid_n": 20}, "estimators": [{"label": "WS", "algorithm": "ws"}],
+        "evaluate": {"test_k": 10, "test_n": 20, "valid_n": 20},
+        "estimators": [{"label": "WS", "algorithm": "ws"}],
     }
 
 
@@ -84,8 +91,7 @@ def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
     assert evaluations[-1]["k"] == 10 and evaluations[-1]["n"] == 250
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
-    from wakesleep.runs import load_run
-    from wakesleep.runs import CheckpointError
+    from wakesleep.runs import CheckpointError, load_run
 
     recorded = json.loads((run / "config.json").read_text())
     assert load_run(run)[1] == recorded

@@ -30,12 +30,15 @@ def test_the_three_grammars_give_one_estimator():
     assert from_cli.build().settings()["k"] == 8
 
 
-@pytest.mark.parametrize("argv, settings", [
-    (["--algorithm", "vae", "--k", "5"], {"k": 5}),
-    (["--algorithm", "ws"], {"samples": 1}),
-    (["--algorithm", "rws", "--defensive", "0.2"], {"k": 5, "q_update": "both", "defensive": 0.2}),
-    (["--algorithm", "nvil", "--k", "3"], {"k": 3, "data_dim": 64}),
-])
+@pytest.mark.parametrize(
+    "argv, settings",
+    [
+        (["--algorithm", "vae", "--k", "5"], {"k": 5}),
+        (["--algorithm", "ws"], {"samples": 1}),
+        (["--algorithm", "rws", "--defensive", "0.2"], {"k": 5, "q_update": "both", "defensive": 0.2}),
+        (["--algorithm", "nvil", "--k", "3"], {"k": 3, "data_dim": 64}),
+    ],
+)
 def test_command_line_settings(argv, settings):
     assert estimator_settings(build_parser().parse_args(["train", *argv]), 64) == settings
 
@@ -43,8 +46,30 @@ def test_command_line_settings(argv, settings):
 def test_vae_with_k_trains_with_k_particles(tmp_path):
     """``--algorithm vae --k 5`` once became k = 1; VAE takes k, so the run records and uses 5."""
     run = tmp_path / "vae"
-    code = main(["train", "--algorithm", "vae", "--k", "5", "--model", "gaussian", "--layers", "2", "--hidden", "8",
-                 "--epochs", "1", "--test-k", "5", "--valid-k", "5", "--no-progress", "--run-dir", str(run)])
+    code = main(
+        [
+            "train",
+            "--algorithm",
+            "vae",
+            "--k",
+            "5",
+            "--model",
+            "gaussian",
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--epochs",
+            "1",
+            "--test-k",
+            "5",
+            "--valid-k",
+            "5",
+            "--no-progress",
+            "--run-dir",
+            str(run),
+        ]
+    )
     assert code == 0
     assert json.loads((run / "config.json").read_text())["estimator"] == {"k": 5}
     assert ws.VAE(**json.loads((run / "config.json").read_text())["estimator"]).k == 5

@@ -84,15 +84,20 @@ X = torch.randn(6, 2)
 # ------------------------------------------------------------------ missing members
 
 
-@pytest.mark.parametrize("estimator, needs", [
-    (ws.RWS(k=3, q_update="wake"), {"propose", "log_joint", "p_parameters", "q_parameters"}),
-    (ws.RWS(k=3), {"propose", "log_joint", "p_parameters", "q_parameters", "sample", "log_proposal"}),
-    (ws.WakeSleep(), {"propose", "log_joint", "p_parameters", "q_parameters", "sample", "log_proposal"}),
-    (ws.IWAE(k=3), {"propose", "log_joint", "p_parameters", "q_parameters"}),
-    (ws.ALWS(target="generic"), {"sample", "log_joint", "p_parameters"}),
-    (ws.ALWS(target="exp_family", q_update="sleep"),
-     {"sample", "log_joint", "p_parameters", "log_prior", "exponential_family", "sufficient_statistics", "log_proposal", "q_parameters"}),
-])
+@pytest.mark.parametrize(
+    "estimator, needs",
+    [
+        (ws.RWS(k=3, q_update="wake"), {"propose", "log_joint", "p_parameters", "q_parameters"}),
+        (ws.RWS(k=3), {"propose", "log_joint", "p_parameters", "q_parameters", "sample", "log_proposal"}),
+        (ws.WakeSleep(), {"propose", "log_joint", "p_parameters", "q_parameters", "sample", "log_proposal"}),
+        (ws.IWAE(k=3), {"propose", "log_joint", "p_parameters", "q_parameters"}),
+        (ws.ALWS(target="generic"), {"sample", "log_joint", "p_parameters"}),
+        (
+            ws.ALWS(target="exp_family", q_update="sleep"),
+            {"sample", "log_joint", "p_parameters", "log_prior", "exponential_family", "sufficient_statistics", "log_proposal", "q_parameters"},
+        ),
+    ],
+)
 def test_each_estimator_names_exactly_the_members_it_calls(estimator, needs):
     assert set(estimator.requires(Toy())) == needs
     for member in needs:  # without any one of them, training stops before a step, naming it
@@ -170,24 +175,30 @@ def _sample_short_z(self, n):
     return c[:1], x
 
 
-@pytest.mark.parametrize("member, broken, name", [
-    ("propose", _propose_batch_first, "Broken.propose returned a latent of shape [2, 3]"),
-    ("propose", _propose_summed, "Broken.propose (its log_q) returned a tensor of shape [2]"),
-    ("propose", lambda self, x, k: Toy.propose(self, x, k)[0], "Broken.propose(x, k) returned a tensor"),
-    ("log_joint", _flat, "Broken.log_joint returned a tensor of shape [6]"),
-    ("log_proposal", lambda self, x, c: Toy.log_proposal(self, x, c)[..., None], "Broken.log_proposal returned"),
-    ("sample", _sample_flat_x, "Broken.sample(2) returned x as a tensor of shape [4]"),
-    ("sample", _sample_short_z, "Broken.sample returned a latent of shape [1]"),
-    ("log_prior", lambda self, c: Toy.log_prior(self, c)[:1], "Broken.log_prior returned"),
-    ("exponential_family", lambda self, c: (Toy.exponential_family(self, c)[0], torch.zeros(2, 1)), "Broken.exponential_family (its Ψ)"),
-    ("sufficient_statistics", lambda self, x: x[:, :1], "Broken.sufficient_statistics returned"),
-    ("log_joint", lambda self, x, c: 1 / 0, "raised ZeroDivisionError"),
-    ("p_parameters", lambda self: 3, "p_parameters() returned a int"),
-])
+@pytest.mark.parametrize(
+    "member, broken, name",
+    [
+        ("propose", _propose_batch_first, "Broken.propose returned a latent of shape [2, 3]"),
+        ("propose", _propose_summed, "Broken.propose (its log_q) returned a tensor of shape [2]"),
+        ("propose", lambda self, x, k: Toy.propose(self, x, k)[0], "Broken.propose(x, k) returned a tensor"),
+        ("log_joint", _flat, "Broken.log_joint returned a tensor of shape [6]"),
+        ("log_proposal", lambda self, x, c: Toy.log_proposal(self, x, c)[..., None], "Broken.log_proposal returned"),
+        ("sample", _sample_flat_x, "Broken.sample(2) returned x as a tensor of shape [4]"),
+        ("sample", _sample_short_z, "Broken.sample returned a latent of shape [1]"),
+        ("log_prior", lambda self, c: Toy.log_prior(self, c)[:1], "Broken.log_prior returned"),
+        ("exponential_family", lambda self, c: (Toy.exponential_family(self, c)[0], torch.zeros(2, 1)), "Broken.exponential_family (its Ψ)"),
+        ("sufficient_statistics", lambda self, x: x[:, :1], "Broken.sufficient_statistics returned"),
+        ("log_joint", lambda self, x, c: 1 / 0, "raised ZeroDivisionError"),
+        ("p_parameters", lambda self: 3, "p_parameters() returned a int"),
+    ],
+)
 def test_a_wrong_shape_is_named_before_the_first_step(member, broken, name):
     model = variant(**{member: broken})
-    est = ws.ALWS(target="exp_family", q_update="sleep", sleep_samples=10, valid_samples=5) if member in (
-        "log_prior", "exponential_family", "sufficient_statistics") else ws.RWS(k=3)
+    est = (
+        ws.ALWS(target="exp_family", q_update="sleep", sleep_samples=10, valid_samples=5)
+        if member in ("log_prior", "exponential_family", "sufficient_statistics")
+        else ws.RWS(k=3)
+    )
     before = [p.detach().clone() for p in Toy.parameters(model)]
     with pytest.raises(ModelShapeError, match=re.escape(name)):
         ws.train(model, est, X, X, epochs=1, progress=False)
@@ -219,8 +230,13 @@ def test_from_distributions_members_match_the_distributions():
     logits = nn.Parameter(torch.randn(4))
     means = nn.Parameter(torch.randn(4, 3))
     net = nn.Linear(3, 4)
-    model = from_distributions(prior=lambda: Categorical(logits=logits), likelihood=lambda c: Normal(means[c], 0.7),
-                               proposal=lambda x: Categorical(logits=net(x)), generative=[logits, means], recognition=net)
+    model = from_distributions(
+        prior=lambda: Categorical(logits=logits),
+        likelihood=lambda c: Normal(means[c], 0.7),
+        proposal=lambda x: Categorical(logits=net(x)),
+        generative=[logits, means],
+        recognition=net,
+    )
     assert model.p_parameters() == [logits, means] and model.q_parameters() == list(net.parameters())
     assert model.data_dim == 3 and not model.binary_data and not model.reparameterizable
     x = torch.randn(5, 3)
@@ -251,7 +267,9 @@ def test_from_distributions_exponential_family_view_reproduces_the_likelihood(fa
     eta, psi = model.exponential_family(z)
     stats = model.sufficient_statistics(x)
     log_h = {
-        "bernoulli": torch.zeros(6), "categorical": torch.zeros(6), "onehot": torch.zeros(6),
+        "bernoulli": torch.zeros(6),
+        "categorical": torch.zeros(6),
+        "onehot": torch.zeros(6),
         "poisson": -torch.lgamma(x + 1).sum(-1),
         "normal": Normal(0.0, torch.tensor([0.5, 1.0, 2.0])).log_prob(x).sum(-1),
     }[family]
@@ -272,10 +290,13 @@ def test_from_distributions_reparameterised_proposal_trains_by_iwae():
     torch.manual_seed(0)
     enc = nn.Linear(2, 2)
     dec = nn.Linear(1, 2)
-    model = from_distributions(prior=lambda: Independent(Normal(torch.zeros(1), 1.0), 1),
-                               likelihood=lambda z: Normal(dec(z), 0.5),
-                               proposal=lambda x: Independent(Normal(enc(x)[..., :1], enc(x)[..., 1:].exp()), 1),
-                               generative=dec, recognition=enc)
+    model = from_distributions(
+        prior=lambda: Independent(Normal(torch.zeros(1), 1.0), 1),
+        likelihood=lambda z: Normal(dec(z), 0.5),
+        proposal=lambda x: Independent(Normal(enc(x)[..., :1], enc(x)[..., 1:].exp()), 1),
+        generative=dec,
+        recognition=enc,
+    )
     assert model.reparameterizable
     x = torch.randn(300, 2) @ torch.tensor([[1.0, 0.5], [0.0, 0.3]])
     fit = ws.train(model, ws.IWAE(k=5), x, x[:100], epochs=3, progress=False, lr_p=1e-2, lr_q=1e-2)
@@ -304,8 +325,9 @@ def test_categorical_latents_are_enumerated_by_their_one_hot_states():
     lp = torch.log_softmax(model.prior.logits, 0)[:, None] + model.generative[0].log_prob(x, one_hot[:, None, :])
     torch.testing.assert_close(ws.evaluate.exact_log_marginal(model, x), torch.logsumexp(lp, 0))
     # and a binary layer under a categorical one: the product of the supports, 2^3 × 4 states
-    model2 = ws.HelmholtzMachine(CategoricalPrior(4), [BernoulliLayer(3, d), BernoulliLayer(4, 3)],
-                                 [BernoulliLayer(d, 3), CategoricalLayer(3, 4)]).double()
+    model2 = ws.HelmholtzMachine(
+        CategoricalPrior(4), [BernoulliLayer(3, d), BernoulliLayer(4, 3)], [BernoulliLayer(d, 3), CategoricalLayer(3, 4)]
+    ).double()
     z1, z2 = model2.enumerate_latents()
     assert z1.shape == (32, 3) and z2.shape == (32, 4) and len({tuple(a) + tuple(b) for a, b in zip(z1.tolist(), z2.tolist())}) == 32
     est = ws.log_likelihood(model2, x, k=20000, seed=0)
@@ -383,19 +405,24 @@ def test_vae_keeps_the_particles_asked_for():
 
 def test_compare_and_diagnose_take_a_users_model(tmp_path, monkeypatch):
     """compare's [model] spec and diagnose --model run the example mixture like a built-in model."""
-    from wakesleep.lab import compare
     from wakesleep.cli import main
+    from wakesleep.lab import compare
 
     sys.path.insert(0, str(ROOT / "examples"))
     import gmm
 
     np.savez(tmp_path / "gmm.npz", train=gmm.make_data(400).numpy(), valid=gmm.make_data(100, 1).numpy(), test=gmm.make_data(100, 2).numpy())
     monkeypatch.chdir(ROOT)
-    cfg = compare.parse_config({
-        "name": "gmm", "data": {"dataset": str(tmp_path / "gmm.npz")}, "model": {"spec": "examples/gmm.py:mixture"},
-        "train": {"epochs": 1}, "evaluate": {"test_k": 20},
-        "estimators": [{"label": "RWS", "algorithm": "rws", "settings": {"k": 5}}, {"label": "IWAE", "algorithm": "iwae"}],
-    })
+    cfg = compare.parse_config(
+        {
+            "name": "gmm",
+            "data": {"dataset": str(tmp_path / "gmm.npz")},
+            "model": {"spec": "examples/gmm.py:mixture"},
+            "train": {"epochs": 1},
+            "evaluate": {"test_k": 20},
+            "estimators": [{"label": "RWS", "algorithm": "rws", "settings": {"k": 5}}, {"label": "IWAE", "algorithm": "iwae"}],
+        }
+    )
     assert cfg.model == {"spec": f"{ROOT / 'examples' / 'gmm.py'}:mixture"}
     with pytest.raises(ValueError, match="IWAE needs reparameterisable latents"):  # refused before any run
         compare.run_compare(cfg, out_dir=tmp_path / "cmp", progress=False)
@@ -405,8 +432,21 @@ def test_compare_and_diagnose_take_a_users_model(tmp_path, monkeypatch):
     assert len(records) == 1 and math.isfinite(records[0]["test_log_likelihood"])
     assert main(["evaluate", str(out / "RWS" / "seed0"), "--k", "10", "--no-progress"]) == 0
     with pytest.raises(compare.ConfigError, match="model.spec"):
-        compare.parse_config({"data": {"dataset": "x"}, "model": {"spec": "nothing-here.py:f"}, "train": {},
-                              "estimators": [{"algorithm": "rws"}]})
-    code = main(["diagnose", "--model", "examples/gmm.py:mixture", "--estimator", "rws:k=4,q_update=wake", "--repeats", "3",
-                 "--batch", "4", "--out", str(tmp_path / "diag"), "--no-progress"])
+        compare.parse_config({"data": {"dataset": "x"}, "model": {"spec": "nothing-here.py:f"}, "train": {}, "estimators": [{"algorithm": "rws"}]})
+    code = main(
+        [
+            "diagnose",
+            "--model",
+            "examples/gmm.py:mixture",
+            "--estimator",
+            "rws:k=4,q_update=wake",
+            "--repeats",
+            "3",
+            "--batch",
+            "4",
+            "--out",
+            str(tmp_path / "diag"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and (tmp_path / "diag" / "diagnostics-gmm-mixture.csv").is_file()

@@ -70,8 +70,7 @@ def test_real_binarized_mnist():
     if d is None:
         pytest.skip("binarized_mnist.npz not found (set WAKESLEEP_DATA_DIR)")
     ds = data.binarized_mnist(d, download=False)
-    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((50000, 784), (10000, 784),
-                                                               (10000, 784))
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((50000, 784), (10000, 784), (10000, 784))
     assert ds.train.dtype == torch.float32 and ds.binary and ds.image_shape == (28, 28)
     means = [x.mean().item() for x in (ds.train, ds.valid, ds.test)]
     assert means == pytest.approx([0.1306, 0.1311, 0.1325], abs=1e-4)
@@ -158,8 +157,7 @@ def test_download_caches_and_second_load_is_offline(tmp_path, monkeypatch):
         assert sorted(srv.requests) == sorted(f"/bm/{n}" for n in files)
         for s in ("train", "valid", "test"):
             assert torch.equal(getattr(ds, s), torch.from_numpy(arrays[s]).float())
-            assert (root / f"binarized_mnist_{s}.amat").read_bytes() == files[
-                f"binarized_mnist_{s}.amat"]
+            assert (root / f"binarized_mnist_{s}.amat").read_bytes() == files[f"binarized_mnist_{s}.amat"]
         assert (root / "binarized_mnist.npz").is_file()
         assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -170,8 +168,7 @@ def test_download_caches_and_second_load_is_offline(tmp_path, monkeypatch):
     # The cache alone suffices, without .amat files and without a server.
     for s in ("train", "valid", "test"):
         (root / f"binarized_mnist_{s}.amat").unlink()
-    assert torch.equal(data.binarized_mnist(root, download=False, expected_rows=None).valid,
-                       ds.valid)
+    assert torch.equal(data.binarized_mnist(root, download=False, expected_rows=None).valid, ds.valid)
 
 
 def test_download_404_is_data_error(tmp_path, monkeypatch):
@@ -206,8 +203,7 @@ def test_malformed_download_is_removed(tmp_path, monkeypatch):
         monkeypatch.setenv("WAKESLEEP_BINARIZED_MNIST_URL", srv.url)
         with pytest.raises(DataError, match="binarized_mnist_valid.amat: malformed"):
             data.binarized_mnist(tmp_path, expected_rows=None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "binarized_mnist_test.amat", "binarized_mnist_train.amat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binarized_mnist_test.amat", "binarized_mnist_train.amat"]
 
 
 def test_missing_files_without_download(tmp_path):
@@ -226,9 +222,11 @@ def test_amat_row_count_checked(tmp_path):
 
 @pytest.mark.parametrize(
     "line, message",
-    [("0 1 " * 391 + "0", "malformed .amat"),          # 783 values
-     ("0 x " + "0 " * 782, "malformed .amat"),         # not a number
-     ("2 " + "0 " * 783, r"not in \{0, 1\}")],         # not binary
+    [
+        ("0 1 " * 391 + "0", "malformed .amat"),  # 783 values
+        ("0 x " + "0 " * 782, "malformed .amat"),  # not a number
+        ("2 " + "0 " * 783, r"not in \{0, 1\}"),
+    ],  # not binary
 )
 def test_bad_amat_line(tmp_path, line, message):
     _, files = fake_files()
@@ -271,8 +269,7 @@ def ok():
         (np.zeros((2, 2, 2)), {}, "2-D array"),
         (ok(), {"dim": 5}, "expected D=5 .* got 3"),
         (np.array([[0.0, 1.0], [np.nan, np.inf]]), {}, "2 NaN or inf value.*row 1, column 0"),
-        (np.array([[0.0, 0.5]]), {"binary": True},
-         r"1 value\(s\) not in \{0, 1\}.*row 0, column 1.*Bernoulli.*x > 0.5"),
+        (np.array([[0.0, 0.5]]), {"binary": True}, r"1 value\(s\) not in \{0, 1\}.*row 0, column 1.*Bernoulli.*x > 0.5"),
         (np.array([["a", "b"]]), {}, "non-numeric"),
     ],
 )
@@ -305,8 +302,7 @@ def test_dataset_checks_consistency():
 
 def test_user_npz_with_splits(tmp_path):
     rng = np.random.default_rng(0)
-    parts = {s: rng.random((n, 5, 4)).astype(np.float32) for s, n in
-             (("train", 7), ("valid", 3), ("test", 2))}
+    parts = {s: rng.random((n, 5, 4)).astype(np.float32) for s, n in (("train", 7), ("valid", 3), ("test", 2))}
     np.savez(tmp_path / "mine.npz", **parts)
     ds = data.load_npz(tmp_path / "mine.npz")
     assert ds.name == "mine" and ds.image_shape == (5, 4) and ds.dim == 20 and not ds.binary
@@ -366,4 +362,3 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
     assert data.resolve_data_dir("/x/y") == Path("/x/y")
     monkeypatch.delenv("WAKESLEEP_DATA_DIR")
     assert data.resolve_data_dir() == Path.home() / ".cache" / "wakesleep"
-

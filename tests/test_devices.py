@@ -14,8 +14,8 @@ import torch
 from wakesleep.cli import UsageError, main, resolve_device
 from wakesleep.estimators import IWAE, RWS
 from wakesleep.evaluate import WORKING_COPIES, chunk_sizes, log_likelihood
-from wakesleep.models.contract import particle_width
 from wakesleep.models import HelmholtzMachine
+from wakesleep.models.contract import particle_width
 from wakesleep.runs import CHECKPOINT, load_checkpoint
 from wakesleep.training import train
 
@@ -67,8 +67,9 @@ def test_device_names_resolve():
 
 
 @CUDA
-@pytest.mark.parametrize("build,estimator", [(lambda: HelmholtzMachine.sbn([30, 8, 4]), RWS(k=3)),
-                                             (lambda: HelmholtzMachine.gaussian([30, 4], hidden=(16,)), IWAE(k=3))])
+@pytest.mark.parametrize(
+    "build,estimator", [(lambda: HelmholtzMachine.sbn([30, 8, 4]), RWS(k=3)), (lambda: HelmholtzMachine.gaussian([30, 4], hidden=(16,)), IWAE(k=3))]
+)
 def test_training_on_cuda_checkpoints_load_on_the_cpu(tmp_path, build, estimator):
     torch.manual_seed(0)
     model = build().to("cuda")
@@ -96,7 +97,28 @@ def test_training_on_cuda_checkpoints_load_on_the_cpu(tmp_path, build, estimator
 @CUDA
 def test_cli_trains_on_cuda_and_evaluates_on_the_cpu(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--layers", "8", "--epochs", "1", "--test-k", "10", "--valid-k", "5",
-                 "--device", "cuda", "--run-dir", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--layers",
+                "8",
+                "--epochs",
+                "1",
+                "--test-k",
+                "10",
+                "--valid-k",
+                "5",
+                "--device",
+                "cuda",
+                "--run-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "on cuda" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--k", "10", "--device", "cpu", "--no-progress"]) == 0

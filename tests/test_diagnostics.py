@@ -22,9 +22,9 @@ import matplotlib.image
 import pytest
 import torch
 
+from wakesleep.cli import main
 from wakesleep.lab import compare as compare_module
 from wakesleep.lab import diagnostics as D
-from wakesleep.cli import main
 from wakesleep.lab.compare import ConfigError, load_config, parse_config, run_compare
 from wakesleep.models.exact import build_reference
 
@@ -89,8 +89,11 @@ def test_plot_families_leave_out_only_the_particle_and_sample_counts():
     alws = row("alws:sleep_samples=100,kernel=matern32")
     assert D._family(alws) == "alws(kernel=matern32)" and D._count(alws) == ("sleep_samples", 100)
     assert [s.label for s in D.alws_settings(ns=(50, 800), kernels=("gaussian", "matern32"))] == [
-        "alws(kernel=gaussian,sleep_samples=50)", "alws(kernel=gaussian,sleep_samples=800)",
-        "alws(kernel=matern32,sleep_samples=50)", "alws(kernel=matern32,sleep_samples=800)"]
+        "alws(kernel=gaussian,sleep_samples=50)",
+        "alws(kernel=gaussian,sleep_samples=800)",
+        "alws(kernel=matern32,sleep_samples=50)",
+        "alws(kernel=matern32,sleep_samples=800)",
+    ]
 
 
 # ------------------------------------------------------------------ theory
@@ -149,8 +152,22 @@ def test_alws_error_falls_with_n():
 
 
 def test_diagnose_command_writes_table_and_plots(tmp_path, capsys):
-    rc = main(["diagnose", "--reference", "factor-analysis", "--estimator", "ws", "rws:k=4,q_update=wake", "iwae:k=4",
-               "--repeats", "5", "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "diagnose",
+            "--reference",
+            "factor-analysis",
+            "--estimator",
+            "ws",
+            "rws:k=4,q_update=wake",
+            "iwae:k=4",
+            "--repeats",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = (tmp_path / "diagnostics-factor-analysis.csv").read_text().splitlines()
     assert text[0].split(",") == list(D.COLUMNS) and len(text) == 1 + 5  # θ rows for 3, φ rows for ws and rws
@@ -170,7 +187,9 @@ def test_diagnose_command_rejects_bad_settings(capsys):
 
 def tiny_config(**changes):
     raw = {
-        "name": "tiny", "seeds": [0, 1], "threads": 1,
+        "name": "tiny",
+        "seeds": [0, 1],
+        "threads": 1,
         "data": {"dataset": "digits"},
         "model": {"kind": "sbn", "layers": [8]},
         "train": {"epochs": 1, "batch_size": 100, "valid_k": 5, "clock": "process"},
@@ -254,23 +273,26 @@ settings = { k = 3 }
         run_compare(load_config(cfg_path), out, progress=False)
 
 
-@pytest.mark.parametrize("change,key", [
-    ({"model": None}, "model"),
-    ({"modle": {}}, "modle"),
-    ({"seeds": [0, 0]}, "seeds"),
-    ({"model": {"kind": "transformer", "layers": [8]}}, "model.kind"),
-    ({"model": {"kind": "sbn", "layers": [8], "hidden": [4]}}, "model.hidden"),
-    ({"train": {"epochs": 0}}, "train"),
-    ({"train": {"epoch": 1}}, "train.epoch"),
-    ({"evaluate": {"test_k": 0}}, "evaluate.test_k"),
-    ({"estimators": []}, "estimators"),
-    ({"estimators": [{"algorithm": "nope"}]}, "estimators[0].algorithm"),
-    ({"estimators": [{"algorithm": "rws", "setings": {}}]}, "estimators[0].setings"),
-    ({"estimators": [{"algorithm": "rws", "settings": {"k": 0}}]}, "estimators[0].settings"),
-    ({"estimators": [{"algorithm": "rws", "settings": {"particles": 3}}]}, "estimators[0].settings"),
-    ({"estimators": [{"algorithm": "rws", "train": {"epochs": 5}}]}, "estimators[0].train.epochs"),
-    ({"estimators": [{"algorithm": "rws"}, {"algorithm": "rws"}]}, "repeated"),
-])
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"model": None}, "model"),
+        ({"modle": {}}, "modle"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"model": {"kind": "transformer", "layers": [8]}}, "model.kind"),
+        ({"model": {"kind": "sbn", "layers": [8], "hidden": [4]}}, "model.hidden"),
+        ({"train": {"epochs": 0}}, "train"),
+        ({"train": {"epoch": 1}}, "train.epoch"),
+        ({"evaluate": {"test_k": 0}}, "evaluate.test_k"),
+        ({"estimators": []}, "estimators"),
+        ({"estimators": [{"algorithm": "nope"}]}, "estimators[0].algorithm"),
+        ({"estimators": [{"algorithm": "rws", "setings": {}}]}, "estimators[0].setings"),
+        ({"estimators": [{"algorithm": "rws", "settings": {"k": 0}}]}, "estimators[0].settings"),
+        ({"estimators": [{"algorithm": "rws", "settings": {"particles": 3}}]}, "estimators[0].settings"),
+        ({"estimators": [{"algorithm": "rws", "train": {"epochs": 5}}]}, "estimators[0].train.epochs"),
+        ({"estimators": [{"algorithm": "rws"}, {"algorithm": "rws"}]}, "repeated"),
+    ],
+)
 def test_bad_configs_name_the_key(change, key):
     raw = tiny_config(**change)
     raw = {k: v for k, v in raw.items() if v is not None}

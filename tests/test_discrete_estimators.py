@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from exactness import bias_norm_band, grads
 from scipy.stats import t as student_t
 
 import wakesleep as ws
-from exactness import bias_norm_band, grads
 from wakesleep.estimators import ESTIMATORS, NVIL, RWS, TVO, VIMCO, Reinforce
 from wakesleep.evaluate import exact_log_marginal
 from wakesleep.models.exact import enumerated_log_joint, exact_theta_grad, exact_wake_phi_target, sbn_reference
@@ -274,8 +274,9 @@ def test_sample_uniform_is_uniform_over_binary_and_categorical_latents():
     from wakesleep.layers import BernoulliLayer, CategoricalLayer, CategoricalPrior
 
     torch.manual_seed(19)
-    model = ws.models.HelmholtzMachine(CategoricalPrior(3), [BernoulliLayer(2, 5), BernoulliLayer(3, 2)],
-                                       [BernoulliLayer(5, 2), CategoricalLayer(2, 3)])
+    model = ws.models.HelmholtzMachine(
+        CategoricalPrior(3), [BernoulliLayer(2, 5), BernoulliLayer(3, 2)], [BernoulliLayer(5, 2), CategoricalLayer(2, 3)]
+    )
     x = torch.zeros(7, 5)
     zs, log_u = model.sample_uniform(x, 60000)
     assert [tuple(z.shape) for z in zs] == [(60000, 7, 2), (60000, 7, 3)]
@@ -317,8 +318,13 @@ def test_training_on_the_mixture_improves_it(name):
     torch.manual_seed(20)
     model = gmm.HandWrittenMixture()
     data, test = gmm.make_data(1000, seed=1), gmm.make_data(500, seed=2)
-    est = {"vimco": lambda: VIMCO(k=5), "reinforce": lambda: Reinforce(k=1), "nvil": lambda: NVIL(k=1, data_dim=1),
-           "tvo": lambda: TVO(k=5), "rws_defensive": lambda: RWS(k=5, defensive=0.2)}[name]()
+    est = {
+        "vimco": lambda: VIMCO(k=5),
+        "reinforce": lambda: Reinforce(k=1),
+        "nvil": lambda: NVIL(k=1, data_dim=1),
+        "tvo": lambda: TVO(k=5),
+        "rws_defensive": lambda: RWS(k=5, defensive=0.2),
+    }[name]()
     with torch.no_grad():
         before = exact_log_marginal(model, test).mean().item()
     # q learns faster than θ, so that θ's updates (through q's particles) point the right way from the start.

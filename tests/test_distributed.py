@@ -26,13 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from wakesleep.training import distributed
 from wakesleep.estimators import ALWS, RWS
+from wakesleep.faults import FAULT_ENV
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import read_jsonl
 from wakesleep.runs import CHECKPOINT, METRICS, load_checkpoint
-from wakesleep.faults import FAULT_ENV
-from wakesleep.training import TrainConfig, build_optimizer, train_step
+from wakesleep.training import TrainConfig, build_optimizer, distributed, train_step
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -101,8 +100,7 @@ def _alws_worker(rank: int, store: str, out: str) -> None:
         opt = build_optimizer(model, est, TrainConfig(lr_p=1e-2, lr_estimator=1e-2))
         torch.manual_seed(7)  # the same sleep samples on both ranks: only the wake batches differ
         _, bad = train_step(model, est, opt, _shard(_data(), rank))
-        torch.save({"bad": bad, "params": [p.detach().clone() for p in list(model.parameters()) + list(est.parameters())]},
-                   f"{out}.{rank}")
+        torch.save({"bad": bad, "params": [p.detach().clone() for p in list(model.parameters()) + list(est.parameters())]}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -136,8 +134,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ARGS = ["train", "--algorithm", "rws", "--k", "3", "--dataset", "digits", "--layers", "10", "--epochs", "2",
-        "--batch-size", "200", "--valid-k", "5", "--test-k", "10", "--checkpoint-every", "2", "--no-progress", "--seed", "1"]
+ARGS = [
+    "train",
+    "--algorithm",
+    "rws",
+    "--k",
+    "3",
+    "--dataset",
+    "digits",
+    "--layers",
+    "10",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "200",
+    "--valid-k",
+    "5",
+    "--test-k",
+    "10",
+    "--checkpoint-every",
+    "2",
+    "--no-progress",
+    "--seed",
+    "1",
+]
 
 
 def _torchrun(run_dir: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
@@ -145,8 +165,23 @@ def _torchrun(run_dir: Path, *extra: str, fault: str | None = None) -> subproces
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "wakesleep", *ARGS, "--run-dir", str(run_dir), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "wakesleep",
+        *ARGS,
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -160,8 +195,21 @@ def _train_worker(rank: int, store: str, run_dir: str, resume: bool, fault: str 
     try:
         g = torch.Generator().manual_seed(2)
         data = (torch.rand(120, 16, generator=g, dtype=torch.float64) < 0.4).double()
-        train(_model(), RWS(k=2), data[:100], data[100:], run_dir=run_dir, resume=resume, epochs=2, batch_size=20,
-              checkpoint_every=2, valid_k=3, seed=1, patience=None, progress=False)
+        train(
+            _model(),
+            RWS(k=2),
+            data[:100],
+            data[100:],
+            run_dir=run_dir,
+            resume=resume,
+            epochs=2,
+            batch_size=20,
+            checkpoint_every=2,
+            valid_k=3,
+            seed=1,
+            patience=None,
+            progress=False,
+        )
     finally:
         dist.destroy_process_group()
 

@@ -11,13 +11,14 @@ import math
 
 import pytest
 import torch
-
 from exactness import bias_norm_band, cosine, grads, small_sbn, z_scores
+
 from wakesleep.estimators import IWAE, RWS, VAE, WakeSleep, sleep_phase_loss
-from wakesleep.importance import effective_sample_size
 from wakesleep.evaluate import exact_log_marginal, importance_log_marginal, log_likelihood
+from wakesleep.importance import effective_sample_size
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.exact import exact_theta_grad, exact_wake_phi_target as exact_wake_phi_grad, sbn_reference
+from wakesleep.models.exact import exact_theta_grad, sbn_reference
+from wakesleep.models.exact import exact_wake_phi_target as exact_wake_phi_grad
 
 Z_MAX = 4.5
 

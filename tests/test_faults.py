@@ -15,13 +15,33 @@ import time
 import pytest
 import torch
 
+from wakesleep.faults import FAULT_ENV
 from wakesleep.plots import read_jsonl
 from wakesleep.runs import CHECKPOINT, LOCK_OWNER, METRICS, load_checkpoint
-from wakesleep.faults import FAULT_ENV
 
 ARGS = [
-    "train", "--algorithm", "rws", "--k", "3", "--dataset", "digits", "--layers", "10", "--epochs", "3",
-    "--batch-size", "200", "--valid-k", "5", "--test-k", "20", "--checkpoint-every", "2", "--no-progress", "--seed", "1",
+    "train",
+    "--algorithm",
+    "rws",
+    "--k",
+    "3",
+    "--dataset",
+    "digits",
+    "--layers",
+    "10",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "200",
+    "--valid-k",
+    "5",
+    "--test-k",
+    "20",
+    "--checkpoint-every",
+    "2",
+    "--no-progress",
+    "--seed",
+    "1",
 ]
 
 

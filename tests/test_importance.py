@@ -56,7 +56,7 @@ def test_sleep_phase_estimator_is_the_sleep_phase_loss():
     torch.testing.assert_close(out.loss, sleep_phase_loss(model, 5))
     torch.testing.assert_close(out.metrics["sleep_log_q"], -out.loss.detach())
     grads = torch.autograd.grad(out.loss, model.q_parameters() + model.p_parameters(), allow_unused=True)
-    assert all(g is None or not g.any() for g in grads[len(model.q_parameters()):])  # θ gets no gradient
+    assert all(g is None or not g.any() for g in grads[len(model.q_parameters()) :])  # θ gets no gradient
 
 
 def test_vae_is_not_an_iwae():

@@ -11,7 +11,6 @@ from torch import nn
 
 from wakesleep.kernels import (
     GaussianKernel,
-    IdentityFeatures,
     KernelRidge,
     KernelRidgeError,
     LinearFeatures,
@@ -150,8 +149,7 @@ def test_exact_krr_matches_dense_float64_solve(name):
 def test_solve_and_predict_agree_with_weights(method):
     xs, xw, t = _data(80, 11)
     rhs = torch.randn(11, 4, generator=_gen(6), dtype=F64)
-    krr = KernelRidge(GaussianKernel(bandwidth=0.3), lam=1e-2, method=method, num_inducing=30,
-                      num_features=60, inducing="first").double()
+    krr = KernelRidge(GaussianKernel(bandwidth=0.3), lam=1e-2, method=method, num_inducing=30, num_features=60, inducing="first").double()
     with torch.no_grad():
         A = krr.weights(xs, xw)
         assert A.shape == (80, 11)
@@ -214,7 +212,7 @@ def _rel_err(krr, xs, t, xq, exact):
 
 def _smooth_problem():
     xs, xq, _ = _data(600, 50, seed=7)
-    t = (torch.sin(6 * xs[:, :1]) + xs[:, 1:] ** 2)
+    t = torch.sin(6 * xs[:, :1]) + xs[:, 1:] ** 2
     return xs, xq, t
 
 
@@ -224,8 +222,7 @@ def test_nystrom_approaches_exact(name):
     kernel = KERNELS[name]().double().init_bandwidth_(xs)
     with torch.no_grad():
         exact = KernelRidge(kernel, lam=1e-2).double().predict(xs, t, xq)
-    errs = [_rel_err(KernelRidge(kernel, lam=1e-2, method="nystrom", num_inducing=m, seed=1).double(),
-                     xs, t, xq, exact) for m in (25, 100, 400)]
+    errs = [_rel_err(KernelRidge(kernel, lam=1e-2, method="nystrom", num_inducing=m, seed=1).double(), xs, t, xq, exact) for m in (25, 100, 400)]
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < 1e-2
     # All sleep points inducing: Nyström KRR is exact KRR (up to the m·eps jitter on K_mm).
@@ -243,8 +240,9 @@ def test_rff_approaches_exact(name):
         exact = KernelRidge(kernel, lam=1e-2).double().predict(xs, t, xq)
     errs = []
     for f in (16, 128, 1024):
-        errs.append(sum(_rel_err(KernelRidge(kernel, lam=1e-2, method="rff", num_features=f, seed=s).double(),
-                                 xs, t, xq, exact) for s in range(4)) / 4)
+        errs.append(
+            sum(_rel_err(KernelRidge(kernel, lam=1e-2, method="rff", num_features=f, seed=s).double(), xs, t, xq, exact) for s in range(4)) / 4
+        )
     assert errs[0] > errs[1] > errs[2]
     assert errs[2] < math.sqrt(2 / 1024)
 
@@ -252,8 +250,7 @@ def test_rff_approaches_exact(name):
 def test_rff_primal_equals_dual_with_documented_features():
     # Primal solve with Φ = [cos(φΩᵀ/σ), sin(φΩᵀ/σ)]/sqrt(F/2) equals dual KRR with kernel ΦΦᵀ.
     xs, xw, t = _data(40, 7)
-    krr = KernelRidge(MaternKernel(1.5, features=LinearFeatures(2, 3), bandwidth=0.5), lam=1e-2,
-                      method="rff", num_features=20).double()
+    krr = KernelRidge(MaternKernel(1.5, features=LinearFeatures(2, 3), bandwidth=0.5), lam=1e-2, method="rff", num_features=20).double()
     with torch.no_grad():
         f_s, f_w = krr.kernel.features(xs), krr.kernel.features(xw)
         omega = krr.rff_frequencies / krr.kernel.bandwidth
@@ -321,8 +318,14 @@ def test_nan_inputs_are_reported():
 
 def test_krr_rejects_bad_arguments():
     k = GaussianKernel()
-    for kwargs in ({"method": "svd"}, {"lam": -1.0}, {"lam": 0.0}, {"method": "rff", "num_features": 15},
-                   {"num_inducing": 0}, {"inducing": "kmeans"}):
+    for kwargs in (
+        {"method": "svd"},
+        {"lam": -1.0},
+        {"lam": 0.0},
+        {"method": "rff", "num_features": 15},
+        {"num_inducing": 0},
+        {"inducing": "kmeans"},
+    ):
         with pytest.raises(ValueError):
             KernelRidge(k, **kwargs)
     krr = KernelRidge(k)
@@ -361,8 +364,7 @@ def test_gradients_reach_all_kernel_parameters(method, batch_norm):
     xs, xv, _ = _data(64, 16, d=3, seed=12)
     ts, tv = torch.sin(3 * xs).sum(-1, keepdim=True), torch.sin(3 * xv).sum(-1, keepdim=True)
     feats = MLPFeatures(3, hidden=(8,), out_dim=4, batch_norm=batch_norm)
-    krr = KernelRidge(MaternKernel(2.5, features=feats), lam=1e-2, method=method, num_inducing=20,
-                      num_features=40).double()
+    krr = KernelRidge(MaternKernel(2.5, features=feats), lam=1e-2, method=method, num_inducing=20, num_features=40).double()
     n_feat = len(list(feats.parameters()))
     assert len(list(krr.parameters())) == n_feat + 2  # + log_bandwidth, log_lam
     if method == "rff":
@@ -381,8 +383,9 @@ def test_gradients_reach_all_kernel_parameters(method, batch_norm):
 def test_validation_loss_gradcheck(method):
     xs, xv, t = _data(25, 6, seed=13, c=2)
     tv = torch.randn(6, 2, generator=_gen(14), dtype=F64)
-    krr = KernelRidge(GaussianKernel(features=LinearFeatures(2, 2), bandwidth=0.5), lam=1e-2,
-                      method=method, num_inducing=10, num_features=30, inducing="first").double()
+    krr = KernelRidge(
+        GaussianKernel(features=LinearFeatures(2, 2), bandwidth=0.5), lam=1e-2, method=method, num_inducing=10, num_features=30, inducing="first"
+    ).double()
     names = ["krr.log_lam", "krr.kernel.log_bandwidth", "krr.kernel.features.linear.weight"]
     wrapper = _LossModule(krr)
     params = dict(wrapper.named_parameters())

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-
 from exactness import grads, small_sbn
+
 from wakesleep.estimators import IWAE, RWS
-from wakesleep.importance import effective_sample_size
 from wakesleep.evaluate import importance_log_marginal
+from wakesleep.importance import effective_sample_size
 from wakesleep.runs import CHECKPOINT, load_checkpoint
 from wakesleep.training import TrainingError, train
 

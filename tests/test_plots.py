@@ -34,7 +34,7 @@ def test_tile_images_places_images_upright_in_reading_order():
     assert grid.shape == (3 * (h + 1) + 1, 2 * (w + 1) + 1)
     for i in range(5):
         r, c = divmod(i, 2)
-        cell = grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w]
+        cell = grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w]
         assert np.array_equal(cell, x[i].reshape(h, w))
     assert (grid[7:9, 5:8] == -1).all()  # the sixth cell (row 2, column 1) is empty padding
     assert (grid[0] == -1).all() and (grid[:, 0] == -1).all()
@@ -70,12 +70,10 @@ def test_learning_curves_png(tmp_path):
     records = [
         {"epoch": 1, "train_objective": -60.1, "valid_log_likelihood": -58.0, "time": 12.3},
         {"epoch": 2, "train_objective": -55.0, "time": 24.0, "note": "no valid this epoch"},
-        {"epoch": 3, "train_objective": -52.5, "valid_log_likelihood": -53.1, "time": 36.1,
-         "converged": False},
+        {"epoch": 3, "train_objective": -52.5, "valid_log_likelihood": -53.1, "time": 36.1, "converged": False},
     ]
     assert_png(plots.learning_curves(records, tmp_path / "curves.png"))
-    assert_png(plots.learning_curves(records, tmp_path / "two.png",
-                                     keys=["valid_log_likelihood"], x="time"))
+    assert_png(plots.learning_curves(records, tmp_path / "two.png", keys=["valid_log_likelihood"], x="time"))
     with pytest.raises(ValueError, match=r"\['nope'\] in no record"):
         plots.learning_curves(records, tmp_path / "x.png", keys=["nope"])
     with pytest.raises(ValueError, match="no records"):
@@ -87,12 +85,12 @@ def test_comparison_plot_png(tmp_path):
         "RWS K=5": [(10.0, -95.0, 0.5), (1.0, -110.0, 1.0), (100.0, -90.0, 0.3)],
         "VAE": [(1.0, -112.0), (10.0, -100.0), (100.0, -96.0)],
     }
-    path = plots.comparison_plot(series, tmp_path / "cmp.png", "time (s)",
-                                 "test log-likelihood (nats)", title="estimators")
+    path = plots.comparison_plot(series, tmp_path / "cmp.png", "time (s)", "test log-likelihood (nats)", title="estimators")
     inside = assert_png(path)
     # Legend under the axes: the figure grows by the legend's height; the axes keep the top rows.
-    below = assert_png(plots.comparison_plot(series, tmp_path / "below.png", "time (s)", "test log-likelihood (nats)",
-                                             title="estimators", legend_below=True))
+    below = assert_png(
+        plots.comparison_plot(series, tmp_path / "below.png", "time (s)", "test log-likelihood (nats)", title="estimators", legend_below=True)
+    )
     assert below.shape[1] == inside.shape[1] and below.shape[0] > inside.shape[0]
     with pytest.raises(ValueError, match="'bad'"):
         plots.comparison_plot({"bad": [(1.0, 2.0), (1.0, 2.0, 0.1)]}, tmp_path / "b.png", "x", "y")

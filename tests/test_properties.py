@@ -53,8 +53,10 @@ not_positive_int = st.one_of(
 
 
 @FAST
-@given(option=st.sampled_from(["--k", "--epochs", "--batch-size", "--valid-k", "--test-k", "--samples", "--patience", "--checkpoint-every"]),
-       value=not_positive_int)
+@given(
+    option=st.sampled_from(["--k", "--epochs", "--batch-size", "--valid-k", "--test-k", "--samples", "--patience", "--checkpoint-every"]),
+    value=not_positive_int,
+)
 def test_counts_must_be_positive_integers(option, value):
     with tempfile.TemporaryDirectory() as d:
         code, err = run_cli(["train", f"{option}={value}", "--run-dir", d, "--no-progress"])
@@ -76,11 +78,18 @@ def test_rates_and_budgets_must_be_positive_finite(option, value):
 
 
 @FAST
-@given(option=st.sampled_from(["--algorithm", "--model", "--q-update", "--likelihood", "--clock"]),
-       name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_0123456789", min_size=1, max_size=10))
+@given(
+    option=st.sampled_from(["--algorithm", "--model", "--q-update", "--likelihood", "--clock"]),
+    name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_0123456789", min_size=1, max_size=10),
+)
 def test_unknown_names_are_rejected_with_the_choices(option, name):
-    valid = {"--algorithm": sorted(ESTIMATORS), "--model": ["sbn", "gaussian"],
-             "--q-update": ["wake", "sleep", "both"], "--likelihood": ["bernoulli", "gaussian"], "--clock": ["wall", "process"]}
+    valid = {
+        "--algorithm": sorted(ESTIMATORS),
+        "--model": ["sbn", "gaussian"],
+        "--q-update": ["wake", "sleep", "both"],
+        "--likelihood": ["bernoulli", "gaussian"],
+        "--clock": ["wall", "process"],
+    }
     if name in valid[option]:
         return
     code, err = run_cli(["train", f"{option}={name}", "--no-progress"])
@@ -100,16 +109,20 @@ def test_unknown_dataset_names_list_the_valid_ones(name):
 
 
 @FAST
-@given(field=st.sampled_from(["epochs", "batch_size", "valid_k", "valid_every", "patience", "checkpoint_every"]),
-       value=st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.text(max_size=3)))
+@given(
+    field=st.sampled_from(["epochs", "batch_size", "valid_k", "valid_every", "patience", "checkpoint_every"]),
+    value=st.one_of(st.integers(max_value=0), st.floats(), st.booleans(), st.text(max_size=3)),
+)
 def test_trainer_counts_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
 
 
 @FAST
-@given(field=st.sampled_from(["lr_p", "lr_q", "lr_estimator"]),
-       value=st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf), st.text(max_size=3)))
+@given(
+    field=st.sampled_from(["lr_p", "lr_q", "lr_estimator"]),
+    value=st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf), st.text(max_size=3)),
+)
 def test_trainer_rates_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -137,8 +150,11 @@ def bad_binary_data(draw):
     if fault == "empty":
         return fault, x[:0]
     i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, 11))
-    x[i, j] = {"nan": np.nan, "inf": draw(st.sampled_from([np.inf, -np.inf])),
-               "nonbinary": draw(st.floats(-1e6, 1e6).filter(lambda v: float(np.float32(v)) not in (0.0, 1.0)))}[fault]
+    x[i, j] = {
+        "nan": np.nan,
+        "inf": draw(st.sampled_from([np.inf, -np.inf])),
+        "nonbinary": draw(st.floats(-1e6, 1e6).filter(lambda v: float(np.float32(v)) not in (0.0, 1.0))),
+    }[fault]
     return fault, x
 
 
@@ -164,8 +180,9 @@ def test_bad_npz_files_are_rejected_by_the_command_line(case, keyed):
             np.savez(path, train=good, valid=x, test=good)
         else:
             np.savez(path, data=x if fault != "empty" else x)
-        code, err = run_cli(["train", "--dataset", str(path), "--model", "sbn", "--layers", "3", "--epochs", "1",
-                             "--run-dir", str(Path(d) / "run"), "--no-progress"])
+        code, err = run_cli(
+            ["train", "--dataset", str(path), "--model", "sbn", "--layers", "3", "--epochs", "1", "--run-dir", str(Path(d) / "run"), "--no-progress"]
+        )
         assert_clean_rejection(code, err)
         assert "mine.npz" in err or "binary" in err.lower() or "bernoulli" in err.lower(), err
         assert not (Path(d) / "run" / "checkpoint.pt").exists()

@@ -262,8 +262,7 @@ def written_out(gen, rec, x, z):
     """log p(x, z) and log q(z | x) [*S, B] for z {"z": [*S, B, 3], "s": [*S, B] or [*S, B, 1]},
     with torch.distributions."""
     c, s = z["z"], z["s"].reshape(z["z"].shape[:-1])
-    log_p = (Normal(gen.mu, 1.0).log_prob(c).sum(-1) + Normal(0.0, 1.0).log_prob(s)
-             + Normal(c @ gen.w.T + s[..., None], 1.0).log_prob(x).sum(-1))
+    log_p = Normal(gen.mu, 1.0).log_prob(c).sum(-1) + Normal(0.0, 1.0).log_prob(s) + Normal(c @ gen.w.T + s[..., None], 1.0).log_prob(x).sum(-1)
     return log_p, Normal(rec.net(x), 0.5).log_prob(c).sum(-1) + Normal(x.mean(-1), 0.5).log_prob(s)
 
 

@@ -12,12 +12,23 @@ import math
 
 import pytest
 import torch
-
 from exactness import z_scores
+
 from wakesleep.estimators import sleep_phase_loss
 from wakesleep.evaluate import importance_log_marginal
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.exact import NoExactReference, build_reference, reference_log_marginal as exact_log_marginal, exact_sleep_phi_target, exact_theta_grad, exact_wake_phi_target, fa_posterior, flat_grad, latent_grid, quadrature_rule
+from wakesleep.models.exact import (
+    NoExactReference,
+    build_reference,
+    exact_sleep_phi_target,
+    exact_theta_grad,
+    exact_wake_phi_target,
+    fa_posterior,
+    flat_grad,
+    latent_grid,
+    quadrature_rule,
+)
+from wakesleep.models.exact import reference_log_marginal as exact_log_marginal
 
 Z_MAX = 4.5
 
@@ -73,11 +84,14 @@ def test_enumeration_theta_grad_is_fishers_identity():
     assert torch.allclose(exact_theta_grad(model, x), fisher, atol=1e-10)
 
 
-@pytest.mark.parametrize("name,kwargs", [
-    ("factor-analysis", {}),
-    ("sbn", {"data_dim": 10, "latents": 5}),
-    ("gaussian-quadrature", {"data_dim": 8, "latent_dim": 1}),
-])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("factor-analysis", {}),
+        ("sbn", {"data_dim": 10, "latents": 5}),
+        ("gaussian-quadrature", {"data_dim": 8, "latent_dim": 1}),
+    ],
+)
 def test_sleep_phi_target_is_what_the_sleep_phase_estimates(name, kwargs):
     model, _ = build_reference(name, **kwargs)
     target = exact_sleep_phi_target(model)
@@ -108,8 +122,12 @@ def test_factor_analysis_with_a_learned_prior_has_no_closed_form_posterior():
     model = HelmholtzMachine.factor_analysis(4, 2, learn_prior=True).double()
     x = model.sample(3)[1]
     assert torch.isfinite(exact_theta_grad(model, x)).all()
-    for quantity in (lambda: fa_posterior(model, x), lambda: exact_wake_phi_target(model, x),
-                     lambda: exact_sleep_phi_target(model), lambda: chi_square(model, x)):
+    for quantity in (
+        lambda: fa_posterior(model, x),
+        lambda: exact_wake_phi_target(model, x),
+        lambda: exact_sleep_phi_target(model),
+        lambda: chi_square(model, x),
+    ):
         with pytest.raises(NoExactReference, match=r"learns its prior.*learn_prior=True"):
             quantity()
 

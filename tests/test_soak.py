@@ -18,10 +18,10 @@ import torch
 
 from wakesleep.data import digits
 from wakesleep.estimators import RWS
+from wakesleep.faults import FAULT_ENV
 from wakesleep.models import HelmholtzMachine
 from wakesleep.plots import read_jsonl
 from wakesleep.runs import CHECKPOINT, LOCK_OWNER, METRICS, load_checkpoint
-from wakesleep.faults import FAULT_ENV
 from wakesleep.training import train
 
 
@@ -38,8 +38,20 @@ def test_soak_memory_flat_and_metrics_finite(tmp_path):
     model = HelmholtzMachine.sbn([64, 50])
     rss = []
     for chunk in range(1, 9):  # 8 × 25 epochs, each chunk resuming the last one's checkpoint
-        train(model, RWS(k=5), data.train, data.valid, epochs=25 * chunk, batch_size=50, run_dir=tmp_path,
-              resume=chunk > 1, progress=False, valid_k=50, checkpoint_every=7, patience=None)
+        train(
+            model,
+            RWS(k=5),
+            data.train,
+            data.valid,
+            epochs=25 * chunk,
+            batch_size=50,
+            run_dir=tmp_path,
+            resume=chunk > 1,
+            progress=False,
+            valid_k=50,
+            checkpoint_every=7,
+            patience=None,
+        )
         rss.append(rss_mib())
     records = read_jsonl(tmp_path / METRICS)
     assert [r["epoch"] for r in records] == list(range(1, 201))
@@ -54,14 +66,41 @@ def test_soak_memory_flat_and_metrics_finite(tmp_path):
 
 # ------------------------------------------------------------------ the command line under random kills
 
-SOAK_ARGS = ["train", "--algorithm", "rws", "--k", "3", "--dataset", "digits", "--layers", "10", "--epochs", "3",
-             "--batch-size", "200", "--valid-k", "5", "--test-k", "20", "--checkpoint-every", "2", "--no-progress", "--seed", "4"]
+SOAK_ARGS = [
+    "train",
+    "--algorithm",
+    "rws",
+    "--k",
+    "3",
+    "--dataset",
+    "digits",
+    "--layers",
+    "10",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "200",
+    "--valid-k",
+    "5",
+    "--test-k",
+    "20",
+    "--checkpoint-every",
+    "2",
+    "--no-progress",
+    "--seed",
+    "4",
+]
 
 
 def _cli(run_dir, *extra):
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    return subprocess.Popen([sys.executable, "-m", "wakesleep", *SOAK_ARGS, "--run-dir", str(run_dir), *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "wakesleep", *SOAK_ARGS, "--run-dir", str(run_dir), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _holding(p, run_dir, timeout=120):
@@ -132,6 +171,8 @@ def test_command_line_soak_random_kills_and_rival_writers(tmp_path):
         loser = next(err for code, err in done if code == 2)
         assert "in use by process" in loser, loser
         assert load_checkpoint(d / CHECKPOINT)["model_config"] == json.loads((d / "config.json").read_text())["model"]
-    print(f"\ncommand-line soak: {RUNS} runs completed through {stops['SIGKILL']} SIGKILLs and {stops['SIGTERM']} SIGTERMs; "
-          f"4 rival pairs, one refused each; {time.monotonic() - started:.0f} s")
+    print(
+        f"\ncommand-line soak: {RUNS} runs completed through {stops['SIGKILL']} SIGKILLs and {stops['SIGTERM']} SIGTERMs; "
+        f"4 rival pairs, one refused each; {time.monotonic() - started:.0f} s"
+    )
     assert stops["SIGKILL"] + stops["SIGTERM"] >= RUNS  # the delays are drawn to land inside runs

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from wakesleep.cli import main
-from wakesleep.runs import CHECKPOINT, LOCK_OWNER, load_checkpoint
 from wakesleep.faults import FAULT_ENV
+from wakesleep.runs import CHECKPOINT, LOCK_OWNER, load_checkpoint
 from wakesleep.training import TrainConfig
 from wakesleep.training.checkpoint import ends_at
 
@@ -81,17 +81,27 @@ class Plant:
         return (builtins.open, (self.path, "w"))
 
 
-@pytest.mark.parametrize("command, name", [
-    ("evaluate", "best.pt"), ("evaluate", "checkpoint.pt"), ("sample", "best.pt"), ("resume", "checkpoint.pt"), ("resume", "best.pt"),
-])
+@pytest.mark.parametrize(
+    "command, name",
+    [
+        ("evaluate", "best.pt"),
+        ("evaluate", "checkpoint.pt"),
+        ("sample", "best.pt"),
+        ("resume", "checkpoint.pt"),
+        ("resume", "best.pt"),
+    ],
+)
 def test_a_crafted_checkpoint_runs_no_code(copy, tmp_path, command, name):
     marker = tmp_path / "planted"
     real = torch.load(copy / name, weights_only=True)
     torch.save({**real, "model": {"x": Plant(marker)}}, copy / name)  # right format key, poisoned contents
     if name == "checkpoint.pt" and command == "evaluate":
         (copy / "best.pt").unlink()  # evaluate then reads checkpoint.pt
-    argv = {"evaluate": ["evaluate", str(copy), "--k", "2", "--no-progress"], "sample": ["sample", str(copy), "--n", "4"],
-            "resume": ["train", "--run-dir", str(copy), "--resume", "--no-progress"]}[command]
+    argv = {
+        "evaluate": ["evaluate", str(copy), "--k", "2", "--no-progress"],
+        "sample": ["sample", str(copy), "--n", "4"],
+        "resume": ["train", "--run-dir", str(copy), "--resume", "--no-progress"],
+    }[command]
     rejected(argv, name, "refused", "io.open")  # builtins.open pickles as io.open
     assert not marker.exists()
 
@@ -152,8 +162,11 @@ def test_temporaries_of_killed_runs_are_removed_on_start(copy, how):
 
 def test_resume_refuses_options_that_change_the_run_and_leaves_it_as_it_was(copy):
     before = snapshot(copy)
-    err = rejected(["train", "--run-dir", str(copy), "--resume", "--layers", "50", "--algorithm", "ws", "--epochs", "3", "--no-progress"],
-                   "--layers 50 (the run has --layers 5)", "--algorithm ws (the run has --algorithm rws)")
+    err = rejected(
+        ["train", "--run-dir", str(copy), "--resume", "--layers", "50", "--algorithm", "ws", "--epochs", "3", "--no-progress"],
+        "--layers 50 (the run has --layers 5)",
+        "--algorithm ws (the run has --algorithm rws)",
+    )
     assert "--epochs" not in err  # adjustable: not named as a difference
     rejected(["train", "--run-dir", str(copy), "--resume", "--overwrite", "--no-progress"], "--overwrite")
     assert snapshot(copy) == before
@@ -193,15 +206,18 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(copy):
     assert "nothing more to train" in out and "--epochs" in out
 
 
-@pytest.mark.parametrize("stopped, ckpt, settings, ends", [
-    ("epochs", {"epoch": 2}, {"epochs": 2}, True),
-    ("epochs", {"epoch": 2}, {"epochs": 4}, False),
-    ("early", {"epoch": 2, "since_best": 3}, {"epochs": 9, "patience": 3}, True),
-    ("early", {"epoch": 2, "since_best": 3}, {"epochs": 9, "patience": 5}, False),
-    ("time", {"epoch": 2, "seconds": 10.0}, {"epochs": 9, "max_seconds": 10.0}, True),
-    ("time", {"epoch": 2, "seconds": 10.0}, {"epochs": 9, "max_seconds": 30.0}, False),
-    ("early", {"epoch": 9, "since_best": 3}, {"epochs": 9, "patience": 5}, True),
-])
+@pytest.mark.parametrize(
+    "stopped, ckpt, settings, ends",
+    [
+        ("epochs", {"epoch": 2}, {"epochs": 2}, True),
+        ("epochs", {"epoch": 2}, {"epochs": 4}, False),
+        ("early", {"epoch": 2, "since_best": 3}, {"epochs": 9, "patience": 3}, True),
+        ("early", {"epoch": 2, "since_best": 3}, {"epochs": 9, "patience": 5}, False),
+        ("time", {"epoch": 2, "seconds": 10.0}, {"epochs": 9, "max_seconds": 10.0}, True),
+        ("time", {"epoch": 2, "seconds": 10.0}, {"epochs": 9, "max_seconds": 30.0}, False),
+        ("early", {"epoch": 9, "since_best": 3}, {"epochs": 9, "patience": 5}, True),
+    ],
+)
 def test_a_finished_run_goes_on_when_the_setting_it_stopped_on_is_raised(stopped, ckpt, settings, ends):
     assert ends_at({**ckpt, "finished": True, "stopped": stopped}, TrainConfig(**settings)) is ends
 
@@ -212,8 +228,13 @@ def test_a_finished_run_goes_on_when_the_setting_it_stopped_on_is_raised(stopped
 def test_a_second_writer_is_refused_with_the_first_ones_process_id(tmp_path):
     d = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    first = subprocess.Popen([sys.executable, "-m", "wakesleep", "train", *TINY, "--epochs", "100000", "--run-dir", str(d)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "wakesleep", "train", *TINY, "--epochs", "100000", "--run-dir", str(d)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (d / CHECKPOINT).exists():  # the first is training

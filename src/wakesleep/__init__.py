@@ -17,6 +17,21 @@ from wakesleep.training import FitResult, TrainConfig, distributed, train
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALWS", "IWAE", "RWS", "VAE", "WakeSleep", "HelmholtzMachine", "LogLikelihood", "FitResult", "TrainConfig",
-    "data", "distributed", "estimators", "evaluate", "models", "train", "log_likelihood", "exact_log_likelihood",
+    "ALWS",
+    "IWAE",
+    "RWS",
+    "VAE",
+    "WakeSleep",
+    "HelmholtzMachine",
+    "LogLikelihood",
+    "FitResult",
+    "TrainConfig",
+    "data",
+    "distributed",
+    "estimators",
+    "evaluate",
+    "models",
+    "train",
+    "log_likelihood",
+    "exact_log_likelihood",
 ]

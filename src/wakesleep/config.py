@@ -80,12 +80,12 @@ class Setting:
     params: tuple = ()
 
     @classmethod
-    def of(cls, algorithm: str, **params) -> "Setting":
+    def of(cls, algorithm: str, **params) -> Setting:
         """The setting ``algorithm`` with constructor arguments ``params`` (stored sorted by name)."""
         return cls(algorithm, tuple(sorted(params.items())))
 
     @classmethod
-    def parse(cls, text: str) -> "Setting":
+    def parse(cls, text: str) -> Setting:
         """Parse ``"rws:k=8,q_update=wake"`` (values: int, float, bool, else string).
 
         Raises:
@@ -169,8 +169,14 @@ def dataset_record(dataset: str) -> str:
 def run_record(model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int) -> dict:
     """A run directory's ``config.json``: the model's record, the estimator, the data, the trainer's
     settings (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
-    return {"model": model, "algorithm": algorithm, "estimator": settings,
-            "data": {"dataset": dataset_record(dataset), "data_dir": data_dir}, "train": train, "test_k": test_k}
+    return {
+        "model": model,
+        "algorithm": algorithm,
+        "estimator": settings,
+        "data": {"dataset": dataset_record(dataset), "data_dir": data_dir},
+        "train": train,
+        "test_k": test_k,
+    }
 
 
 def run_dataset(config: dict):
@@ -186,5 +192,3 @@ def read_summary(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
-
-

@@ -30,9 +30,10 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,10 +122,7 @@ class Dataset:
                 )
         widths = {split: getattr(self, split).shape[1] for split in SPLITS}
         if len(set(widths.values())) != 1:
-            raise DataError(
-                f"Dataset {self.name!r}: splits differ in width {widths}; every split needs the "
-                "same number of columns D"
-            )
+            raise DataError(f"Dataset {self.name!r}: splits differ in width {widths}; every split needs the same number of columns D")
         if self.image_shape is not None:
             h, w = self.image_shape
             if h * w != self.dim:
@@ -140,10 +138,7 @@ class Dataset:
 
     def __repr__(self) -> str:
         sizes = "/".join(str(len(getattr(self, s))) for s in SPLITS)
-        return (
-            f"Dataset(name={self.name!r}, train/valid/test={sizes}, dim={self.dim}, "
-            f"image_shape={self.image_shape}, binary={self.binary})"
-        )
+        return f"Dataset(name={self.name!r}, train/valid/test={sizes}, dim={self.dim}, image_shape={self.image_shape}, binary={self.binary})"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -182,8 +177,7 @@ def validate(
     where = f"{source} (split {split!r})"
     if a.ndim != 2:
         raise DataError(
-            f"{where}: expected a 2-D array [N, D] with one row per datapoint, got shape "
-            f"{a.shape}; reshape it, e.g. x.reshape(len(x), -1)"
+            f"{where}: expected a 2-D array [N, D] with one row per datapoint, got shape {a.shape}; reshape it, e.g. x.reshape(len(x), -1)"
         )
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise DataError(
@@ -197,16 +191,17 @@ def validate(
             f"D={a.shape[1]}"
         )
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise DataError(
-            f"{where}: values have non-numeric dtype {a.dtype}; store numbers (e.g. float32 or "
-            "uint8)"
-        )
+        raise DataError(f"{where}: values have non-numeric dtype {a.dtype}; store numbers (e.g. float32 or uint8)")
     if np.issubdtype(a.dtype, np.inexact):
-        _refuse_values(a, ~np.isfinite(a), where, "NaN or inf value(s); the first at",
-                       "remove or impute those datapoints before training")
+        _refuse_values(a, ~np.isfinite(a), where, "NaN or inf value(s); the first at", "remove or impute those datapoints before training")
     if binary:
-        _refuse_values(a, (a != 0) & (a != 1), where, "value(s) not in {0, 1}, the first at",
-                       "a Bernoulli likelihood needs values in {0,1}; binarise first, e.g. x > 0.5")
+        _refuse_values(
+            a,
+            (a != 0) & (a != 1),
+            where,
+            "value(s) not in {0, 1}, the first at",
+            "a Bernoulli likelihood needs values in {0,1}; binarise first, e.g. x > 0.5",
+        )
 
 
 def _refuse_values(a: np.ndarray, bad: np.ndarray, where: str, what: str, fix: str) -> None:
@@ -246,8 +241,7 @@ def _read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
         raise
     except _NPZ_READ_ERRORS as err:
         raise DataError(
-            f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); the file is "
-            f"corrupt or of another format: {fix}"
+            f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); the file is corrupt or of another format: {fix}"
         ) from err
 
 
@@ -282,9 +276,7 @@ def _download(url: str, dest: Path, manual_fix: str) -> None:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
                 received = 0
-                with tqdm(
-                    total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}"
-                ) as bar:
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
                     while chunk := resp.read(1 << 20):
                         fh.write(chunk)
                         received += len(chunk)
@@ -292,10 +284,7 @@ def _download(url: str, dest: Path, manual_fix: str) -> None:
         except (OSError, http.client.HTTPException) as err:  # URLError, HTTPError, timeouts
             raise DataError(f"could not download {url}: {err}; {manual_fix}") from err
         if total is not None and received != total:
-            raise DataError(
-                f"could not download {url}: connection closed after {received} of {total} "
-                f"bytes; try again, or {manual_fix}"
-            )
+            raise DataError(f"could not download {url}: connection closed after {received} of {total} bytes; try again, or {manual_fix}")
 
 
 # --------------------------------------------------------------------------- data sets
@@ -318,8 +307,7 @@ def digits(seed: int = 0) -> Dataset:
     parts = {"train": x[perm[:1297]], "valid": x[perm[1297:1547]], "test": x[perm[1547:]]}
     for split, a in parts.items():
         validate(a, binary=True, dim=64, source="scikit-learn digits", split=split)
-    return Dataset("digits", **{s: _to_tensor(a) for s, a in parts.items()},
-                   image_shape=(8, 8), binary=True)
+    return Dataset("digits", **{s: _to_tensor(a) for s, a in parts.items()}, image_shape=(8, 8), binary=True)
 
 
 def binarized_mnist(
@@ -366,8 +354,7 @@ def binarized_mnist(
     )
 
     if npz_path.exists():
-        arrays = _read_npz(npz_path, f"delete {npz_path} to rebuild it from the .amat files "
-                                     f"(downloaded if missing), or replace it with a good copy")
+        arrays = _read_npz(npz_path, f"delete {npz_path} to rebuild it from the .amat files (downloaded if missing), or replace it with a good copy")
         missing = [s for s in SPLITS if s not in arrays]
         if missing:
             raise DataError(
@@ -387,10 +374,7 @@ def binarized_mnist(
             try:
                 root.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise DataError(
-                    f"cannot create data directory {root} ({err}); pass a writable data_dir or "
-                    "set WAKESLEEP_DATA_DIR"
-                ) from err
+                raise DataError(f"cannot create data directory {root} ({err}); pass a writable data_dir or set WAKESLEEP_DATA_DIR") from err
         downloaded = set()
         for s in missing:
             _download(urls[s], amat[s], manual_fix)
@@ -422,8 +406,7 @@ def binarized_mnist(
         except OSError as err:
             warnings.warn(f"could not cache binarized MNIST as {npz_path}: {err}", stacklevel=2)
 
-    return Dataset("binarized-mnist", **{s: _to_tensor(arrays[s]) for s in SPLITS},
-                   image_shape=(28, 28), binary=True)
+    return Dataset("binarized-mnist", **{s: _to_tensor(arrays[s]) for s in SPLITS}, image_shape=(28, 28), binary=True)
 
 
 def mnist_gray(data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -441,15 +424,16 @@ def mnist_gray(data_dir: str | os.PathLike | None = None) -> Dataset:
             or values that are not finite.
     """
     path = resolve_data_dir(data_dir) / "mnist_test_gray.npz"
-    fix = (f"put mnist_test_gray.npz (key 'data', uint8 [10000, 28, 28]) in {path.parent}, "
-           "or point data_dir / WAKESLEEP_DATA_DIR at the directory that holds it")
+    fix = (
+        f"put mnist_test_gray.npz (key 'data', uint8 [10000, 28, 28]) in {path.parent}, "
+        "or point data_dir / WAKESLEEP_DATA_DIR at the directory that holds it"
+    )
     arrays = _read_npz(path, fix)
     if "data" not in arrays:
         raise DataError(f"{path}: no array 'data' (has {sorted(arrays)}); {fix}")
     a = arrays["data"]
     if a.shape != (10000, 28, 28):
-        raise DataError(f"{path}: array 'data' has shape {a.shape}, expected (10000, 28, 28); "
-                        f"{fix}")
+        raise DataError(f"{path}: array 'data' has shape {a.shape}, expected (10000, 28, 28); {fix}")
     x = a.reshape(10000, 784).astype(np.float32)
     if a.dtype == np.uint8:
         x /= 255.0
@@ -457,10 +441,8 @@ def mnist_gray(data_dir: str | os.PathLike | None = None) -> Dataset:
     for s, p in parts.items():
         validate(p, binary=False, dim=784, source=str(path), split=s)
     if x.min() < 0 or x.max() > 1:
-        raise DataError(f"{path}: values outside [0, 1] after scaling (uint8 is divided by 255, "
-                        f"floats are used as stored); {fix}")
-    return Dataset("mnist-gray", **{s: _to_tensor(p) for s, p in parts.items()},
-                   image_shape=(28, 28), binary=False)
+        raise DataError(f"{path}: values outside [0, 1] after scaling (uint8 is divided by 255, floats are used as stored); {fix}")
+    return Dataset("mnist-gray", **{s: _to_tensor(p) for s, p in parts.items()}, image_shape=(28, 28), binary=False)
 
 
 def load_npz(
@@ -496,8 +478,7 @@ def load_npz(
             ``binary`` is True.
     """
     path = Path(path).expanduser()
-    fix = ("save your data with numpy.savez(path, train=..., valid=..., test=...) or "
-           "numpy.savez(path, data=...) for one array split by fractions")
+    fix = "save your data with numpy.savez(path, train=..., valid=..., test=...) or numpy.savez(path, data=...) for one array split by fractions"
     arrays = _read_npz(path, fix)
     present = [s for s in SPLITS if s in arrays]
     if len(present) == 3:
@@ -512,37 +493,31 @@ def load_npz(
         parts = _split(a, fractions, seed, str(path))
     else:
         raise DataError(
-            f"{path}: has arrays {sorted(arrays)}; expected keys 'train', 'valid', 'test', or "
-            f"exactly one array to be split by fractions; {fix}"
+            f"{path}: has arrays {sorted(arrays)}; expected keys 'train', 'valid', 'test', or exactly one array to be split by fractions; {fix}"
         )
 
     image_shape = None
     shapes = {s: a.shape for s, a in parts.items()}
     if all(a.ndim == 3 for a in parts.values()):
         if len({a.shape[1:] for a in parts.values()}) != 1:
-            raise DataError(f"{path}: image splits differ in shape {shapes}; all need the same "
-                            "(H, W)")
+            raise DataError(f"{path}: image splits differ in shape {shapes}; all need the same (H, W)")
         image_shape = tuple(int(n) for n in parts["train"].shape[1:])
         parts = {s: a.reshape(len(a), -1) for s, a in parts.items()}
     elif any(a.ndim == 3 for a in parts.values()):
-        raise DataError(f"{path}: splits mix images and vectors {shapes}; use [N, D] or "
-                        "[N, H, W] for all")
+        raise DataError(f"{path}: splits mix images and vectors {shapes}; use [N, D] or [N, H, W] for all")
 
     dim = parts["train"].shape[1] if parts["train"].ndim == 2 else None
     for s, a in parts.items():
         validate(a, binary=bool(binary), dim=dim, source=str(path), split=s)
     if binary is None:
         binary = all(_is_binary(a) for a in parts.values())
-    return Dataset(path.stem, **{s: _to_tensor(a) for s, a in parts.items()},
-                   image_shape=image_shape, binary=binary)
+    return Dataset(path.stem, **{s: _to_tensor(a) for s, a in parts.items()}, image_shape=image_shape, binary=binary)
 
 
-def _split(a: np.ndarray, fractions: Sequence[float], seed: int, source: str
-           ) -> dict[str, np.ndarray]:
+def _split(a: np.ndarray, fractions: Sequence[float], seed: int, source: str) -> dict[str, np.ndarray]:
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr) or abs(sum(fr) - 1) > 1e-6:
-        raise DataError(f"{source}: fractions must be three non-negative numbers (train, valid, "
-                        f"test) summing to 1, got {tuple(fractions)}")
+        raise DataError(f"{source}: fractions must be three non-negative numbers (train, valid, test) summing to 1, got {tuple(fractions)}")
     if a.ndim == 0:
         raise DataError(f"{source}: the array is a scalar; expected [N, D] or [N, H, W]")
     n = len(a)
@@ -555,12 +530,10 @@ def _split(a: np.ndarray, fractions: Sequence[float], seed: int, source: str
             "use more data or other fractions"
         )
     perm = np.random.default_rng(seed).permutation(n)
-    return {"train": a[perm[:n_train]], "valid": a[perm[n_train:n_train + n_valid]],
-            "test": a[perm[n_train + n_valid:]]}
+    return {"train": a[perm[:n_train]], "valid": a[perm[n_train : n_train + n_valid]], "test": a[perm[n_train + n_valid :]]}
 
 
-def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 **kw: Any) -> Dataset:
+def load_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None, **kw: Any) -> Dataset:
     """Load a data set by name, or the user's ``.npz`` by path.
 
     Args:

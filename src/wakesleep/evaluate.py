@@ -126,7 +126,11 @@ def check_evaluable(model, x: Tensor) -> None:
 
 
 def importance_log_marginal(
-    model, x: Tensor, k: int, particle_chunk: int | None = None, max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB,
+    model,
+    x: Tensor,
+    k: int,
+    particle_chunk: int | None = None,
+    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB,
     progress=None,
 ) -> Tensor:
     """Per-datapoint log (1/K) Σ_k w_k, with the K particles drawn in chunks, no gradient.
@@ -205,8 +209,18 @@ def log_likelihood(
         torch.manual_seed(seed)
     b, kc = chunk_sizes(contract.particle_width(model, x), x.shape[0], k, batch_size, max_memory_mib, x.element_size())
     out = []
-    with torch.no_grad(), tqdm(total=x.shape[0] * k, desc=f"log-likelihood K={k}", unit="particle", unit_scale=True,
-                               disable=not progress, leave=False, dynamic_ncols=True) as bar:
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=x.shape[0] * k,
+            desc=f"log-likelihood K={k}",
+            unit="particle",
+            unit_scale=True,
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         for xb in x.split(b):
             out.append(importance_log_marginal(model, xb, k, particle_chunk=kc, progress=bar))
     return mean_stderr(torch.cat(out), k)

@@ -138,9 +138,12 @@ def use_compiled_kernels(enabled: bool = True) -> bool:
     except Exception as err:  # Inductor raises many types (missing compiler, codegen errors)
         import warnings
 
-        warnings.warn(f"torch.compile is unavailable ({first_line(err)}); "
-                      "using the eager kernels (same results, slower). Install a C++ compiler to use --compile.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"torch.compile is unavailable ({first_line(err)}); "
+            "using the eager kernels (same results, slower). Install a C++ compiler to use --compile.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         _compiled = None
         return False
     _compiled = _compiled_cache = (fwd, bwd)

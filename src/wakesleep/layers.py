@@ -108,9 +108,7 @@ class StochasticLayer(nn.Module):
         """The conditional mean E[value | parent] (used to show samples as images)."""
         return self.dist(parent).mean
 
-    def sample_and_log_prob(
-        self, parent: Tensor, sample_shape: tuple[int, ...] = (), reparameterize: bool = False
-    ) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(self, parent: Tensor, sample_shape: tuple[int, ...] = (), reparameterize: bool = False) -> tuple[Tensor, Tensor]:
         """Draw ``value [*sample_shape, *batch, out]`` and return it with its log-density ``[*sample_shape, *batch]``.
 
         The parent's network runs once, whatever ``sample_shape`` is (for K particles from one x).
@@ -205,7 +203,8 @@ class GaussianLayer(NetworkLayer):
     """Diagonal Gaussian: N(μ(parent), diag σ²), μ an MLP.
 
     Args:
-        in_features, out_features: parent and value sizes.
+        in_features: the parent's size.
+        out_features: the value's size.
         hidden: hidden sizes of the MLP.
         scale: ``"amortised"`` (log σ is a second output head of the MLP, as in a VAE encoder or
             decoder) or ``"learned"`` (log σ is a free parameter vector, as in factor analysis).
@@ -268,7 +267,8 @@ class PoissonLayer(NetworkLayer):
     """Factorial Poisson counts: v_i ~ Poisson(exp(f(parent)_i)), f an MLP giving the log-rates.
 
     Args:
-        in_features, out_features: parent and value sizes.
+        in_features: the parent's size.
+        out_features: the value's size.
         hidden: hidden sizes of f.
 
     Values are non-negative integers (not binary); they cannot be reparameterised.
@@ -460,9 +460,7 @@ class CirclePrior(Prior):
         register_learnable(self, "natural", torch.zeros(2), learn)
 
     def dist(self, batch_shape: tuple[int, ...] = ()) -> Distribution:
-        raise NotImplementedError(
-            "CirclePrior has no torch.distributions object on z; use angle_dist() for the angle a"
-        )
+        raise NotImplementedError("CirclePrior has no torch.distributions object on z; use angle_dist() for the angle a")
 
     def _kappa(self) -> Tensor:
         # sqrt(κ² + tiny): finite gradient at ν = 0, where ∇ log I₀(κ) = 0.

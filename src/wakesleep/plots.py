@@ -14,8 +14,9 @@ import math
 import numbers
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,21 +66,17 @@ def tile_images(
     if a.ndim == 1:
         a = a[None]
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != h * w:
-        raise ValueError(
-            f"tile_images: expected images [n, H*W] = [n, {h * w}] for image_shape {(h, w)}, "
-            f"got shape {a.shape}"
-        )
+        raise ValueError(f"tile_images: expected images [n, H*W] = [n, {h * w}] for image_shape {(h, w)}, got shape {a.shape}")
     n = a.shape[0]
     ncol = nrow if nrow is not None else math.ceil(math.sqrt(n))
     if ncol < 1:
         raise ValueError(f"tile_images: nrow must be >= 1, got {nrow}")
     nrows = math.ceil(n / ncol)
-    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value,
-                   dtype=np.float32)
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value, dtype=np.float32)
     for i, img in enumerate(a.reshape(n, h, w)):
         r, c = divmod(i, ncol)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
-        grid[top:top + h, left:left + w] = img
+        grid[top : top + h, left : left + w] = img
     return grid
 
 
@@ -121,8 +118,7 @@ def sample_grid(
         ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_axis_off()
         if title:
-            fig.text(0.5, 1 - 0.5 * title_in / (h_in + title_in), title, ha="center",
-                     va="center")
+            fig.text(0.5, 1 - 0.5 * title_in / (h_in + title_in), title, ha="center", va="center")
         return _save_atomic(fig, path, dpi=dpi)
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
@@ -135,8 +131,9 @@ def sample_grid(
     return _save_atomic(fig, path)
 
 
-def samples_against_data(samples: np.ndarray | torch.Tensor, data: np.ndarray | torch.Tensor | None, path: str | os.PathLike,
-                         max_dims: int = 4) -> Path:
+def samples_against_data(
+    samples: np.ndarray | torch.Tensor, data: np.ndarray | torch.Tensor | None, path: str | os.PathLike, max_dims: int = 4
+) -> Path:
     """Model samples beside the data, for data that are not images: a scatter of both for D = 2,
     otherwise density histograms of each of the first ``max_dims`` dimensions.
 
@@ -180,7 +177,9 @@ def samples_against_data(samples: np.ndarray | torch.Tensor, data: np.ndarray | 
         if j == 0:
             ax.set_ylabel("density")
             ax.legend()
-    fig.suptitle(f"model samples against the data (first {dims} of {a.shape[1]} dimensions)" if a.shape[1] > dims else "model samples against the data")
+    fig.suptitle(
+        f"model samples against the data (first {dims} of {a.shape[1]} dimensions)" if a.shape[1] > dims else "model samples against the data"
+    )
     return _save_atomic(fig, path)
 
 
@@ -209,16 +208,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
             if j == len(lines) - 1:
-                warnings.warn(f"{path}: skipping unparseable last line {lineno} (an interrupted "
-                              f"write?): {line[:80]!r}", stacklevel=2)
+                warnings.warn(f"{path}: skipping unparseable last line {lineno} (an interrupted write?): {line[:80]!r}", stacklevel=2)
                 break
             raise DataError(
                 f"{path}: line {lineno} is not valid JSON ({err.msg}): {line[:80]!r}; the file "
                 "is corrupt in the middle, not just truncated; repair or delete that line"
             ) from err
         if not isinstance(rec, dict):
-            raise DataError(f"{path}: line {lineno} is JSON {type(rec).__name__}, not an object "
-                            "{...}; each line must be one record")
+            raise DataError(f"{path}: line {lineno} is JSON {type(rec).__name__}, not an object {{...}}; each line must be one record")
         records.append(rec)
     return records
 
@@ -254,16 +251,14 @@ def learning_curves(
     if not records:
         raise ValueError("learning_curves: no records to plot")
     if keys is None:
-        keys = list(dict.fromkeys(k for r in records for k, v in r.items()
-                                  if k != x and _is_number(v)))
+        keys = list(dict.fromkeys(k for r in records for k, v in r.items() if k != x and _is_number(v)))
         if not keys:
             raise ValueError(f"learning_curves: no numeric metrics besides {x!r} in the records")
     else:
         present = {k for r in records for k in r}
         absent = [k for k in keys if k not in present]
         if absent:
-            raise ValueError(f"learning_curves: key(s) {absent} in no record; available: "
-                             f"{sorted(present)}")
+            raise ValueError(f"learning_curves: key(s) {absent} in no record; available: {sorted(present)}")
     use_index = not any(_is_number(r.get(x)) for r in records)
 
     fig = Figure(figsize=(6, 2.2 * len(keys) + 0.4), layout="constrained")
@@ -299,9 +294,11 @@ def comparison_plot(
             error drawn as an error bar (all points of one series must have the same length).
             Points are sorted by x.
         path: output file; parent directories are created.
-        xlabel, ylabel: axis labels (put the units in them).
+        xlabel: the x axis's label (put the units in it).
+        ylabel: the y axis's label.
         title: optional title.
-        logx, logy: logarithmic axes (e.g. error against time per estimate).
+        logx: a logarithmic x axis (e.g. error against time per estimate).
+        logy: a logarithmic y axis.
         legend_below: put the legend under the axes (the figure grows to fit it), for many or
             long series names that would cover the data inside the axes.
 
@@ -318,8 +315,7 @@ def comparison_plot(
     for name, points in series.items():
         lengths = {len(p) for p in points}
         if not points or len(lengths) != 1 or lengths.pop() not in (2, 3):
-            raise ValueError(f"comparison_plot: series {name!r} needs a non-empty list of points, "
-                             "all (x, y) or all (x, y, se)")
+            raise ValueError(f"comparison_plot: series {name!r} needs a non-empty list of points, all (x, y) or all (x, y, se)")
         pts = np.array(sorted(points, key=lambda p: p[0]), dtype=float)
         if pts.shape[1] == 3:
             ax.errorbar(pts[:, 0], pts[:, 1], yerr=pts[:, 2], label=name, marker=".", capsize=3)

@@ -51,7 +51,7 @@ try:
     from pyro.poutine.uncondition_messenger import UnconditionMessenger
     from pyro.poutine.util import site_is_subsample
 except ImportError as e:  # exercised by tests/test_pyro.py with pyro hidden
-    raise ImportError(f"wakesleep.pyro needs Pyro ({e}): pip install \"wakesleep[pyro]\"") from e
+    raise ImportError(f'wakesleep.pyro needs Pyro ({e}): pip install "wakesleep[pyro]"') from e
 
 from wakesleep.models.contract import device_dtype
 
@@ -66,8 +66,7 @@ def _is_sample(site) -> bool:
 
 def _is_data_site(site) -> bool:
     """An observed site that holds data: not ``pyro.factor`` (a Unit) nor ``pyro.deterministic``."""
-    return (site["is_observed"] and not isinstance(site["fn"], Unit)
-            and not site["infer"].get("_deterministic", False))
+    return site["is_observed"] and not isinstance(site["fn"], Unit) and not site["infer"].get("_deterministic", False)
 
 
 def _frames(site) -> list:
@@ -112,9 +111,11 @@ class PyroModel(nn.Module):
         super().__init__()
         for name, fn in (("model", model), ("guide", guide)):
             if not isinstance(fn, nn.Module):
-                raise TypeError(f"the Pyro {name} must be a torch.nn.Module (a pyro.nn.PyroModule, or a module whose forward "
-                                f"is the program and which holds nn.Parameters) so that checkpoints hold its parameters; "
-                                f"got {type(fn).__name__}")
+                raise TypeError(
+                    f"the Pyro {name} must be a torch.nn.Module (a pyro.nn.PyroModule, or a module whose forward "
+                    f"is the program and which holds nn.Parameters) so that checkpoints hold its parameters; "
+                    f"got {type(fn).__name__}"
+                )
         if data_dim is not None and (isinstance(data_dim, bool) or not isinstance(data_dim, int) or data_dim < 1):
             raise ValueError(f"data_dim must be a positive integer or None, got {data_dim!r}")
         self.generative, self.recognition = model, guide
@@ -191,9 +192,11 @@ class PyroModel(nn.Module):
             if own is None:
                 own = {id(p) for p in self.parameters()}
             if id(_unconstrained(site["value"])) not in own:
-                raise TypeError(f"the Pyro {program} uses pyro.param({name!r}) from Pyro's global parameter store, which a "
-                                "checkpoint cannot hold: hold the parameter in the module (PyroParam in a pyro.nn.PyroModule, "
-                                "or an nn.Parameter attribute of the nn.Module)")
+                raise TypeError(
+                    f"the Pyro {program} uses pyro.param({name!r}) from Pyro's global parameter store, which a "
+                    "checkpoint cannot hold: hold the parameter in the module (PyroParam in a pyro.nn.PyroModule, "
+                    "or an nn.Parameter attribute of the nn.Module)"
+                )
 
     def _probe(self, x: Tensor) -> dict[str, Any]:
         """Trace both programs without particles (cached after the first call): the latent sites,
@@ -219,12 +222,13 @@ class PyroModel(nn.Module):
                 traces.append((rows, m, g))
         (_, m, g), (_, m2, g2) = traces
         sizes = [{f.name: f.size for s in tr.nodes.values() if _is_sample(s) for f in _frames(s)} for tr in (m, g, m2, g2)]
-        data_names = {n for n, size in {**sizes[0], **sizes[1]}.items()
-                      if size == b and {**sizes[2], **sizes[3]}.get(n) == b + 1}
+        data_names = {n for n, size in {**sizes[0], **sizes[1]}.items() if size == b and {**sizes[2], **sizes[3]}.get(n) == b + 1}
         if not data_names:
-            raise ValueError(f"found no pyro.plate over the data batch (a plate of size x.shape[0] = {b} in the model and the "
-                             "guide): open `with pyro.plate('data', x.shape[0]):` around every sample site (without subsampling: "
-                             "the trainer draws the batches)")
+            raise ValueError(
+                f"found no pyro.plate over the data batch (a plate of size x.shape[0] = {b} in the model and the "
+                "guide): open `with pyro.plate('data', x.shape[0]):` around every sample site (without subsampling: "
+                "the trainer draws the batches)"
+            )
         latents = {n: s for n, s in m.nodes.items() if _is_sample(s) and not s["is_observed"]}
         guided = {n: s for n, s in g.nodes.items() if _is_sample(s) and not s["is_observed"]}
         if not latents:
@@ -234,8 +238,10 @@ class PyroModel(nn.Module):
             raise ValueError(f"the guide does not sample the model's latent site(s) {missing}: a proposal must draw every latent")
         extra = [n for n in guided if n not in latents]
         if extra:
-            raise ValueError(f"the guide samples site(s) {extra} that the model lacks: auxiliary guide variables have no "
-                             "density q(z | x) to weigh; sample only the model's latents")
+            raise ValueError(
+                f"the guide samples site(s) {extra} that the model lacks: auxiliary guide variables have no "
+                "density q(z | x) to weigh; sample only the model's latents"
+            )
         dims = set()
         sites = [(f"model site {n!r}", s) for n, s in m.nodes.items() if _is_sample(s)]
         sites += [(f"guide site {n!r}", s) for n, s in guided.items()]
@@ -243,9 +249,11 @@ class PyroModel(nn.Module):
             data = [f.dim for f in _frames(site) if f.name in data_names]
             if not data:
                 kind = "latent" if not site["is_observed"] else "observed"
-                raise ValueError(f"{kind} {what} is outside the data plate (no pyro.plate of size x.shape[0] around it): "
-                                 "importance weights per datapoint need per-datapoint sites (a global latent cannot be "
-                                 "weighted per datapoint); put it inside the data plate, or make it a parameter")
+                raise ValueError(
+                    f"{kind} {what} is outside the data plate (no pyro.plate of size x.shape[0] around it): "
+                    "importance weights per datapoint need per-datapoint sites (a global latent cannot be "
+                    "weighted per datapoint); put it inside the data plate, or make it a parameter"
+                )
             dims.update(data)
         if len(dims) > 1:
             raise ValueError(f"the data plate sits at different dims {sorted(dims)} in different sites: give it one dim")
@@ -254,7 +262,10 @@ class PyroModel(nn.Module):
         nesting = max([-f.dim for s in every for f in _frames(s)] + [len(s["fn"].batch_shape) for s in every])
         dims_at = dims.pop()
         self._info = {
-            "latents": list(latents), "observed": observed, "nesting": nesting, "data_plate_dim": dims_at,
+            "latents": list(latents),
+            "observed": observed,
+            "nesting": nesting,
+            "data_plate_dim": dims_at,
             "rank": {n: guided[n]["value"].dim() for n in latents},
             "event_dim": {n: len(guided[n]["fn"].event_shape) for n in latents},
             # where the data plate's dim sits in each latent's plain value (0 when it is the outermost plate)
@@ -271,8 +282,7 @@ class PyroModel(nn.Module):
         """
         d = self._data_dim if self._data_dim is not None else self._width
         if d is None:
-            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data "
-                             "batch first)")
+            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data batch first)")
         device, dtype = device_dtype(self)
         return torch.zeros(n, d, dtype=dtype, device=device)
 
@@ -296,8 +306,10 @@ class PyroModel(nn.Module):
             value = site["value"].detach() if detach_values else site["value"]
             lp = scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"])
             if lp.dim() > ndim:
-                raise ValueError(f"site {name!r} has log-densities of shape {list(lp.shape)}, more batch dims than the "
-                                 f"{ndim} plates: declare its extra dims as event dims (.to_event) or put them in plates")
+                raise ValueError(
+                    f"site {name!r} has log-densities of shape {list(lp.shape)}, more batch dims than the "
+                    f"{ndim} plates: declare its extra dims as event dims (.to_event) or put them in plates"
+                )
             lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
             other = [d for d in range(ndim) if d not in keep]
             if other:
@@ -322,7 +334,7 @@ class PyroModel(nn.Module):
         pos = self._info["data_pos"][name]
         if k is None:
             return value.movedim(pos, 0)
-        value = value.reshape(k, *value.shape[value.dim() - self._info["rank"][name]:])
+        value = value.reshape(k, *value.shape[value.dim() - self._info["rank"][name] :])
         return value.movedim(1 + pos, 1)
 
     def _sample_shape(self, z: dict) -> tuple[int, ...]:
@@ -339,8 +351,9 @@ class PyroModel(nn.Module):
         for n in info["latents"]:
             s = z[n].dim() - info["rank"][n]
             if s < 0:
-                raise ValueError(f"latent {n!r} has shape {list(z[n].shape)}: fewer dims than the site's own {info['rank'][n]} "
-                                 "(z leaves are [*S, B, ...])")
+                raise ValueError(
+                    f"latent {n!r} has shape {list(z[n].shape)}: fewer dims than the site's own {info['rank'][n]} (z leaves are [*S, B, ...])"
+                )
             shapes[n] = tuple(z[n].shape[:s])
         if len(set(shapes.values())) > 1:
             raise ValueError(f"the latents carry different sample dims: {shapes}")
@@ -355,7 +368,7 @@ class PyroModel(nn.Module):
             k = 1
             for s in lead:
                 k *= s
-            z = {n: v.reshape(k, *v.shape[len(lead):]) for n, v in z.items() if n in self._info["latents"]}
+            z = {n: v.reshape(k, *v.shape[len(lead) :]) for n, v in z.items() if n in self._info["latents"]}
         data = {n: self._to_site(n, z[n], k) for n in self._info["latents"]}
         trace = self._run(program, x, k, data)
         if names is None:
@@ -375,8 +388,7 @@ class PyroModel(nn.Module):
             raise ValueError(f"the number of particles k must be an integer >= 1, got {k!r}")
         info = self._seen(x)
         g = self._run(self.recognition, x, k)
-        z = {n: self._from_site(n, g.nodes[n]["value"] if reparameterize else g.nodes[n]["value"].detach(), k)
-             for n in info["latents"]}
+        z = {n: self._from_site(n, g.nodes[n]["value"] if reparameterize else g.nodes[n]["value"].detach(), k) for n in info["latents"]}
         log_q = self._log_density(g, info["latents"], k, detach_values=not reparameterize)
         return z, log_q.expand(k, x.shape[0])
 
@@ -429,9 +441,11 @@ class PyroModel(nn.Module):
                 given = {name: self._to_site(name, v, None) for name, v in z.items()}
                 again = self._run(self.generative, x, data=given).nodes[obs]["value"]
                 if x.shape != x0.shape or again.shape != value.shape or not torch.equal(again.to(value.dtype), value):
-                    raise ValueError(f"cannot recover x [n, {x0.shape[1]}] from the value of the observed site {obs!r} "
-                                     f"(shape {list(value.shape)}): observe x as x, as x[..., 0] for D = 1, or with a plate "
-                                     "over its columns")
+                    raise ValueError(
+                        f"cannot recover x [n, {x0.shape[1]}] from the value of the observed site {obs!r} "
+                        f"(shape {list(value.shape)}): observe x as x, as x[..., 0] for D = 1, or with a plate "
+                        "over its columns"
+                    )
                 self._checked_sample = True
         return z, x
 

@@ -125,14 +125,14 @@ def run_lock(run: str | Path, command: str = "train"):
         lock.acquire()
     except Timeout:
         holder = _owner(run)
-        busy = RunDirectoryBusy(f"{run} is in use by {holder}; wait for it to finish or stop it (its last checkpoint is kept), "
-                                "or choose another run directory")
+        busy = RunDirectoryBusy(
+            f"{run} is in use by {holder}; wait for it to finish or stop it (its last checkpoint is kept), or choose another run directory"
+        )
         busy.holder = holder
         raise busy from None
     _held[key] = [lock, 1]
     try:
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                 "since": datetime.now().isoformat(timespec="seconds")}
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": datetime.now().isoformat(timespec="seconds")}
         atomic_write_text(run / LOCK_OWNER, json.dumps(owner))
         yield
     finally:
@@ -264,7 +264,9 @@ def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, w
         else:
             first = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         n = len(missing) + len(unexpected) + len(shapes)
-        raise CheckpointError(f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with")
+        raise CheckpointError(
+            f"the {what} parameters in {source} do not fit this {what} ({n} mismatches; {first}): use the settings the run was made with"
+        )
     module.load_state_dict(state)
 
 

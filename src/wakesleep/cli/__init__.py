@@ -32,14 +32,13 @@ import threading
 import torch
 
 from wakesleep import fused
-from wakesleep.training import distributed
 from wakesleep.cli import lab, results, train
 from wakesleep.cli.options import UsageError, _Parser, resolve_device
 from wakesleep.cli.train import estimator_settings, model_from_args  # public names of the command line
 from wakesleep.data import DataError
 from wakesleep.models import ModelContractError
 from wakesleep.runs import CheckpointError, RunDirectoryBusy
-from wakesleep.training import TrainingError
+from wakesleep.training import TrainingError, distributed
 
 __all__ = ["UsageError", "build_parser", "estimator_settings", "load_run", "main", "model_from_args", "resolve_device"]
 
@@ -79,8 +78,11 @@ def _given_options(argv: list[str]) -> set[str]:
 
 # Failures that are the machine's, not the user's input: one line, with what to try.
 def _resource_error(e: BaseException) -> str | None:
-    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or isinstance(e, RuntimeError) and any(
-            m in str(e) for m in ("can't allocate memory", "not enough memory", "out of memory")):
+    if (
+        isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError))
+        or isinstance(e, RuntimeError)
+        and any(m in str(e) for m in ("can't allocate memory", "not enough memory", "out of memory"))
+    ):
         return f"out of memory ({fused.first_line(e)}); use a smaller model, --batch-size or --k"
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""

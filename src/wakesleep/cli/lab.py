@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from wakesleep.models import exact as references
-from wakesleep.cli.options import _positive_float as positive_float, _positive_int as positive_int
+from wakesleep.cli.options import _positive_float as positive_float
+from wakesleep.cli.options import _positive_int as positive_int
 from wakesleep.lab import compare, diagnostics
 from wakesleep.lab.tables import markdown_table
 from wakesleep.models import check_model
+from wakesleep.models import exact as references
 from wakesleep.models.loading import build_user_model
 
 
@@ -35,16 +36,31 @@ def add_parsers(sub) -> None:
             "φ-update estimates a known quantity. Writes a CSV table and log-log plots of error against time."
         ),
     )
-    d.add_argument("--reference", nargs="+", default=None, choices=sorted(references.REFERENCES),
-                   help="exact reference model(s) (default: factor-analysis sbn, or none with --model)")
-    d.add_argument("--model", nargs="+", default=[], metavar="FILE.py:FACTORY",
-                   help="your own model(s) with an exact log p(x) (exact_log_marginal or enumerate_latents; see "
-                        "docs/your-own-model.md), diagnosed on a batch drawn from the model itself (factory called with "
-                        "--data-dim when it takes data_dim)")
+    d.add_argument(
+        "--reference",
+        nargs="+",
+        default=None,
+        choices=sorted(references.REFERENCES),
+        help="exact reference model(s) (default: factor-analysis sbn, or none with --model)",
+    )
+    d.add_argument(
+        "--model",
+        nargs="+",
+        default=[],
+        metavar="FILE.py:FACTORY",
+        help="your own model(s) with an exact log p(x) (exact_log_marginal or enumerate_latents; see "
+        "docs/your-own-model.md), diagnosed on a batch drawn from the model itself (factory called with "
+        "--data-dim when it takes data_dim)",
+    )
     d.add_argument("--data-dim", type=positive_int, default=None, help="data width passed to --model factories that take data_dim")
-    d.add_argument("--estimator", nargs="+", default=None, metavar="SPEC",
-                   help="settings such as ws rws:k=8,q_update=wake iwae:k=32 alws:... (default: WS; RWS K=2,8,32,128,512 "
-                        "wake, K=8 sleep/both; VAE and IWAE K=2..512 where latents are Gaussian; ALWS N=100,400,1600 with gaussian and matern32 kernels)")
+    d.add_argument(
+        "--estimator",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="settings such as ws rws:k=8,q_update=wake iwae:k=32 alws:... (default: WS; RWS K=2,8,32,128,512 "
+        "wake, K=8 sleep/both; VAE and IWAE K=2..512 where latents are Gaussian; ALWS N=100,400,1600 with gaussian and matern32 kernels)",
+    )
     d.add_argument("--repeats", type=positive_int, default=200, help="estimates per setting, R (default: 200)")
     d.add_argument("--batch", type=positive_int, default=16, help="datapoints in the reference batch (default: 16)")
     d.add_argument("--seed", type=int, default=0, help="seed of the reference model, its batch and the estimates")
@@ -86,14 +102,17 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
     out = Path(a.out)
     refs = a.reference if a.reference is not None else ([] if a.model else ["factor-analysis", "sbn"])
     jobs = [(name, lambda name=name: references.build_reference(name, batch=a.batch, seed=a.seed)) for name in refs]
-    jobs += [(Path(spec.rpartition(":")[0]).stem + "-" + spec.rpartition(":")[2],
-              lambda spec=spec: user_reference(spec, a.batch, a.seed, a.data_dim)) for spec in a.model]
+    jobs += [
+        (Path(spec.rpartition(":")[0]).stem + "-" + spec.rpartition(":")[2], lambda spec=spec: user_reference(spec, a.batch, a.seed, a.data_dim))
+        for spec in a.model
+    ]
     for name, build in jobs:
         model, x = build()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            rows = diagnostics.diagnose(model, x, a.estimator, repeats=a.repeats, seed=a.seed, reference=name,
-                                        budget_s=a.budget, progress=not a.no_progress)
+            rows = diagnostics.diagnose(
+                model, x, a.estimator, repeats=a.repeats, seed=a.seed, reference=name, budget_s=a.budget, progress=not a.no_progress
+            )
         for w in caught:
             print(f"note: {w.message}")
         if not rows:
@@ -103,16 +122,19 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
         print(f"\n{name} (batch {x.shape[0]}, R={a.repeats}; gradients relative to the exact ‖g‖; seconds per estimate)")
         try:
             chi2 = references.chi_square(model, x)
-            print(f"χ²(p(z|x) ‖ q(z|x)) over the batch: median {chi2.median().item():.3g}, max {chi2.max().item():.3g} "
-                  "(self-normalised gradients reach their O(1/K) bias regime once K ≫ χ²)")
+            print(
+                f"χ²(p(z|x) ‖ q(z|x)) over the batch: median {chi2.median().item():.3g}, max {chi2.max().item():.3g} "
+                "(self-normalised gradients reach their O(1/K) bias regime once K ≫ χ²)"
+            )
         except (references.NoExactReference, TypeError):
             pass  # a user's model: no χ² unless its states can be listed
         print(diagnostics.format_table(rows))
         print(f"table: {csv_path}")
         for target in ("theta", "phi"):
             if any(r["target"].startswith(target) for r in rows):
-                png = diagnostics.error_time_plot(rows, out / f"diagnostics-{name}-{target}.png", target=target,
-                                                  title=f"{name}: {target} gradient, R={a.repeats}")
+                png = diagnostics.error_time_plot(
+                    rows, out / f"diagnostics-{name}-{target}.png", target=target, title=f"{name}: {target} gradient, R={a.repeats}"
+                )
                 print(f"plot: {png}")
     return 0
 

@@ -40,13 +40,23 @@ def _unit_interval(text: str) -> float:
 
 
 def _positive_float(text: str) -> float:
-    return _typed(text, float, lambda v: v > 0 and v != float("inf"),
-                  "expected a positive number, got {text!r}", "expected a positive finite number, got {text!r}")
+    return _typed(
+        text,
+        float,
+        lambda v: v > 0 and v != float("inf"),
+        "expected a positive number, got {text!r}",
+        "expected a positive finite number, got {text!r}",
+    )
 
 
 def _seed(text: str) -> int:
-    return _typed(text, int, lambda v: 0 <= v <= MAX_SEED,
-                  f"expected an integer from 0 to {MAX_SEED}, got {{text!r}}", f"expected an integer from 0 to 2**32 - 1 = {MAX_SEED}, got {{v}}")
+    return _typed(
+        text,
+        int,
+        lambda v: 0 <= v <= MAX_SEED,
+        f"expected an integer from 0 to {MAX_SEED}, got {{text!r}}",
+        f"expected an integer from 0 to 2**32 - 1 = {MAX_SEED}, got {{v}}",
+    )
 
 
 def resolve_device(name: str) -> torch.device:

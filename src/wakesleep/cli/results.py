@@ -16,32 +16,43 @@ import torch
 
 from wakesleep import fused, plots
 from wakesleep.cli.options import UsageError, _add_device, _positive_float, _positive_int, _seed, resolve_device
-from wakesleep.runs import load_run
 from wakesleep.config import read_summary, run_dataset
 from wakesleep.data import DataError
 from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, report_log_likelihood
-from wakesleep.models.contract import has_proposal
-from wakesleep.runs import RunDirectoryBusy, run_lock
 from wakesleep.io import atomic_write_text
+from wakesleep.models.contract import has_proposal
+from wakesleep.runs import RunDirectoryBusy, load_run, run_lock
 
 SUMMARY = "summary.json"
 
 
 def add_parsers(sub) -> None:
     """Add the ``evaluate`` and ``sample`` parsers to ``sub`` (an argparse subparsers object)."""
-    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood of a trained run", description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).")
+    e = sub.add_parser(
+        "evaluate",
+        help="importance-sampled log-likelihood of a trained run",
+        description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).",
+    )
     e.add_argument("run", help="run directory")
     e.add_argument("--k", type=_positive_int, default=5000, help="particles per datapoint (default: 5000)")
     e.add_argument("--split", choices=["test", "valid", "train"], default="test", help="(default: test)")
     e.add_argument("--batch-size", type=_positive_int, default=100, help="datapoints per evaluation batch (default: 100)")
     e.add_argument("--seed", type=_seed, default=0, help="seeds the particles (default: 0)")
-    e.add_argument("--max-memory-mib", type=_positive_float, default=DEFAULT_MAX_MEMORY_MIB,
-                   help=f"cap on the evaluation's working memory, MiB (default: {DEFAULT_MAX_MEMORY_MIB:.0f})")
+    e.add_argument(
+        "--max-memory-mib",
+        type=_positive_float,
+        default=DEFAULT_MAX_MEMORY_MIB,
+        help=f"cap on the evaluation's working memory, MiB (default: {DEFAULT_MAX_MEMORY_MIB:.0f})",
+    )
     e.add_argument("--no-progress", action="store_true")
     e.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler)")
     _add_device(e)
 
-    s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples from a trained run's generative model and write them as a PNG grid.")
+    s = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        description="Draw samples from a trained run's generative model and write them as a PNG grid.",
+    )
     s.add_argument("run", help="run directory")
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     s.add_argument("--out", default=None, help="PNG path (default: RUN/samples-N-seedS.png; training's RUN/samples.png is kept)")
@@ -68,8 +79,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.compile:
         fused.use_compiled_kernels(True)
     _say_how_long(model, getattr(data, a.split), a)
-    ll = report_log_likelihood(model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib,
-                               progress=not a.no_progress, seed=a.seed)
+    ll = report_log_likelihood(
+        model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib, progress=not a.no_progress, seed=a.seed
+    )
     print(f"{a.split} log-likelihood: {ll}")
     path = run / SUMMARY
     try:
@@ -80,8 +92,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     except RunDirectoryBusy as e:
         print(f"note: the result is not recorded in {path}: {run} is in use by {e.holder}; evaluate again when it has finished", file=sys.stderr)
     except OSError as e:
-        raise UsageError(f"the result above is not recorded: cannot write {path} ({e.strerror or e}); "
-                         f"make {run} writable, or evaluate a copy of it") from None
+        raise UsageError(
+            f"the result above is not recorded: cannot write {path} ({e.strerror or e}); make {run} writable, or evaluate a copy of it"
+        ) from None
     return 0
 
 
@@ -101,8 +114,11 @@ def _say_how_long(model, x, a: argparse.Namespace) -> None:
     seconds = (time.perf_counter() - start) * (n / rows) * (a.k / k)
     if seconds > 60:
         hours, minutes = divmod(round(seconds / 60), 60)
-        print(f"evaluating {n} datapoints × K={a.k} particles will take about {f'{hours} h ' if hours else ''}{minutes} min "
-              f"(timed on {rows} × {k}); a smaller --k gives a quicker, looser estimate (Ctrl-C stops)", flush=True)
+        print(
+            f"evaluating {n} datapoints × K={a.k} particles will take about {f'{hours} h ' if hours else ''}{minutes} min "
+            f"(timed on {rows} × {k}); a smaller --k gives a quicker, looser estimate (Ctrl-C stops)",
+            flush=True,
+        )
 
 
 def cmd_sample(a: argparse.Namespace) -> int:

@@ -19,37 +19,73 @@ from pathlib import Path
 import torch
 
 from wakesleep import plots
-from wakesleep.training import distributed
 from wakesleep.cli.options import DEVICE_OPTION, UsageError, _positive_float, _positive_int, _seed, _unit_interval, resolve_device
 from wakesleep.cli.results import draw_samples
 from wakesleep.config import (
-    build_estimator, build_model, dataset_record, estimator_parameters, read_summary, run_dataset, run_record,
+    build_estimator,
+    build_model,
+    dataset_record,
+    estimator_parameters,
+    read_summary,
+    run_dataset,
+    run_record,
 )
 from wakesleep.data import DataError, load_dataset, validate
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import report_log_likelihood
+from wakesleep.faults import fault_point
+from wakesleep.io import atomic_write_text
 from wakesleep.models.contract import device_dtype, has_proposal
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, model_from_config, resolve_spec
 from wakesleep.runs import BEST, CHECKPOINT, CONFIG, METRICS, CheckpointError, RunDirectoryBusy, clean_temporary_files, load_checkpoint, run_lock
-from wakesleep.training import MAX_SEED, TrainConfig, train
-from wakesleep.io import atomic_write_text
-from wakesleep.training.checks import check_memory, check_model_for_training
+from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
 from wakesleep.training.checkpoint import ends_at
-from wakesleep.faults import fault_point
+from wakesleep.training.checks import check_memory, check_model_for_training
 
 SUMMARY, SAMPLES, CURVES = "summary.json", "samples.png", "curves.png"
 
 # `train` options that define a run (model, estimator, data, data order, what validation means):
 # --resume refuses them where they differ from what the run recorded.
-RUN_OPTIONS = ("model", "layers", "hidden", "q_hidden", "likelihood", "algorithm", "k", "q_update", "defensive", "samples", "sleep_samples",
-               "kernel", "krr", "num_features", "num_inducing", "lam", "features", "dataset", "data_dir", "batch_size", "seed",
-               "valid_k", "clock")
+RUN_OPTIONS = (
+    "model",
+    "layers",
+    "hidden",
+    "q_hidden",
+    "likelihood",
+    "algorithm",
+    "k",
+    "q_update",
+    "defensive",
+    "samples",
+    "sleep_samples",
+    "kernel",
+    "krr",
+    "num_features",
+    "num_inducing",
+    "lam",
+    "features",
+    "dataset",
+    "data_dir",
+    "batch_size",
+    "seed",
+    "valid_k",
+    "clock",
+)
 # `train` options a resumed run may change (recorded in config.json's "changes"): option -> its key
 # in config.json's "train" ("test_k" is top level).  The others (--device, --no-progress, …) are
 # this invocation's alone.
-ADJUSTABLE = {"epochs": "epochs", "max_seconds": "max_seconds", "patience": "patience", "lr_p": "lr_p", "lr_q": "lr_q",
-              "lr_kernel": "lr_estimator", "checkpoint_every": "checkpoint_every", "skip_nonfinite": "nan_policy",
-              "compile": "compile", "test_k": "test_k"}
+ADJUSTABLE = {
+    "epochs": "epochs",
+    "max_seconds": "max_seconds",
+    "patience": "patience",
+    "lr_p": "lr_p",
+    "lr_q": "lr_q",
+    "lr_kernel": "lr_estimator",
+    "checkpoint_every": "checkpoint_every",
+    "skip_nonfinite": "nan_policy",
+    "compile": "compile",
+    "test_k": "test_k",
+}
 # `train` options that are estimator settings: each goes to every estimator whose constructor takes
 # a parameter of that name (:func:`wakesleep.config.estimator_parameters`), so that a new estimator
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
@@ -66,34 +102,62 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
             if only_given:
                 kw["default"] = argparse.SUPPRESS
             return group.add_argument(*names, **kw)
+
         return add
 
-    t = sub.add_parser("train", help="train a model and evaluate it", description="Train a model with a wake-sleep-family estimator, then evaluate its test log-likelihood and draw pictures.")
+    t = sub.add_parser(
+        "train",
+        help="train a model and evaluate it",
+        description="Train a model with a wake-sleep-family estimator, then evaluate its test log-likelihood and draw pictures.",
+    )
     t_add = adder(t)
     t_add("--algorithm", choices=sorted(ESTIMATORS), default="rws", help="estimator (default: rws)")
-    t_add("--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo (default: 5; vimco needs >= 2)")
+    t_add(
+        "--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo (default: 5; vimco needs >= 2)"
+    )
     t_add("--q-update", choices=["wake", "sleep", "both"], default="both", help="rws: how q is trained (default: both)")
-    t_add("--defensive", type=_unit_interval, default=0.0,
-          help="rws: defensive importance sampling, particles from (1 - d) q + d uniform (Le et al. 2019 use 0.2; default: 0, off)")
+    t_add(
+        "--defensive",
+        type=_unit_interval,
+        default=0.0,
+        help="rws: defensive importance sampling, particles from (1 - d) q + d uniform (Le et al. 2019 use 0.2; default: 0, off)",
+    )
     t_add("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
-    alws = t.add_argument_group("alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)")
+    alws = t.add_argument_group(
+        "alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)"
+    )
     alws_add = adder(alws)
     alws_add("--sleep-samples", type=_positive_int, default=2000, help="sleep samples N per step (default: 2000)")
-    alws_add("--kernel", choices=["gaussian", "matern12", "matern32", "matern52"], default="gaussian", help="kernel on features of x (default: gaussian)")
+    alws_add(
+        "--kernel", choices=["gaussian", "matern12", "matern32", "matern52"], default="gaussian", help="kernel on features of x (default: gaussian)"
+    )
     alws_add("--krr", choices=["exact", "nystrom", "rff"], default="exact", help="kernel ridge regression solver (default: exact)")
     alws_add("--num-features", type=_positive_int, default=1000, help="random Fourier features F for --krr rff (even; default: 1000)")
     alws_add("--num-inducing", type=_positive_int, default=500, help="inducing points m for --krr nystrom (default: 500)")
     alws_add("--lam", type=_positive_float, default=1e-3, help="initial ridge lambda, learned (default: 1e-3)")
     alws_add("--features", choices=["identity", "mlp"], default="identity", help="kernel features: x itself or a learned MLP (default: identity)")
-    alws_add("--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)")
-    t_add("--model", default="sbn", metavar="sbn|gaussian|FILE.py:FACTORY|package.module:FACTORY",
-                   help="sbn: binary latents; gaussian: Gaussian latents with MLPs; or your own model: a factory "
-                        "(called with data_dim=D if it takes it) returning a module that meets the model contract, "
-                        "see docs/your-own-model.md; --layers, --hidden, --q-hidden and --likelihood are then unused (default: sbn)")
+    alws_add(
+        "--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)"
+    )
+    t_add(
+        "--model",
+        default="sbn",
+        metavar="sbn|gaussian|FILE.py:FACTORY|package.module:FACTORY",
+        help="sbn: binary latents; gaussian: Gaussian latents with MLPs; or your own model: a factory "
+        "(called with data_dim=D if it takes it) returning a module that meets the model contract, "
+        "see docs/your-own-model.md; --layers, --hidden, --q-hidden and --likelihood are then unused (default: sbn)",
+    )
     t_add("--layers", type=_positive_int, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
-    t_add("--hidden", type=_positive_int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)")
+    t_add(
+        "--hidden", type=_positive_int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)"
+    )
     t_add("--q-hidden", type=_positive_int, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
-    t_add("--likelihood", choices=["bernoulli", "gaussian"], default=None, help="p(x | z): bernoulli for binary data (default), gaussian for grey levels")
+    t_add(
+        "--likelihood",
+        choices=["bernoulli", "gaussian"],
+        default=None,
+        help="p(x | z): bernoulli for binary data (default), gaussian for grey levels",
+    )
     t_add("--dataset", default="digits", help="digits (embedded), binarized-mnist, mnist-gray, or a .npz path (default: digits)")
     t_add("--data-dir", default=None, help="directory with data files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
     t_add("--epochs", type=_positive_int, default=100, help="passes over the training data (default: 100; with --resume, more extend the run)")
@@ -104,19 +168,39 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
     t_add("--valid-k", type=_positive_int, default=100, help="particles for the validation log-likelihood each epoch (default: 100)")
     t_add("--patience", type=_positive_int, default=10, help="epochs without validation improvement before stopping (default: 10)")
     t_add("--max-seconds", type=_positive_float, default=None, help="training budget, seconds of --clock (default: none)")
-    t_add("--checkpoint-every", type=_positive_int, default=None, help="also checkpoint every this many steps within an epoch (default: only each epoch)")
-    t_add("--clock", choices=["wall", "process"], default="wall", help="what --max-seconds counts: elapsed time, or this process's CPU time (default: wall)")
+    t_add(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        help="also checkpoint every this many steps within an epoch (default: only each epoch)",
+    )
+    t_add(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="what --max-seconds counts: elapsed time, or this process's CPU time (default: wall)",
+    )
     t_add("--test-k", type=_positive_int, default=5000, help="particles for the final test log-likelihood (default: 5000)")
     t_add("--run-dir", default=None, help="where to write the run (default: runs/<dataset>-<algorithm>)")
-    t_add("--resume", action="store_true",
-                   help="continue the run in --run-dir from its checkpoint, with its recorded settings; of the others only "
-                        f"{', '.join('--' + o.replace('_', '-') for o in ADJUSTABLE)} may be given, and change the run (recorded in config.json)")
+    t_add(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its checkpoint, with its recorded settings; of the others only "
+        f"{', '.join('--' + o.replace('_', '-') for o in ADJUSTABLE)} may be given, and change the run (recorded in config.json)",
+    )
     t_add("--overwrite", action="store_true", help="replace a previous run in --run-dir (its files are deleted; refused while it runs)")
     t_add("--skip-nonfinite", action="store_true", help="skip (and count) steps with a NaN/inf loss or gradient instead of stopping")
     t_add("--no-progress", action="store_true", help="hide progress bars")
-    t_add("--compile", action="store_true", help="torch.compile the training step and the log-density kernels (needs a C++ compiler; faster for long runs, see docs/benchmarks.md)")
-    t_add("--tensorboard", action="store_true",
-          help="also write the metrics as TensorBoard scalars beside metrics.jsonl (needs the tensorboard package)")
+    t_add(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step and the log-density kernels (needs a C++ compiler; faster for long runs, see docs/benchmarks.md)",
+    )
+    t_add(
+        "--tensorboard",
+        action="store_true",
+        help="also write the metrics as TensorBoard scalars beside metrics.jsonl (needs the tensorboard package)",
+    )
     t_add(*DEVICE_OPTION[0], **DEVICE_OPTION[1])
     return t
 
@@ -151,8 +235,10 @@ def model_table(a: argparse.Namespace, binary: bool, data=None) -> dict:
         likelihood = a.likelihood or "bernoulli"
     if likelihood == "bernoulli" and not binary:
         where = f" ({_nonbinary(data)})" if data is not None else ""
-        raise UsageError(f"this data is not binary{where}, but the model's likelihood is Bernoulli (values in {{0, 1}}): "
-                         "binarise the data (e.g. x > 0.5), or use --model gaussian --likelihood gaussian")
+        raise UsageError(
+            f"this data is not binary{where}, but the model's likelihood is Bernoulli (values in {{0, 1}}): "
+            "binarise the data (e.g. x > 0.5), or use --model gaussian --likelihood gaussian"
+        )
     if a.model == "sbn":
         if likelihood != "bernoulli":
             raise UsageError("--model sbn has a Bernoulli likelihood; use --model gaussian --likelihood gaussian for real-valued data")
@@ -199,7 +285,11 @@ def write_pictures(run: Path, model, image_shape, n: int = 64, data=None) -> tup
     if (run / METRICS).is_file():
         records = plots.read_jsonl(run / METRICS)
         if records:
-            keys = [k for k in ("train_objective", "valid_log_likelihood", "train_ess", "train_wake_log_joint", "train_sleep_log_q") if any(k in r for r in records)]
+            keys = [
+                k
+                for k in ("train_objective", "valid_log_likelihood", "train_ess", "train_wake_log_joint", "train_sleep_log_q")
+                if any(k in r for r in records)
+            ]
             curves = plots.learning_curves(records, run / CURVES, keys=keys or None)
     return samples, curves
 
@@ -239,8 +329,11 @@ def _check_run_dir(run: Path) -> None:
         name_max, path_max = 255, 4096
     long = [part for part in run.parts if len(os.fsencode(part)) > name_max]
     if long or len(os.fsencode(str(run.absolute()))) >= path_max:
-        what = f"its name {long[0][:20]}… has {len(os.fsencode(long[0]))} bytes, over the {name_max} this file system allows" if long \
+        what = (
+            f"its name {long[0][:20]}… has {len(os.fsencode(long[0]))} bytes, over the {name_max} this file system allows"
+            if long
             else f"its path has over the {path_max} bytes this file system allows"
+        )
         raise UsageError(f"--run-dir is too long ({what}): choose a shorter --run-dir")
     if run.exists() and not run.is_dir():
         raise UsageError(f"--run-dir {run} is a file, not a directory: choose another --run-dir")
@@ -290,9 +383,13 @@ def _recorded_options(config: dict) -> dict:
     if "options" in config:
         return config["options"]
     m, t = config["model"], config["train"]
-    o = {"algorithm": config["algorithm"], "dataset": config["data"]["dataset"], "data_dir": config["data"].get("data_dir"),
-         **{k: t.get(k) for k in ("batch_size", "seed", "valid_k", "clock")},
-         **{k: v for k, v in config["estimator"].items() if k in RUN_OPTIONS}}
+    o = {
+        "algorithm": config["algorithm"],
+        "dataset": config["data"]["dataset"],
+        "data_dir": config["data"].get("data_dir"),
+        **{k: t.get(k) for k in ("batch_size", "seed", "valid_k", "clock")},
+        **{k: v for k, v in config["estimator"].items() if k in RUN_OPTIONS},
+    }
     if m.get("kind") == "user":
         o.update(model=m["spec"], hidden=None, q_hidden=None, likelihood=None)
     elif m.get("kind") == "sbn":
@@ -336,8 +433,10 @@ def _resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
         if name in given and (name not in recorded or mine[name] != recorded[name]):
             differ.append(f"{_flag(name, mine[name])} (the run has {_flag(name, recorded[name]) if recorded.get(name) is not None else 'none'})")
     if differ:
-        raise UsageError(f"--resume continues {run} with the settings it was started with, and these differ: {'; '.join(differ)}. "
-                         "Drop them to resume, or start a new run with them (another --run-dir, or --overwrite)")
+        raise UsageError(
+            f"--resume continues {run} with the settings it was started with, and these differ: {'; '.join(differ)}. "
+            "Drop them to resume, or start a new run with them (another --run-dir, or --overwrite)"
+        )
     changes = {}
     train_cfg = config["train"]
     for name, key in ADJUSTABLE.items():
@@ -405,7 +504,10 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
             config.setdefault("changes", []).append({"after_epoch": done, "time": datetime.now().isoformat(timespec="seconds"), "changed": changes})
             atomic_write_text(run / CONFIG, json.dumps(config, indent=2))
             option = {key: name for name, key in ADJUSTABLE.items()}
-            print("resuming with " + ", ".join(f"{_flag(option[k], True if k in ('nan_policy', 'compile') else new)} (was {old})" for k, (old, new) in changes.items()))
+            print(
+                "resuming with "
+                + ", ".join(f"{_flag(option[k], True if k in ('nan_policy', 'compile') else new)} (was {old})" for k, (old, new) in changes.items())
+            )
         if not (run / CHECKPOINT).is_file():
             # Stopped before its first checkpoint: nothing was trained yet, so start from the beginning.
             print(f"{run} has no checkpoint yet; starting it from the beginning")
@@ -413,19 +515,38 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
         ckpt = load_checkpoint(run / CHECKPOINT)
         if ends_at(ckpt, TrainConfig(**config["train"])):
             option = {"early": "patience", "time": "max_seconds"}.get(ckpt.get("stopped"), "epochs")
-            print(f"{run} has finished ({ckpt['epoch']} epochs, stopped by {_flag(option, config['train'][option])}): nothing more to "
-                  f"train; give a larger {_flag(option)} to go on. Evaluating it again")
+            print(
+                f"{run} has finished ({ckpt['epoch']} epochs, stopped by {_flag(option, config['train'][option])}): nothing more to "
+                f"train; give a larger {_flag(option)} to go on. Evaluating it again"
+            )
         return config, True, data, None, None
     data = load_dataset(a.dataset, data_dir=a.data_dir)
     model, settings = _build_checked(a, data, device)
     train_settings = {
-        "epochs": a.epochs, "batch_size": a.batch_size, "lr_p": a.lr_p, "lr_q": a.lr_q, "lr_estimator": a.lr_kernel, "seed": a.seed,
-        "valid_k": a.valid_k, "patience": a.patience, "max_seconds": a.max_seconds, "clock": a.clock, "checkpoint_every": a.checkpoint_every,
-        "nan_policy": "skip" if a.skip_nonfinite else "error", "compile": a.compile,
+        "epochs": a.epochs,
+        "batch_size": a.batch_size,
+        "lr_p": a.lr_p,
+        "lr_q": a.lr_q,
+        "lr_estimator": a.lr_kernel,
+        "seed": a.seed,
+        "valid_k": a.valid_k,
+        "patience": a.patience,
+        "max_seconds": a.max_seconds,
+        "clock": a.clock,
+        "checkpoint_every": a.checkpoint_every,
+        "nan_policy": "skip" if a.skip_nonfinite else "error",
+        "compile": a.compile,
     }
     config = {
-        **run_record(model_config(model, a.model if is_user_spec(a.model) else None, data.dim), a.algorithm, settings,
-                     a.dataset, a.data_dir, train_settings, a.test_k),
+        **run_record(
+            model_config(model, a.model if is_user_spec(a.model) else None, data.dim),
+            a.algorithm,
+            settings,
+            a.dataset,
+            a.data_dir,
+            train_settings,
+            a.test_k,
+        ),
         "options": _run_options(a, data.dim, data.binary),  # what --resume compares its options with
     }
 
@@ -472,8 +593,10 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         world_size = distributed.world()[1]
         if main:
             where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
-            print(f"training {config['algorithm']} {config['estimator']} on {data.name} "
-                  f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}")
+            print(
+                f"training {config['algorithm']} {config['estimator']} on {data.name} "
+                f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
+            )
         fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
         # Every rank leaves the process group together now: the rest (evaluation, pictures) is rank
         # 0's alone and needs no collectives, and a rank that left alone could crash at exit.
@@ -484,9 +607,16 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         fault_point("evaluate")
         ll = report_log_likelihood(model, data.test, k=config.get("test_k", a.test_k), progress=not a.no_progress, seed=seed)
         summary = {
-            "test_log_likelihood": ll.mean, "test_stderr": ll.stderr, "test_k": ll.k, "test_n": ll.n,
-            "best_valid_log_likelihood": fit.best_valid, "best_epoch": fit.best_epoch,
-            "epochs": len(fit.history), "stopped": fit.stopped, "train_seconds": fit.seconds, "skipped_steps": fit.skipped_steps,
+            "test_log_likelihood": ll.mean,
+            "test_stderr": ll.stderr,
+            "test_k": ll.k,
+            "test_n": ll.n,
+            "best_valid_log_likelihood": fit.best_valid,
+            "best_epoch": fit.best_epoch,
+            "epochs": len(fit.history),
+            "stopped": fit.stopped,
+            "train_seconds": fit.seconds,
+            "skipped_steps": fit.skipped_steps,
         }
         earlier = read_summary(run / SUMMARY).get("evaluations")
         if earlier:  # results of `wakesleep evaluate` on this run are kept

@@ -10,7 +10,23 @@ from wakesleep.estimators.vae import VAE
 from wakesleep.estimators.vimco import VIMCO
 from wakesleep.estimators.ws import SleepPhase, WakeSleep, sleep_phase_loss
 
-ESTIMATORS = {"ws": WakeSleep, "rws": RWS, "alws": ALWS, "vae": VAE, "iwae": IWAE,
-              "vimco": VIMCO, "reinforce": Reinforce, "nvil": NVIL, "tvo": TVO}
+ESTIMATORS = {"ws": WakeSleep, "rws": RWS, "alws": ALWS, "vae": VAE, "iwae": IWAE, "vimco": VIMCO, "reinforce": Reinforce, "nvil": NVIL, "tvo": TVO}
 
-__all__ = ["ALWS", "build_kernel_ridge", "train_proposal", "ESTIMATORS", "Estimator", "EstimatorOutput", "IWAE", "NVIL", "RWS", "Reinforce", "SleepPhase", "TVO", "VIMCO", "VAE", "WakeSleep", "sleep_phase_loss"]
+__all__ = [
+    "ALWS",
+    "build_kernel_ridge",
+    "train_proposal",
+    "ESTIMATORS",
+    "Estimator",
+    "EstimatorOutput",
+    "IWAE",
+    "NVIL",
+    "RWS",
+    "Reinforce",
+    "SleepPhase",
+    "TVO",
+    "VIMCO",
+    "VAE",
+    "WakeSleep",
+    "sleep_phase_loss",
+]

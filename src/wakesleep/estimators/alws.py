@@ -68,17 +68,20 @@ def build_kernel_ridge(
         k = GaussianKernel(features=fmap, learn_bandwidth=learn)
     else:
         k = MaternKernel({"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[kernel], features=fmap, learn_bandwidth=learn)
-    return KernelRidge(k, lam=lam, method=krr, num_features=num_features, num_inducing=num_inducing,
-                       learn_lam=learn, seed=seed)
-
+    return KernelRidge(k, lam=lam, method=krr, num_features=num_features, num_inducing=num_inducing, learn_lam=learn, seed=seed)
 
 
 #: The kernel ridge regression's settings (name -> parameter) that ALWS takes: build_kernel_ridge's
 #: parameters but ``learn`` (ALWS's ``learn_kernel``) and ``seed`` (ALWS's own).
 KERNEL_PARAMETERS = {n: p for n, p in inspect.signature(build_kernel_ridge).parameters.items() if n not in ("learn", "seed")}
 
+
 def exp_family_prediction(
-    krr: KernelRidge, x_sleep: Tensor, targets: Tensor, x_query: Tensor, stats_query: Tensor,
+    krr: KernelRidge,
+    x_sleep: Tensor,
+    targets: Tensor,
+    x_query: Tensor,
+    stats_query: Tensor,
     chol: Tensor | tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Ĵ(x_q) = [Σ_n α_n(x_q) η_n]·S(x_q) − Σ_n α_n(x_q) c_n, the exponential-family prediction.
@@ -116,7 +119,7 @@ class ALWS(Estimator):
     - ``"exp_family"`` (the paper's Algorithm 1, proposed for lower variance; on factor analysis
       we measured lower bias, and lower spread only once the kernel is learned: docs/results.md),
       for p_θ(x | z) = h(x) exp(η_θ(z)·S(x) − Ψ_θ(z)):
-      Ĵ_θ(x_m) = [Σ_n A[n, m] η_θ(z_n)]·S(x_m) − Σ_n A[n, m] [Ψ_θ(z_n) − log p_θ(z_n)]
+      ``Ĵ_θ(x_m) = [Σ_n A[n, m] η_θ(z_n)]·S(x_m) − Σ_n A[n, m] [Ψ_θ(z_n) − log p_θ(z_n)]``
       (only functions of z are regressed; the wake point's exact S(x_m) multiplies them;
       log h(x) is dropped).  The prior's parameters learn through log p_θ(z_n).
     - ``"auto"``: ``"exp_family"`` when the model offers that view, else ``"generic"``.
@@ -142,8 +145,9 @@ class ALWS(Estimator):
     Args:
         sleep_samples: N, sleep samples per step (the paper uses 1000–5000).
         target: ``"auto"``, ``"generic"`` or ``"exp_family"``.
-        kernel, krr, lam, num_features, num_inducing, features, data_dim, feature_dim,
-            feature_hidden, seed: the kernel ridge regression (see :func:`build_kernel_ridge`).
+        kernel: the kernel ridge regression, with ``krr``, ``lam``, ``num_features``, ``num_inducing``,
+            ``features``, ``data_dim``, ``feature_dim``, ``feature_hidden`` and ``seed``: the settings
+            of :func:`build_kernel_ridge`.
         valid_samples: V, validation sleep samples for the kernel step.
         learn_kernel: take the kernel step (else σ, λ and the features stay fixed).
         q_update: ``None`` (φ untouched) or ``"sleep"``.
@@ -194,9 +198,15 @@ class ALWS(Estimator):
         self.target, self.q_update, self.learn_kernel = target, q_update, bool(learn_kernel)
         self.q_batch = None if q_batch is None else check_positive_int("q_batch", q_batch)
         self._settings = {
-            "sleep_samples": sleep_samples, "target": target, **kernel, "feature_hidden": list(kernel["feature_hidden"]),
-            "valid_samples": valid_samples, "learn_kernel": learn_kernel, "q_update": q_update,
-            "q_batch": q_batch, "seed": seed,
+            "sleep_samples": sleep_samples,
+            "target": target,
+            **kernel,
+            "feature_hidden": list(kernel["feature_hidden"]),
+            "valid_samples": valid_samples,
+            "learn_kernel": learn_kernel,
+            "q_update": q_update,
+            "q_batch": q_batch,
+            "seed": seed,
         }
         if kernel_ridge is None:
             kernel_ridge = build_kernel_ridge(**kernel, learn=self.learn_kernel, seed=seed)
@@ -231,8 +241,9 @@ class ALWS(Estimator):
         target = self.resolved_target(model)
         if target == "exp_family" and getattr(model, "has_exponential_family", True) is False:
             lik = getattr(model, "likelihood_name", None) or type(model).__name__
-            raise ValueError(f"target='exp_family' needs exponential_family(z) and sufficient_statistics(x), "
-                             f"which {lik} does not offer: use target='generic'")
+            raise ValueError(
+                f"target='exp_family' needs exponential_family(z) and sufficient_statistics(x), which {lik} does not offer: use target='generic'"
+            )
         check_model(model, self.requires(model), f"ALWS(target={target!r}, q_update={self.q_update!r})")
         if self.q_update == "sleep" and not (has_proposal(model) and list(model.q_parameters())):
             raise ValueError(f"q_update='sleep' needs a model with a proposal q(z | x); {type(model).__name__} has none: use q_update=None")
@@ -254,8 +265,9 @@ class ALWS(Estimator):
         eta, psi = model.exponential_family(zs)
         return torch.cat([eta, (psi - model.log_prior(zs))[:, None]], dim=1)
 
-    def model_surrogate(self, model, x_wake: Tensor, x_sleep: Tensor, t_sleep: Tensor, target: str,
-                        chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def model_surrogate(
+        self, model, x_wake: Tensor, x_sleep: Tensor, t_sleep: Tensor, target: str, chol: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """mean_m Ĵ_θ(x_m) over the wake batch x_wake [M, D], with A detached: a scalar whose
         θ-gradient is the ALWS gradient estimate (nats).
 
@@ -277,8 +289,17 @@ class ALWS(Estimator):
             return (w * t).sum()
         return (w[:, :-1] * t[:, :-1]).sum() - (w[:, -1] * t[:, -1]).sum()
 
-    def kernel_loss(self, model, zs: Sequence[Tensor], x_sleep: Tensor, t_sleep: Tensor, zs_val: Sequence[Tensor],
-                    x_val: Tensor, target: str, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def kernel_loss(
+        self,
+        model,
+        zs: Sequence[Tensor],
+        x_sleep: Tensor,
+        t_sleep: Tensor,
+        zs_val: Sequence[Tensor],
+        x_val: Tensor,
+        target: str,
+        chol: Tensor | tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Mean over validation samples of (Ĵ(x_v) − t_v)² (nats²), gradient only to the kernel.
 
         ``t_sleep``: the targets at the sleep samples (from :meth:`targets`; detached here)."""
@@ -303,8 +324,9 @@ class ALWS(Estimator):
             zs_val, x_val = model.sample(self.valid_samples) if self.learn_kernel else (None, None)
         return self.loss_from_samples(model, x, zs, x_sleep, zs_val, x_val)
 
-    def loss_from_samples(self, model, x: Tensor, zs: Sequence[Tensor], x_sleep: Tensor,
-                          zs_val: Sequence[Tensor] | None = None, x_val: Tensor | None = None) -> EstimatorOutput:
+    def loss_from_samples(
+        self, model, x: Tensor, zs: Sequence[Tensor], x_sleep: Tensor, zs_val: Sequence[Tensor] | None = None, x_val: Tensor | None = None
+    ) -> EstimatorOutput:
         """The loss of :meth:`forward` for the wake batch x [M, D] and given sleep samples
         (zs = [z_1 [N, d_1], …], x_sleep [N, D]) and validation samples (zs_val, x_val [V, D];
         unused, and may be None, without kernel learning), e.g. to compare kernel methods on the

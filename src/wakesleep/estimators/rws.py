@@ -127,4 +127,3 @@ class RWS(Estimator):
         ess, n_dead = mean_live_effective_sample_size(w, dead)
         metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)
-

@@ -80,4 +80,3 @@ class SleepPhase(Estimator):
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         loss = sleep_phase_loss(model, x.shape[0])
         return EstimatorOutput(loss, {"sleep_log_q": -loss.detach()})
-

@@ -25,7 +25,6 @@ its random-feature network, so it was never trained), and the validation loss is
 per-sample squared errors (not the squared error of the mean prediction).
 """
 
-
 from wakesleep.kernels.features import IdentityFeatures, LinearFeatures, MLPFeatures
 from wakesleep.kernels.ridge import KernelRidge, KernelRidgeError
 from wakesleep.kernels.stationary import GaussianKernel, MaternKernel, StationaryKernel

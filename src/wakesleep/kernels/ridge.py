@@ -22,8 +22,6 @@ class KernelRidgeError(ValueError):
     """A KRR linear system could not be factorised (not positive definite even after jitter)."""
 
 
-
-
 class _SPDSolve(torch.autograd.Function):
     """X = M⁻¹ B for a symmetric positive definite M, given the lower Cholesky factor L of M
     (plus any jitter), computed elsewhere without gradient.
@@ -54,6 +52,7 @@ def _spd_solve(mat: Tensor | None, rhs: Tensor, chol: Tensor) -> Tensor:
     if mat is None or not torch.is_grad_enabled():
         return torch.cholesky_solve(rhs, chol)
     return _SPDSolve.apply(mat, rhs, chol)
+
 
 Method = Literal["exact", "nystrom", "rff"]
 
@@ -129,9 +128,7 @@ class KernelRidge(nn.Module):
         if inducing not in ("random", "first"):
             raise ValueError(f"inducing must be 'random' or 'first', got {inducing!r}")
         if not math.isfinite(lam) or lam < 0 or (lam == 0 and learn_lam):
-            raise ValueError(
-                f"lam must be > 0 (or exactly 0 with learn_lam=False), got {lam!r}"
-            )
+            raise ValueError(f"lam must be > 0 (or exactly 0 with learn_lam=False), got {lam!r}")
         _check_dim("num_inducing", num_inducing)
         _check_dim("num_features", num_features)
         if method == "rff" and num_features % 2:
@@ -165,8 +162,9 @@ class KernelRidge(nn.Module):
         return self.log_lam.exp()
 
     def extra_repr(self) -> str:
-        extra = {"nystrom": f", num_inducing={self.num_inducing}, inducing={self.inducing!r}",
-                 "rff": f", num_features={self.num_features}"}.get(self.method, "")
+        extra = {"nystrom": f", num_inducing={self.num_inducing}, inducing={self.inducing!r}", "rff": f", num_features={self.num_features}"}.get(
+            self.method, ""
+        )
         return f"method={self.method!r}{extra}"
 
     def _draw_frequencies(self, dim: int) -> None:
@@ -199,8 +197,7 @@ class KernelRidge(nn.Module):
             return L
         if not bool(torch.isfinite(mat).all()):
             raise KernelRidgeError(
-                f"{what} contains NaN or inf (check the inputs, bandwidth "
-                f"{self.kernel.bandwidth.item():.3g} and lam (λ) = {self.lam.item():.3g})"
+                f"{what} contains NaN or inf (check the inputs, bandwidth {self.kernel.bandwidth.item():.3g} and lam (λ) = {self.lam.item():.3g})"
             )
         tries = self.max_jitter_tries if tries is None else tries
         scale = mat.detach().diagonal().abs().mean().clamp_min(torch.finfo(mat.dtype).tiny)
@@ -221,8 +218,7 @@ class KernelRidge(nn.Module):
             jitter = jitter * 10.0
         last = (jitter / 10).item() if tries else 0.0
         raise KernelRidgeError(
-            f"{what} is not positive definite with lam (λ) = {self.lam.item():.3g}, even after "
-            f"adding jitter up to {last:.3g} to its diagonal; {fix}."
+            f"{what} is not positive definite with lam (λ) = {self.lam.item():.3g}, even after adding jitter up to {last:.3g} to its diagonal; {fix}."
         )
 
     def _add_lam(self, mat: Tensor) -> Tensor:
@@ -234,16 +230,13 @@ class KernelRidge(nn.Module):
         mat.diagonal().add_(lam)
         return mat
 
-    def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str,
-               chol: Tensor | tuple[Tensor, Tensor] | None = None):
+    def _check(self, x_sleep: Tensor, x_query: Tensor, other: Tensor, rows: int, name: str, chol: Tensor | tuple[Tensor, Tensor] | None = None):
         if chol is not None and self.method != "exact":
             raise ValueError(f"chol (a reused Cholesky factor) is for method='exact', not {self.method!r}")
         _as_2d("x_sleep", x_sleep)
         _as_2d("x_query" if name == "targets" else "x_wake", x_query)
         if x_sleep.shape[1] != x_query.shape[1]:
-            raise ValueError(
-                f"sleep and wake/query inputs differ in width: {x_sleep.shape[1]} vs {x_query.shape[1]}"
-            )
+            raise ValueError(f"sleep and wake/query inputs differ in width: {x_sleep.shape[1]} vs {x_query.shape[1]}")
         if other is not None:
             if other.dim() not in (1, 2) or other.shape[0] != rows:
                 raise ValueError(f"{name} must have shape [{rows}] or [{rows}, C], got {tuple(other.shape)}")
@@ -256,10 +249,7 @@ class KernelRidge(nn.Module):
                 self._draw_frequencies(fs.shape[1])
             omega = self.rff_frequencies
             if omega.shape[1] != fs.shape[1]:
-                raise ValueError(
-                    f"random-feature frequencies have width {omega.shape[1]} but the kernel "
-                    f"features have width {fs.shape[1]}"
-                )
+                raise ValueError(f"random-feature frequencies have width {omega.shape[1]} but the kernel features have width {fs.shape[1]}")
             omega = omega.to(fs.dtype) / self.kernel.bandwidth.to(fs.dtype)
             norm = math.sqrt(omega.shape[0])
 
@@ -282,8 +272,11 @@ class KernelRidge(nn.Module):
         rel = m * torch.finfo(k_mm.dtype).eps
         jitter = rel * k_mm.detach().diagonal().abs().mean()
         L = self._cholesky(
-            k_mm + jitter * torch.eye(m, dtype=k_mm.dtype, device=k_mm.device), "K_mm",
-            first_jitter=10 * rel, tries=8, warn=False,
+            k_mm + jitter * torch.eye(m, dtype=k_mm.dtype, device=k_mm.device),
+            "K_mm",
+            first_jitter=10 * rel,
+            tries=8,
+            warn=False,
             fix="use fewer inducing points or a larger bandwidth",
         )
         phi_s = torch.linalg.solve_triangular(L, self.kernel.gram_features(fm, fs), upper=False).mT
@@ -311,10 +304,7 @@ class KernelRidge(nn.Module):
             mat, chol = chol
         if chol is not None:
             if chol.shape != (fs.shape[0], fs.shape[0]):
-                raise ValueError(
-                    f"chol must be the [{fs.shape[0]}, {fs.shape[0]}] factor from "
-                    f"cholesky(x_sleep), got {tuple(chol.shape)}"
-                )
+                raise ValueError(f"chol must be the [{fs.shape[0]}, {fs.shape[0]}] factor from cholesky(x_sleep), got {tuple(chol.shape)}")
             if mat is not None or not torch.is_grad_enabled():
                 return mat, chol, k_sq
         mat = self._add_lam(self.kernel.gram_features(fs))
@@ -342,8 +332,7 @@ class KernelRidge(nn.Module):
             raise ValueError(f"cholesky() is for method='exact', not {self.method!r}")
         if self.kernel._joint_features():
             raise ValueError(
-                "cholesky() cannot be reused with batch-norm features (sleep features depend on "
-                "the query batch); call solve/predict without chol"
+                "cholesky() cannot be reused with batch-norm features (sleep features depend on the query batch); call solve/predict without chol"
             )
         with torch.set_grad_enabled(with_matrix and torch.is_grad_enabled()):
             (fs,) = self.kernel.featurize(x_sleep)
@@ -356,9 +345,7 @@ class KernelRidge(nn.Module):
 
     # ---- public API -------------------------------------------------------------------------
 
-    def solve(
-        self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def solve(self, x_sleep: Tensor, x_wake: Tensor, rhs: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """A @ rhs for A = (K_ss + λI)⁻¹ K_sw, without forming A.
 
         Shapes: x_sleep [N, D], x_wake [M, D], rhs [M, C] or [M] -> [N, C] or [N].
@@ -396,9 +383,7 @@ class KernelRidge(nn.Module):
         mat, L = self._primal_factor(phi_s)
         return phi_s @ _spd_solve(mat, phi_w.mT, L)
 
-    def predict(
-        self, x_sleep: Tensor, targets: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def predict(self, x_sleep: Tensor, targets: Tensor, x_query: Tensor, chol: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """KRR prediction Ĵ(x_query) = Aᵀ targets, fitted on (x_sleep, targets).
 
         Shapes: x_sleep [N, D], targets [N, C] or [N], x_query [M, D] -> [M, C] or [M].
@@ -440,10 +425,7 @@ class KernelRidge(nn.Module):
         t_val = t_val.detach()
         _as_2d("x_val", x_val)
         if t_val.shape != (x_val.shape[0],) + tuple(t_sleep.shape[1:]):
-            raise ValueError(
-                f"t_val must have shape {(x_val.shape[0],) + tuple(t_sleep.shape[1:])}, "
-                f"got {tuple(t_val.shape)}"
-            )
+            raise ValueError(f"t_val must have shape {(x_val.shape[0],) + tuple(t_sleep.shape[1:])}, got {tuple(t_val.shape)}")
         pred = self.predict(x_sleep, t_sleep, x_val, chol)
         err = (pred - t_val.to(pred.dtype)).square()
         return err.sum(-1).mean() if err.dim() == 2 else err.mean()

@@ -99,17 +99,13 @@ class StationaryKernel(nn.Module):
         fa, fb = self.featurize(a, b)
         return self.gram_features(fa, fb)
 
-    def spectral_frequencies(
-        self, num: int, dim: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def spectral_frequencies(self, num: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
         """``num`` frequencies [num, dim] from the kernel's spectral density at unit bandwidth
         (Bochner's theorem): κ(‖δ‖) = E_ω cos(ω·δ). Divide by σ for bandwidth σ. Float64, CPU."""
         raise NotImplementedError(f"{type(self).__name__} has no spectral sampler")
 
     @torch.no_grad()
-    def init_bandwidth_(
-        self, x: Tensor, max_points: int = 1000, generator: torch.Generator | None = None
-    ) -> "StationaryKernel":
+    def init_bandwidth_(self, x: Tensor, max_points: int = 1000, generator: torch.Generator | None = None) -> StationaryKernel:
         """Median heuristic: set σ to the median pairwise distance between features of distinct
         points of x [N, D]. If N > ``max_points`` only the points
         ``x[torch.randperm(N, generator=generator)[:max_points]]`` are used (generator default:
@@ -134,8 +130,7 @@ class StationaryKernel(nn.Module):
         med = torch.quantile(sq[iu[0], iu[1]].sqrt().double(), 0.5).item()
         if not (med > 0 and math.isfinite(med)):
             raise ValueError(
-                f"median pairwise feature distance is {med}; cannot set the bandwidth "
-                "(are most points identical?) - pass bandwidth= explicitly"
+                f"median pairwise feature distance is {med}; cannot set the bandwidth (are most points identical?) - pass bandwidth= explicitly"
             )
         self.log_bandwidth.fill_(math.log(med))
         return self

@@ -61,18 +61,18 @@ from typing import Any
 import torch
 
 from wakesleep import plots
-from wakesleep.runs import COMPARE_RUN as RUN, CONFIG
-from wakesleep.config import MODEL_KINDS, build_estimator, build_model as build_table_model, run_record
+from wakesleep.config import ESTIMATORS, MODEL_KINDS, build_estimator, run_record
+from wakesleep.config import build_model as build_table_model
 from wakesleep.data import SPLITS, load_dataset
-from wakesleep.config import ESTIMATORS
 from wakesleep.estimators import SleepPhase
 from wakesleep.evaluate import log_likelihood, mean_stderr
+from wakesleep.io import atomic_write_text
 from wakesleep.lab.tables import csv_text, markdown_table, torch_threads
 from wakesleep.models.contract import device_dtype
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, resolve_spec
-from wakesleep.runs import CHECKPOINT, METRICS
+from wakesleep.runs import CHECKPOINT, CONFIG, METRICS
+from wakesleep.runs import COMPARE_RUN as RUN
 from wakesleep.training import TrainConfig, train
-from wakesleep.io import atomic_write_text
 from wakesleep.training.checks import check_data, check_model_for_training
 
 SUMMARY = "summary.json"
@@ -144,7 +144,9 @@ def _pos_int(where: str, key: str, v, minimum: int = 1) -> int:
 
 def _check_builtin_model(where: str, raw_model) -> dict:
     """The [model] table of a built-in model kind, checked."""
-    model = dict(_check_keys(where, "model", raw_model, {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior"}, {"kind", "layers"}))
+    model = dict(
+        _check_keys(where, "model", raw_model, {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior"}, {"kind", "layers"})
+    )
     kind = model["kind"]
     if kind not in MODEL_KINDS:
         raise _err(where, "model.kind", f"must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
@@ -253,8 +255,18 @@ def parse_config(raw: dict, where: str = "config", only: list[str] | None = None
         except (ValueError, TypeError) as err:
             raise _err(where, f"{key}.train", str(err)) from None
     return CompareConfig(
-        name=name, dataset=data["dataset"], data_dir=data.get("data_dir"), model=model, train=dict(train_raw),
-        estimators=specs, seeds=list(seeds), test_k=test_k, test_n=test_n, valid_n=valid_n, threads=threads, out_dir=out_dir,
+        name=name,
+        dataset=data["dataset"],
+        data_dir=data.get("data_dir"),
+        model=model,
+        train=dict(train_raw),
+        estimators=specs,
+        seeds=list(seeds),
+        test_k=test_k,
+        test_n=test_n,
+        valid_n=valid_n,
+        threads=threads,
+        out_dir=out_dir,
     )
 
 
@@ -305,8 +317,7 @@ def same_run(recorded: dict, current: dict) -> bool:
     if recorded.keys() != current.keys():
         return False
     defaults = json.loads(json.dumps(asdict(TrainConfig())))
-    train = {k: v for k, v in current.get("train", {}).items()
-             if k in recorded.get("train", {}) or k not in defaults or v != defaults[k]}
+    train = {k: v for k, v in current.get("train", {}).items() if k in recorded.get("train", {}) or k not in defaults or v != defaults[k]}
     return recorded == {**current, "train": train} if "train" in current else recorded == current
 
 
@@ -321,8 +332,13 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
         ConfigError: ``run`` holds a run of a different config (``run/run.json`` records it).
     """
     tcfg = cfg.train_config(spec, seed, progress)
-    fingerprint = {"data": [cfg.dataset, cfg.data_dir], "model": cfg.model, "train": {**asdict(tcfg), "progress": None},
-                   "estimator": asdict(spec), "evaluate": [cfg.test_k, cfg.test_n, cfg.valid_n, "random-subset"]}
+    fingerprint = {
+        "data": [cfg.dataset, cfg.data_dir],
+        "model": cfg.model,
+        "train": {**asdict(tcfg), "progress": None},
+        "estimator": asdict(spec),
+        "evaluate": [cfg.test_k, cfg.test_n, cfg.valid_n, "random-subset"],
+    }
     if (run / RUN).is_file():
         if not same_run(json.loads((run / RUN).read_text()), json.loads(json.dumps(fingerprint))):
             raise ConfigError(f"{run} holds a run of a different config (see {run / RUN}); use another --out or delete it")
@@ -335,8 +351,9 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     model = build_model(cfg, data.dim)
     if not (run / CONFIG).is_file():  # the record every run directory keeps, as `wakesleep train` writes it
         train_record = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
-        record = run_record(model_config(model, cfg.model.get("spec"), data.dim), spec.algorithm, spec.settings,
-                            cfg.dataset, cfg.data_dir, train_record, cfg.test_k)
+        record = run_record(
+            model_config(model, cfg.model.get("spec"), data.dim), spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k
+        )
         atomic_write_text(run / CONFIG, json.dumps(record, indent=2))
     estimator = build_estimator(spec.algorithm, spec.settings)
     valid = subset(data.valid, cfg.valid_n)
@@ -349,11 +366,21 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     test = subset(data.test, cfg.test_n)
     ll = log_likelihood(model, test, k=cfg.test_k, seed=seed, progress=progress)
     record = {
-        "label": spec.label, "algorithm": spec.algorithm, "settings": json.dumps(spec.settings, sort_keys=True), "seed": seed,
-        "test_log_likelihood": ll.mean, "test_stderr": ll.stderr, "test_k": ll.k, "test_n": ll.n,
-        "best_valid_log_likelihood": fit.best_valid, "epochs": len(fit.history),
-        "train_seconds": fit.seconds, "clock": tcfg.clock, "proposal_seconds": proposal_seconds,
-        "stopped": fit.stopped, "skipped_steps": fit.skipped_steps,
+        "label": spec.label,
+        "algorithm": spec.algorithm,
+        "settings": json.dumps(spec.settings, sort_keys=True),
+        "seed": seed,
+        "test_log_likelihood": ll.mean,
+        "test_stderr": ll.stderr,
+        "test_k": ll.k,
+        "test_n": ll.n,
+        "best_valid_log_likelihood": fit.best_valid,
+        "epochs": len(fit.history),
+        "train_seconds": fit.seconds,
+        "clock": tcfg.clock,
+        "proposal_seconds": proposal_seconds,
+        "stopped": fit.stopped,
+        "skipped_steps": fit.skipped_steps,
     }
     atomic_write_text(run / SUMMARY, json.dumps(record, indent=2))
     return record
@@ -366,20 +393,56 @@ def summarise(records: list[dict]) -> list[dict]:
         rs = [r for r in records if r["label"] == label]
         lls = torch.tensor([r["test_log_likelihood"] for r in rs], dtype=torch.float64)
         n = len(rs)
-        out.append({
-            "label": label, "algorithm": rs[0]["algorithm"], "settings": rs[0]["settings"], "seeds": n,
-            "test_log_likelihood": lls.mean().item(), "stderr_seeds": lls.std().item() / math.sqrt(n) if n > 1 else float("nan"),
-            "stderr_points": sum(r["test_stderr"] for r in rs) / n, "test_k": rs[0]["test_k"], "test_n": rs[0]["test_n"],
-            "train_seconds": sum(r["train_seconds"] for r in rs) / n, "clock": rs[0]["clock"],
-            "epochs": sum(r["epochs"] for r in rs) / n,
-        })
+        out.append(
+            {
+                "label": label,
+                "algorithm": rs[0]["algorithm"],
+                "settings": rs[0]["settings"],
+                "seeds": n,
+                "test_log_likelihood": lls.mean().item(),
+                "stderr_seeds": lls.std().item() / math.sqrt(n) if n > 1 else float("nan"),
+                "stderr_points": sum(r["test_stderr"] for r in rs) / n,
+                "test_k": rs[0]["test_k"],
+                "test_n": rs[0]["test_n"],
+                "train_seconds": sum(r["train_seconds"] for r in rs) / n,
+                "clock": rs[0]["clock"],
+                "epochs": sum(r["epochs"] for r in rs) / n,
+            }
+        )
     return out
 
 
-PER_SEED_COLUMNS = ("label", "algorithm", "settings", "seed", "test_log_likelihood", "test_stderr", "test_k", "test_n",
-                    "best_valid_log_likelihood", "epochs", "train_seconds", "clock", "proposal_seconds", "stopped", "skipped_steps")
-SUMMARY_COLUMNS = ("label", "algorithm", "settings", "seeds", "test_log_likelihood", "stderr_seeds", "stderr_points",
-                   "test_k", "test_n", "train_seconds", "clock", "epochs")
+PER_SEED_COLUMNS = (
+    "label",
+    "algorithm",
+    "settings",
+    "seed",
+    "test_log_likelihood",
+    "test_stderr",
+    "test_k",
+    "test_n",
+    "best_valid_log_likelihood",
+    "epochs",
+    "train_seconds",
+    "clock",
+    "proposal_seconds",
+    "stopped",
+    "skipped_steps",
+)
+SUMMARY_COLUMNS = (
+    "label",
+    "algorithm",
+    "settings",
+    "seeds",
+    "test_log_likelihood",
+    "stderr_seeds",
+    "stderr_points",
+    "test_k",
+    "test_n",
+    "train_seconds",
+    "clock",
+    "epochs",
+)
 
 
 def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
@@ -402,8 +465,13 @@ def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
         return None
     clock = cfg.train.get("clock", "wall")
     k = cfg.train.get("valid_k", TrainConfig.valid_k)
-    return plots.comparison_plot(series, path, xlabel=f"training time (s, {'process CPU' if clock == 'process' else 'wall'})",
-                                 ylabel=f"validation log-likelihood (nats, K={k})", title=f"{cfg.name}: mean ± s.e. over {len(cfg.seeds)} seeds")
+    return plots.comparison_plot(
+        series,
+        path,
+        xlabel=f"training time (s, {'process CPU' if clock == 'process' else 'wall'})",
+        ylabel=f"validation log-likelihood (nats, K={k})",
+        title=f"{cfg.name}: mean ± s.e. over {len(cfg.seeds)} seeds",
+    )
 
 
 def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress: bool = True) -> tuple[list[dict], list[dict], Path]:
@@ -427,7 +495,11 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress:
         try:
             check_data(probe, getattr(data, split), f"{data.name} ({split})")
         except ValueError as e:
-            hint = ' (in the config: [model] likelihood = "gaussian")' if getattr(probe, "binary_data", False) and not data.binary and "spec" not in cfg.model else ""
+            hint = (
+                ' (in the config: [model] likelihood = "gaussian")'
+                if getattr(probe, "binary_data", False) and not data.binary and "spec" not in cfg.model
+                else ""
+            )
             raise ValueError(f"{e}{hint}") from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))

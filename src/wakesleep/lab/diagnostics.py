@@ -46,21 +46,53 @@ from tqdm.auto import tqdm
 from wakesleep import plots
 from wakesleep.config import Setting
 from wakesleep.evaluate import mean_stderr
+from wakesleep.io import atomic_write_text
 from wakesleep.lab.tables import csv_text, torch_threads
 from wakesleep.models.contract import ModelContractError, check_model, device_dtype
-from wakesleep.models.exact import NoExactReference, reference_log_marginal as exact_log_marginal, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
-from wakesleep.io import atomic_write_text
+from wakesleep.models.exact import NoExactReference, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
+from wakesleep.models.exact import reference_log_marginal as exact_log_marginal
 
 #: Columns of the results table, in order.
 COLUMNS = (
-    "reference", "setting", "algorithm", "params", "target", "repeats",
-    "rel_bias", "rel_bias_se", "bias_z", "rel_noise", "rel_variance", "rel_rmse", "rel_rmse_se",
-    "rel_rmse_budget", "budget_s", "cos_mean", "cos_single", "cos_single_se",
-    "seconds", "cpu_seconds", "ll_gap", "ll_gap_se", "grad_norm",
+    "reference",
+    "setting",
+    "algorithm",
+    "params",
+    "target",
+    "repeats",
+    "rel_bias",
+    "rel_bias_se",
+    "bias_z",
+    "rel_noise",
+    "rel_variance",
+    "rel_rmse",
+    "rel_rmse_se",
+    "rel_rmse_budget",
+    "budget_s",
+    "cos_mean",
+    "cos_single",
+    "cos_single_se",
+    "seconds",
+    "cpu_seconds",
+    "ll_gap",
+    "ll_gap_se",
+    "grad_norm",
 )
 #: Columns shown by :func:`format_table`.
-SHOWN = ("setting", "target", "rel_bias", "rel_bias_se", "bias_z", "rel_variance", "rel_rmse", "rel_rmse_budget",
-         "cos_mean", "cos_single", "cpu_seconds", "ll_gap")
+SHOWN = (
+    "setting",
+    "target",
+    "rel_bias",
+    "rel_bias_se",
+    "bias_z",
+    "rel_variance",
+    "rel_rmse",
+    "rel_rmse_budget",
+    "cos_mean",
+    "cos_single",
+    "cpu_seconds",
+    "ll_gap",
+)
 #: The settings that count particles or samples: K (RWS, IWAE) and ALWS's number of sleep samples N.
 #: Plots draw one line per setting with these left out (:func:`_family`).
 COUNT_NAMES = ("k", "sleep_samples")
@@ -222,7 +254,7 @@ def exact_targets(model, x: Tensor) -> Targets:
 
     Returns:
         :class:`Targets`: theta [P_θ]; log_marginal, a scalar (nats, mean over the batch);
-        phi[name] [P_φ].
+        ``phi[name]`` [P_φ].
 
     Raises:
         NoExactReference: the model has no exact log p(x).
@@ -267,9 +299,11 @@ def estimate(model, x: Tensor, estimator, repeats: int, progress: bool = False, 
             objective.append(float(out.metrics["objective"]))
     g = torch.stack(gs)
     return {
-        "theta": g[:, :n_theta], "phi": g[:, n_theta:],
+        "theta": g[:, :n_theta],
+        "phi": g[:, n_theta:],
         "objective": torch.tensor(objective, dtype=torch.float64) if len(objective) == repeats else None,
-        "seconds": wall / repeats, "cpu_seconds": cpu / repeats,
+        "seconds": wall / repeats,
+        "cpu_seconds": cpu / repeats,
     }
 
 
@@ -340,9 +374,14 @@ def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, r
         return []
     torch.manual_seed(seed)
     res = estimate(model, x, est, repeats)
-    base = {"reference": reference, "setting": setting.label, "algorithm": setting.algorithm,
-            "params": json.dumps(setting.kwargs, sort_keys=True), "seconds": res["seconds"],
-            "cpu_seconds": res["cpu_seconds"]}
+    base = {
+        "reference": reference,
+        "setting": setting.label,
+        "algorithm": setting.algorithm,
+        "params": json.dumps(setting.kwargs, sort_keys=True),
+        "seconds": res["seconds"],
+        "cpu_seconds": res["cpu_seconds"],
+    }
     row = {**base, "target": "theta", **gradient_stats(res["theta"], targets.theta, res["cpu_seconds"], budget_s)}
     if res["objective"] is not None:
         gap = mean_stderr(res["objective"] - targets.log_marginal.item())
@@ -429,6 +468,13 @@ def error_time_plot(rows: Sequence[dict], path: str | Path, target: str = "theta
     if not series:
         raise ValueError(f"no diagnostics rows for target {target!r}")
     series = {_with_range(name, rows): pts for name, pts in series.items()}
-    return plots.comparison_plot(series, path, xlabel="process CPU seconds per estimate",
-                                 ylabel=f"RMSE / ‖g‖ ({target} gradient)", title=title, logx=True, logy=True,
-                                 legend_below=True)
+    return plots.comparison_plot(
+        series,
+        path,
+        xlabel="process CPU seconds per estimate",
+        ylabel=f"RMSE / ‖g‖ ({target} gradient)",
+        title=title,
+        logx=True,
+        logy=True,
+        legend_below=True,
+    )

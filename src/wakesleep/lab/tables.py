@@ -42,6 +42,8 @@ def markdown_table(summary: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in summary:
-        lines.append(f"| {r['label']} | `{r['settings']}` | {r['seeds']} | {r['test_log_likelihood']:.2f} | {r['stderr_seeds']:.2f} "
-                     f"| {r['train_seconds']:.3g} | {r['epochs']:.1f} |")
+        lines.append(
+            f"| {r['label']} | `{r['settings']}` | {r['seeds']} | {r['test_log_likelihood']:.2f} | {r['stderr_seeds']:.2f} "
+            f"| {r['train_seconds']:.3g} | {r['epochs']:.1f} |"
+        )
     return "\n".join(lines)

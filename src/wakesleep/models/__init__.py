@@ -18,6 +18,14 @@ from wakesleep.models.distributions import DistributionsModel, from_distribution
 from wakesleep.models.helmholtz import HelmholtzMachine
 
 __all__ = [
-    "DistributionsModel", "ExponentialFamilyModel", "HelmholtzMachine", "LatentVariableModel", "ModelContractError",
-    "ModelShapeError", "ProposalModel", "check_model", "check_shapes", "from_distributions",
+    "DistributionsModel",
+    "ExponentialFamilyModel",
+    "HelmholtzMachine",
+    "LatentVariableModel",
+    "ModelContractError",
+    "ModelShapeError",
+    "ProposalModel",
+    "check_model",
+    "check_shapes",
+    "from_distributions",
 ]

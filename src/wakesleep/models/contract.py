@@ -343,8 +343,13 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                     raise ModelShapeError(f"{name}.exponential_family(z) returned η of shape {list(eta.shape)} for n={b}; it must be [n, S]")
                 _expect(model, "exponential_family (its Ψ)", psi, (b,), f"for z of sample({b})")
                 if "sufficient_statistics" in members:
-                    _expect(model, "sufficient_statistics", _call(model, "sufficient_statistics", xs), tuple(eta.shape),
-                            f"for x of sample({b}) (η has shape {list(eta.shape)})")
+                    _expect(
+                        model,
+                        "sufficient_statistics",
+                        _call(model, "sufficient_statistics", xs),
+                        tuple(eta.shape),
+                        f"for x of sample({b}) (η has shape {list(eta.shape)})",
+                    )
     for member in ("p_parameters", "q_parameters"):
         if member in members:
             params = _call(model, member)
@@ -388,4 +393,3 @@ def enumerated_log_marginal(model, x: Tensor) -> Tensor:
         ValueError: whatever ``enumerate_latents`` raises for latents it cannot list.
     """
     return torch.logsumexp(model.log_joint(x, states_against_batch(model.enumerate_latents(), x.shape[0])), 0)
-

@@ -100,7 +100,9 @@ class DistributionsModel(nn.Module):
             if not callable(fn):
                 raise TypeError(f"{name} must be a function (or module) returning a torch.distributions object, got {type(fn).__name__}")
         if proposal is not None and not callable(proposal):
-            raise TypeError(f"proposal must be a function (or module) of x returning a torch.distributions object, or None; got {type(proposal).__name__}")
+            raise TypeError(
+                f"proposal must be a function (or module) of x returning a torch.distributions object, or None; got {type(proposal).__name__}"
+            )
         self.prior_fn, self.likelihood_fn, self.proposal_fn = prior, likelihood, proposal
         # Modules among the functions and the extra parameter holders own θ and φ.
         self.p_modules = nn.ModuleList([m for m in (_params_holder(prior), _params_holder(likelihood), _params_holder(generative)) if m is not None])
@@ -133,10 +135,14 @@ class DistributionsModel(nn.Module):
                 base = _base(lik)
                 with torch.enable_grad():  # does the scale depend on parameters?
                     scale = getattr(_base(self._likelihood(z, 1)), "scale", None)
-                info = {"prior_event": len(prior.event_shape), "family": type(base).__name__, "data_dim": x.shape[-1],
-                        "categories": base.logits.shape[-1] if isinstance(base, (Categorical, OneHotCategorical)) else None,
-                        "fixed_scale": isinstance(base, Normal) and not scale.requires_grad,
-                        "reparameterizable": False}
+                info = {
+                    "prior_event": len(prior.event_shape),
+                    "family": type(base).__name__,
+                    "data_dim": x.shape[-1],
+                    "categories": base.logits.shape[-1] if isinstance(base, (Categorical, OneHotCategorical)) else None,
+                    "fixed_scale": isinstance(base, Normal) and not scale.requires_grad,
+                    "reparameterizable": False,
+                }
                 if self.proposal_fn is not None:
                     info["reparameterizable"] = bool(self.proposal_fn(x).has_rsample)
             self._probe = info
@@ -306,9 +312,10 @@ def from_distributions(
             [*S, B] (further batch dimensions, e.g. D, are summed as ``Independent``).
         proposal: ``proposal(x)`` → q(z | x) for x [B, D], with batch shape [B] and z's event shape;
             None for a model trained by ALWS only.
-        generative, recognition: modules (or iterables of parameters) holding θ and φ that the
-            functions use but do not own; a function that is itself an ``nn.Module`` contributes its
-            own parameters (to θ for prior and likelihood, to φ for the proposal).
+        generative: modules (or iterables of parameters) holding θ that the functions use but do
+            not own; a function that is itself an ``nn.Module`` contributes its own parameters (to θ
+            for prior and likelihood, to φ for the proposal).
+        recognition: the same for φ.
         validate_args: whether the distributions the functions build check their arguments and
             values (``torch.distributions``' validation) inside the model's members: off by
             default, as in wakesleep's own layers, because it checks every value on every call

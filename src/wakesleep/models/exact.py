@@ -22,7 +22,7 @@ estimators' losses, which are means over the batch):
 - :func:`exact_theta_grad` — ∇θ mean_b log p_θ(x_b) [P_θ]: what every θ-estimator aims at.
 - :func:`exact_wake_phi_target` — E_{p(z|x)}[∇φ log q_φ(z | x)] = −∇φ KL(p_θ(z|x) ‖ q_φ(z|x)),
   batch mean [P_φ]: what RWS's wake-φ update estimates (Bornschein & Bengio 2015).
-- :func:`exact_sleep_phi_target` — E_{p_θ(z, x)}[∇φ log q_φ(z | x)] [P_φ]: what the sleep phase
+- :func:`exact_sleep_phi_target` — E_{p_θ(z, x)}[∇φ log q_φ(z | x)], shape [P_φ]: what the sleep phase
   estimates (Hinton et al. 1995).
 
 Any other model — one that is not a Helmholtz machine of the three kinds above, e.g. a user's own
@@ -142,8 +142,9 @@ def enumerated_log_joint(model, x: Tensor):
             too many states, no finite support).
     """
     if not has_member(model, "enumerate_latents"):
-        raise NoExactReference(f"no exact reference for this {type(model).__name__}: it needs enumerate_latents() "
-                               "(every latent state once) for posterior expectations")
+        raise NoExactReference(
+            f"no exact reference for this {type(model).__name__}: it needs enumerate_latents() (every latent state once) for posterior expectations"
+        )
     try:
         z = model.enumerate_latents()
     except ValueError as e:
@@ -165,9 +166,7 @@ def quadrature_rule(dim: int, order: int, dtype=torch.float64) -> tuple[Tensor, 
         ValueError: dim or order < 1, or dim > MAX_QUADRATURE_DIM.
     """
     if not (1 <= dim <= MAX_QUADRATURE_DIM) or not (1 <= order <= MAX_ORDER):
-        raise ValueError(
-            f"quadrature needs 1 <= dim <= {MAX_QUADRATURE_DIM} and 1 <= order <= {MAX_ORDER}, got dim={dim}, order={order}"
-        )
+        raise ValueError(f"quadrature needs 1 <= dim <= {MAX_QUADRATURE_DIM} and 1 <= order <= {MAX_ORDER}, got dim={dim}, order={order}")
     x, w = np.polynomial.hermite_e.hermegauss(order)  # weight exp(-x²/2); Σ w = sqrt(2π)
     with np.errstate(divide="ignore"):
         logw = np.log(w) - 0.5 * math.log(2 * math.pi)
@@ -369,7 +368,7 @@ def chi_square(model, x: Tensor, order: int | None = None) -> Tensor:
             ok = torch.linalg.eigvalsh(a).min(-1).values > 0
             a_safe = torch.where(ok[:, None, None], a, torch.eye(a.shape[-1], dtype=a.dtype, device=a.device))
             quad = (b.transpose(-1, -2) @ torch.linalg.solve(a_safe, b))[..., 0, 0]
-            log_ratio = (-torch.logdet(cov_p) + log_s.sum(-1) - 0.5 * torch.logdet(a_safe) + 0.5 * quad - 0.5 * c)
+            log_ratio = -torch.logdet(cov_p) + log_s.sum(-1) - 0.5 * torch.logdet(a_safe) + 0.5 * quad - 0.5 * c
             return torch.where(ok, torch.expm1(log_ratio), torch.full_like(log_ratio, math.inf))
         zs, log_joint = latent_grid(model, x, order)
         log_post = torch.log_softmax(log_joint, 0)  # posterior mass of each grid point

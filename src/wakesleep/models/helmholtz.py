@@ -80,14 +80,15 @@ class HelmholtzMachine(nn.Module):
 
     # ----------------------------------------------------------------- builders
     @classmethod
-    def sbn(cls, sizes: Sequence[int], q_hidden: Sequence[int] = (), p_hidden: Sequence[int] = ()) -> "HelmholtzMachine":
+    def sbn(cls, sizes: Sequence[int], q_hidden: Sequence[int] = (), p_hidden: Sequence[int] = ()) -> HelmholtzMachine:
         """Sigmoid belief network, all layers factorial Bernoulli (Bornschein & Bengio 2015, §4).
 
         Args:
             sizes: ``[D, d_1, …, d_L]``: data width, then latent layer sizes bottom to top;
                 e.g. ``[784, 200]`` is the one-layer SBN-200.
-            q_hidden, p_hidden: hidden sizes inside each recognition/generative layer
-                (``()`` gives the plain σ(W h + b) SBN layer).
+            q_hidden: hidden sizes inside each recognition layer (``()`` gives the plain
+                σ(W h + b) SBN layer).
+            p_hidden: the same inside each generative layer.
         """
         sizes = _check_sizes(sizes)
         gen = [BernoulliLayer(sizes[i + 1], sizes[i], p_hidden) for i in range(len(sizes) - 1)]
@@ -102,7 +103,7 @@ class HelmholtzMachine(nn.Module):
         hidden: Sequence[int] = (200, 200),
         likelihood: str = "bernoulli",
         learn_prior: bool = False,
-    ) -> "HelmholtzMachine":
+    ) -> HelmholtzMachine:
         """Gaussian latents with MLP layers (the VAE/IWAE architecture of Burda et al. 2016, and the
         Helmholtz machine of the seed note: q = N(μ_φ(x), diag σ²_φ(x)), p(z) = N(0, I),
         p(x | z) = Bernoulli(f_θ(z))).
@@ -130,7 +131,7 @@ class HelmholtzMachine(nn.Module):
         return cls(GaussianPrior(sizes[-1], learn=learn_prior), gen, rec, cfg)
 
     @classmethod
-    def factor_analysis(cls, data_dim: int, latent_dim: int, learn_prior: bool = False) -> "HelmholtzMachine":
+    def factor_analysis(cls, data_dim: int, latent_dim: int, learn_prior: bool = False) -> HelmholtzMachine:
         """Factor analysis: z ~ N(μ₀, diag s²), x | z ~ N(W z + b, diag σ²), with a linear Gaussian proposal.
 
         μ₀ = 0, s = 1 unless ``learn_prior`` (then they are parameters, e.g. to test prior-parameter
@@ -152,7 +153,7 @@ class HelmholtzMachine(nn.Module):
         components: int,
         hidden: Sequence[int] = (50, 50),
         q_hidden: Sequence[int] = (50, 50),
-    ) -> "HelmholtzMachine":
+    ) -> HelmholtzMachine:
         """Hierarchical mixture (the ALWS paper's pinwheel model, §5.6; ALGORITHMS.md §7.6):
         c ~ Cat(π) (one-hot, learned π), y | c ~ N(μ_c, diag σ_c²), x | y ~ N(MLP(y), diag σ²)
         with learned σ; proposal q(y | x) Gaussian, q(c | y) categorical, both MLPs.
@@ -164,12 +165,18 @@ class HelmholtzMachine(nn.Module):
             GaussianLayer(components, latent_dim, ()),  # affine in one-hot c: one (μ_c, log σ_c) each
         ]
         rec = [GaussianLayer(data_dim, latent_dim, q_hidden), CategoricalLayer(latent_dim, components, q_hidden)]
-        cfg = {"kind": "mixture", "data_dim": data_dim, "latent_dim": latent_dim, "components": components,
-               "hidden": list(hidden), "q_hidden": list(q_hidden)}
+        cfg = {
+            "kind": "mixture",
+            "data_dim": data_dim,
+            "latent_dim": latent_dim,
+            "components": components,
+            "hidden": list(hidden),
+            "q_hidden": list(q_hidden),
+        }
         return cls(CategoricalPrior(components), gen, rec, cfg)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "HelmholtzMachine":
+    def from_config(cls, config: dict[str, Any]) -> HelmholtzMachine:
         """Rebuild an (untrained) model from :attr:`config`.
 
         Raises:
@@ -281,8 +288,10 @@ class HelmholtzMachine(nn.Module):
 
     def _check_proposal(self) -> None:
         if not self.has_proposal:
-            raise ValueError("this model has no proposal q(z | x) (built with recognition=None): "
-                             "train it with ALWS, or build it with recognition layers to use RWS/WS/VAE or importance sampling")
+            raise ValueError(
+                "this model has no proposal q(z | x) (built with recognition=None): "
+                "train it with ALWS, or build it with recognition layers to use RWS/WS/VAE or importance sampling"
+            )
 
     def propose(self, x: Tensor, k: int, reparameterize: bool = False) -> tuple[list[Tensor], Tensor]:
         """Draw K particles z ~ q_φ(z | x) and their log-density.
@@ -380,8 +389,10 @@ class HelmholtzMachine(nn.Module):
         if total > 2**MAX_ENUMERATED_LATENTS:
             raise ValueError(f"the latents have {total} joint states; enumeration is limited to 2^{MAX_ENUMERATED_LATENTS}: use importance sampling")
         p = next(self.parameters())
-        supports = [torch.eye(layer.out_features, dtype=p.dtype, device=p.device) if _one_hot(layer)
-                    else binary_states(layer.out_features, p.dtype, p.device) for layer in self._latent_layers()]
+        supports = [
+            torch.eye(layer.out_features, dtype=p.dtype, device=p.device) if _one_hot(layer) else binary_states(layer.out_features, p.dtype, p.device)
+            for layer in self._latent_layers()
+        ]
         grids = torch.meshgrid(*[torch.arange(s.shape[0], device=s.device) for s in supports], indexing="ij")
         return [s[g.reshape(-1)] for s, g in zip(supports, grids)]
 

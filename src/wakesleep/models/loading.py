@@ -80,7 +80,9 @@ def load_factory(spec: str):
                 loader_spec.loader.exec_module(module)
             except Exception as e:
                 sys.modules.pop(name, None)
-                raise ModelSpecError(f"--model {spec!r}: importing {path} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                raise ModelSpecError(
+                    f"--model {spec!r}: importing {path} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                ) from e
             finally:
                 sys.path.remove(str(path.parent))
     else:
@@ -90,7 +92,9 @@ def load_factory(spec: str):
             raise ModelSpecError(f"--model {spec!r}: cannot import {target} ({e}); install it, or give FILE.py:FACTORY") from e
     fn = getattr(module, factory, None)
     if not callable(fn):
-        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        names = sorted(
+            n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        )
         raise ModelSpecError(f"--model {spec!r}: {target} defines no function {factory!r}; its functions and classes: {', '.join(names) or 'none'}")
     return fn
 
@@ -112,8 +116,10 @@ def build_user_model(spec: str, data_dim: int | None) -> nn.Module:
     except Exception as e:
         raise ModelSpecError(f"--model {spec!r}: the factory raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"--model {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module; "
-                             "return the model (see wakesleep.models.contract)")
+        raise ModelSpecError(
+            f"--model {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module; "
+            "return the model (see wakesleep.models.contract)"
+        )
     return model
 
 

@@ -52,8 +52,9 @@ class TrainState:
             self.sums[key] = self.sums[key] + v if key in self.sums else v
 
 
-def save_checkpoint(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: TrainConfig, st: TrainState,
-                    epoch_done: int, batch: int, finished: bool) -> None:
+def save_checkpoint(
+    path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: TrainConfig, st: TrainState, epoch_done: int, batch: int, finished: bool
+) -> None:
     """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
     every rank (the RNG states are gathered), written by rank 0."""
     rank, world_size = distributed.world()
@@ -129,8 +130,9 @@ def resume_from(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: T
     for group in opt.param_groups:
         group["lr"] = lrs.get(group.get("name"), group["lr"])
     _set_rng_states(ckpt, rank, world_size, device)
-    st = TrainState(epoch=ckpt["epoch"], since_best=ckpt["since_best"], elapsed=ckpt["seconds"],
-                    batch=ckpt.get("batch", 0), count=ckpt.get("count", 0))
+    st = TrainState(
+        epoch=ckpt["epoch"], since_best=ckpt["since_best"], elapsed=ckpt["seconds"], batch=ckpt.get("batch", 0), count=ckpt.get("count", 0)
+    )
     ranks = ckpt.get("ranks") or []
     saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
     st.sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in saved.items()}
@@ -193,5 +195,3 @@ def restore_best(model, run: Path | None, best_state: dict | None) -> None:
         elif run is None and best_state is not None:
             model.load_state_dict(best_state)
     distributed.broadcast_state([model])
-
-

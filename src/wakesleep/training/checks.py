@@ -34,7 +34,8 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
             f"{type(model).__name__} has no proposal q(z | x) and no exact log-likelihood, so there is no validation "
             "log-likelihood: validation and early stopping are off and the last epoch's model is kept. "
             "Give the model a proposal (ALWS(q_update='sleep') trains one by sleep-phase updates) or exact_log_marginal(x) to validate",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
         valid = None
     needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None and contract.has_proposal(model) else ())
@@ -60,7 +61,9 @@ def check_data(model, x: Tensor, name: str) -> None:
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} has {bad} NaN/inf values; clean the data first")
     if getattr(model, "binary_data", False) and not ((x == 0) | (x == 1)).all():
-        raise ValueError(f"{name} has values outside {{0, 1}}, but the model's likelihood is Bernoulli: binarise the data (e.g. x > 0.5) or use a Gaussian likelihood")
+        raise ValueError(
+            f"{name} has values outside {{0, 1}}, but the model's likelihood is Bernoulli: binarise the data (e.g. x > 0.5) or use a Gaussian likelihood"
+        )
 
 
 def data_on_device(model, x, name: str) -> Tensor:
@@ -126,7 +129,9 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     return {"parameters": n, "parameter_bytes": parameter_bytes, "step_bytes": step_bytes, "total": parameter_bytes + step_bytes}
 
 
-def check_memory(model, estimator, batch_size: int, device: torch.device | str, fix: str = "a smaller model, batch size or number of particles") -> None:
+def check_memory(
+    model, estimator, batch_size: int, device: torch.device | str, fix: str = "a smaller model, batch size or number of particles"
+) -> None:
     """Refuse a run whose :func:`training_memory` exceeds :func:`available_memory` on ``device``,
     before anything of it is allocated (build the model on the ``meta`` device to check it).
 

@@ -144,7 +144,9 @@ def average_gradients(params: Sequence[nn.Parameter], loss: Tensor) -> Tensor:
     have = [p.grad is not None for p in params]
     grads = [p.grad for p in params if p.grad is not None]
     like = grads[0] if grads else loss
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor(have, dtype=like.dtype, device=like.device), loss.detach().reshape(1).to(like.dtype)])
+    flat = torch.cat(
+        [g.reshape(-1) for g in grads] + [torch.tensor(have, dtype=like.dtype, device=like.device), loss.detach().reshape(1).to(like.dtype)]
+    )
     if size > 1:
         dist.all_reduce(flat)
     counts = flat[-1 - len(params) : -1]

@@ -103,8 +103,9 @@ def train(
         cfg = TrainConfig.from_dict({**asdict(cfg), **overrides})
     world_size = distributed.world()[1]
     if cfg.batch_size % world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; "
-                         f"use a multiple of {world_size}")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; use a multiple of {world_size}"
+        )
     train_data = data_on_device(model, train_data, "train_data")
     estimator.to(device=contract.device_dtype(model)[0])
     valid = None if valid is None else data_on_device(model, valid, "valid")
@@ -144,8 +145,14 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     n, local_batch = train_data.shape[0], cfg.batch_size // world_size  # each rank's share of the global batch
     steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch)
     step = st.epoch * steps_per_epoch + st.batch
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=step, disable=not (cfg.progress and main),
-               desc=f"{getattr(estimator, 'name', 'train')}", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=step,
+        disable=not (cfg.progress and main),
+        desc=f"{getattr(estimator, 'name', 'train')}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     st.start_clock(cfg.clock)
     st.result.stopped, best_state = "epochs", None  # best_state: the best parameters, in memory when there is no run directory
     save = partial(save_checkpoint, run / CHECKPOINT if run else None, model, estimator, opt, cfg, st)  # (epochs done, batch, finished)

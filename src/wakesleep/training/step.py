@@ -70,8 +70,11 @@ def compile_estimator(estimator):
         try:
             return compiled(model, x)
         except Exception as err:  # Dynamo/Inductor raise many types; the eager call below re-raises real errors
-            warnings.warn(f"torch.compile of the {type(estimator).__name__} step failed ({fused.first_line(err)}); "
-                          "training on with the eager step", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"torch.compile of the {type(estimator).__name__} step failed ({fused.first_line(err)}); training on with the eager step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             compiled = None
             return estimator(model, x)
 
@@ -87,7 +90,8 @@ def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=
     the culprit.
 
     Args:
-        model, estimator: as for :func:`~wakesleep.training.train`.
+        model: as for :func:`~wakesleep.training.train`.
+        estimator: as for :func:`~wakesleep.training.train`.
         opt: the optimiser over ``model`` and ``estimator`` (:func:`build_optimizer`).
         x: this process's minibatch [B, D].
         forward: what computes the estimator's output (default ``estimator`` itself; the trainer
