@@ -230,3 +230,12 @@ def test_a_long_evaluation_says_how_long_it_will_take(trained, monkeypatch):
     code, out, err = run(["evaluate", str(trained), "--k", str(10**9), "--no-progress"])
     assert code == 130, err
     assert "will take about" in out and "K=1000000000" in out, out
+
+
+@pytest.mark.parametrize(
+    "option, needle",
+    [("--algorithm=--", "invalid choice: '--'"), ("--q-update=--", "invalid choice: '--'"), ("--seed=--", "got '--'"), ("--lr-p=--", "got '--'")],
+)
+def test_a_value_of_two_dashes_is_checked_like_any_other(option, needle):
+    # argparse hands `--opt=--` to the action as an empty list; found by test_properties' fuzzing
+    rejected(["train", option, "--no-progress"], needle)

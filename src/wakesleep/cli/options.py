@@ -18,6 +18,15 @@ class _Parser(argparse.ArgumentParser):
         # one line, not the usage block: the mistake and where the options are listed
         self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
+    def _get_values(self, action, arg_strings):
+        # argparse drops a value of "--" (``--algorithm=--``) and hands the action an empty list,
+        # which no choice or type check expects: check "--" as the value it was given.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")  # the type check: "expected ..., got '--'"
+            self._check_value(action, value)  # the choices: "invalid choice: '--' (choose from ...)"
+            return value
+        return super()._get_values(action, arg_strings)
+
 
 def _typed(text: str, cast, ok, unreadable: str, out_of_range: str):
     """``cast(text)`` when it reads and ``ok`` holds of it, else an argparse error: ``unreadable`` or
