@@ -54,6 +54,14 @@ def test_gradient_stats_recover_a_known_bias_and_variance():
         D.gradient_stats(target[None], target)
 
 
+def test_signal_to_noise_is_the_mean_over_varying_parameters_of_mean_over_sd():
+    samples = torch.tensor([[0.0, 1.0, 5.0], [2.0, 1.0, 7.0], [4.0, 1.0, 9.0]])  # the middle one does not vary
+    assert D.signal_to_noise(samples) == pytest.approx((2.0 / 2.0 + 7.0 / 2.0) / 2)
+    assert math.isnan(D.signal_to_noise(torch.ones(4, 3)))
+    with pytest.raises(ValueError):
+        D.signal_to_noise(torch.ones(1, 3))
+
+
 def test_loglog_slope_of_a_power_law():
     k = [2.0, 8.0, 32.0]
     slope, se = D.loglog_slope(k, [3 / v for v in k], [0.01 * 3 / v for v in k])
@@ -139,6 +147,17 @@ def test_wake_sleep_theta_gradient_is_biased_and_its_sleep_phi_is_not():
     assert by_setting(rows)["rws(k=128,q_update=wake)"]["rel_bias"] < 0.5 * ws["rel_bias"]
 
 
+def test_score_function_phi_updates_against_the_exact_elbo_gradient():
+    model, x = build_reference("sbn")
+    rows = D.diagnose(model, x, ["reinforce:k=4", "vimco:k=4"], repeats=300, progress=False)
+    # REINFORCE is unbiased for ∇φ ELBO (enumerated): no significant bias at R = 300
+    elbo = by_setting(rows, "phi-elbo")["reinforce(k=4)"]
+    assert elbo["bias_z"] < 4 and elbo["cos_mean"] > 0.8, elbo
+    # VIMCO ascends its own K-sample bound: no exact target here, its SNR alone
+    own = by_setting(rows, "phi-own")["vimco(k=4)"]
+    assert own["rel_bias"] is None and math.isfinite(own["snr"]) and own["snr"] > 0
+
+
 def test_alws_error_falls_with_n():
     settings = D.alws_settings(ns=(50, 800))
     small, large = settings[0], settings[1]  # same kernel, N = 50 and 800
@@ -170,8 +189,10 @@ def test_diagnose_command_writes_table_and_plots(tmp_path, capsys):
     )
     assert rc == 0
     text = (tmp_path / "diagnostics-factor-analysis.csv").read_text().splitlines()
-    assert text[0].split(",") == list(D.COLUMNS) and len(text) == 1 + 5  # θ rows for 3, φ rows for ws and rws
-    for target in ("theta", "phi"):
+    # θ rows for 3; φ rows with an exact target for ws and rws, and IWAE's φ-row of SNR alone
+    assert text[0].split(",") == list(D.COLUMNS) and len(text) == 1 + 6
+    assert [line.split(",")[D.COLUMNS.index("target")] for line in text[1:]].count("phi-own") == 1
+    for target in ("theta", "phi", "phi-snr"):
         png = tmp_path / f"diagnostics-factor-analysis-{target}.png"
         assert png.read_bytes()[:8] == PNG and matplotlib.image.imread(png).std() > 0
     assert "rws(k=4,q_update=wake)" in capsys.readouterr().out

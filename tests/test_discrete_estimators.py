@@ -332,3 +332,12 @@ def test_training_on_the_mixture_improves_it(name):
     with torch.no_grad():
         after = exact_log_marginal(model, test).mean().item()
     assert after > before, (before, after)  # exact held-out log-likelihoods: no evaluation noise
+
+
+def test_the_library_exact_elbo_is_the_enumerated_elbo():
+    from wakesleep.models import exact as library
+
+    model, x = case("sbn")
+    assert library.exact_elbo(model, x).item() == pytest.approx(exact_elbo(model, x).item(), rel=1e-12)
+    want = grads(list(model.q_parameters()), exact_elbo(model, x))
+    assert torch.allclose(library.exact_elbo_phi_target(model, x), want, rtol=1e-10, atol=1e-12)

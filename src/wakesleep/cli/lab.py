@@ -10,6 +10,7 @@ log-likelihood with time (:mod:`wakesleep.lab.compare`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -131,11 +132,14 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
         print(diagnostics.format_table(rows))
         print(f"table: {csv_path}")
         for target in ("theta", "phi"):
-            if any(r["target"].startswith(target) for r in rows):
+            if any(r["target"].startswith(target) and r["rel_rmse"] is not None for r in rows):
                 png = diagnostics.error_time_plot(
                     rows, out / f"diagnostics-{name}-{target}.png", target=target, title=f"{name}: {target} gradient, R={a.repeats}"
                 )
                 print(f"plot: {png}")
+        with contextlib.suppress(ValueError):  # no setting with a particle count
+            png = diagnostics.snr_plot(rows, out / f"diagnostics-{name}-phi-snr.png", title=f"{name}: SNR of the φ gradient, R={a.repeats}")
+            print(f"plot: {png}")
     return 0
 
 

@@ -32,6 +32,8 @@ class Reinforce(ParticleEstimator):
     """
 
     name = "reinforce"
+    #: What the φ-update estimates (read by :mod:`wakesleep.lab.diagnostics`): ∇φ ELBO.
+    q_update = "elbo"
     k_label = "k (samples)"
 
     def __init__(self, k: int = 1):
@@ -78,6 +80,8 @@ class NVIL(ParticleEstimator):
     """
 
     name = "nvil"
+    #: What the φ-update estimates, up to the scale 1/max(1, σ̂): ∇φ ELBO.
+    q_update = "elbo"
     k_label = "k (samples)"
 
     def __init__(self, k: int = 1, data_dim: int | None = None, baseline_hidden: int = 100, alpha: float = 0.8):

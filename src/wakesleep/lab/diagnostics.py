@@ -21,6 +21,11 @@ the estimator's φ-update aims at, see :func:`phi_target`) this reports, in unit
 - ``seconds`` / ``cpu_seconds``: wall / process-CPU time per estimate (forward + backward).
 - ``ll_gap``: for estimators that report an ``objective`` (the importance-sampled bound
   log (1/K) Σ_k w_k, nats per datapoint), its mean minus the exact mean log p(x), with ``ll_gap_se``.
+- ``snr``: the gradient's signal-to-noise ratio, mean over parameters of |mean_r ĝ_ri| / sd_r(ĝ_ri)
+  (Rainforth et al. 2018, "Tighter variational bounds are not necessarily better": the φ-gradient
+  of the IWAE bound has SNR falling as O(1/√K), while RWS's wake-φ update's rises).  It needs no
+  target, so φ-updates without an exact target (VIMCO's, TVO's, IWAE's: each ascends its own
+  bound) get a row ``phi-own`` with ``snr`` and the times only.
 
 Settings are strings ``"rws:k=8,q_update=wake"`` (:meth:`wakesleep.config.Setting.parse`).  Source of the protocol:
 ``../shared/reference/ALGORITHMS.md`` §5 (bias and variance of each gradient estimator against the
@@ -49,7 +54,7 @@ from wakesleep.evaluate import mean_stderr
 from wakesleep.io import atomic_write_text
 from wakesleep.lab.tables import csv_text, torch_threads
 from wakesleep.models.contract import ModelContractError, check_model, device_dtype
-from wakesleep.models.exact import NoExactReference, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
+from wakesleep.models.exact import NoExactReference, exact_elbo_phi_target, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
 from wakesleep.models.exact import reference_log_marginal as exact_log_marginal
 
 #: Columns of the results table, in order.
@@ -77,6 +82,7 @@ COLUMNS = (
     "ll_gap",
     "ll_gap_se",
     "grad_norm",
+    "snr",
 )
 #: Columns shown by :func:`format_table`.
 SHOWN = (
@@ -92,8 +98,9 @@ SHOWN = (
     "cos_single",
     "cpu_seconds",
     "ll_gap",
+    "snr",
 )
-#: The settings that count particles or samples: K (RWS, IWAE) and ALWS's number of sleep samples N.
+#: The settings that count particles or samples: K (RWS, IWAE, VIMCO, ...) and ALWS's number of sleep samples N.
 #: Plots draw one line per setting with these left out (:func:`_family`).
 COUNT_NAMES = ("k", "sleep_samples")
 
@@ -123,8 +130,9 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
     """The settings :func:`diagnose` runs by default for ``model``.
 
     WS (K = 1); RWS at every K with wake-φ updates, and at K = 8 with sleep and both; for
-    reparameterisable models VAE and IWAE at every K; ALWS at several N and kernels
-    (:func:`alws_settings`).
+    reparameterisable models VAE and IWAE at every K; for discrete latents (not
+    reparameterisable) VIMCO, TVO and REINFORCE at every K, NVIL at K = 1 and RWS with defensive
+    importance sampling (δ = 0.2) at every K; ALWS at several N and kernels (:func:`alws_settings`).
     """
     out = [Setting.of("ws")]
     out += [Setting.of("rws", k=k, q_update="wake") for k in ks]
@@ -132,6 +140,10 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
     if getattr(model, "reparameterizable", False):
         out.append(Setting.of("vae"))
         out += [Setting.of("iwae", k=k) for k in ks]
+    else:
+        out += [Setting.of(name, k=k) for name in ("vimco", "tvo", "reinforce") for k in ks]
+        out += [Setting.of("nvil")]
+        out += [Setting.of("rws", k=k, q_update="wake", defensive=0.2) for k in ks]
     return out + alws_settings(alws_ns)
 
 
@@ -142,10 +154,11 @@ def phi_target(estimator) -> str | None:
     ALWS with ``q_update="sleep"``);
     ``"wake"``: −∇φ KL(p(z|x) ‖ q(z|x)) (RWS wake-φ, consistent in K);
     ``"both"``: their average (RWS q_update="both");
-    None otherwise (VAE/IWAE ascend ∇φ of a bound; ALWS by default leaves φ alone).
+    ``"elbo"``: ∇φ ELBO (REINFORCE; NVIL, up to its scale 1/max(1, σ̂));
+    None otherwise (VAE/IWAE/VIMCO/TVO ascend ∇φ of their own bound; ALWS by default leaves φ alone).
     """
-    q_update = getattr(estimator, "q_update", None)  # WS ("sleep"); RWS; ALWS with q_update="sleep"
-    return q_update if q_update in ("wake", "sleep", "both") else None
+    q_update = getattr(estimator, "q_update", None)  # WS ("sleep"); RWS; ALWS with q_update="sleep"; REINFORCE, NVIL ("elbo")
+    return q_update if q_update in ("wake", "sleep", "both", "elbo") else None
 
 
 # ------------------------------------------------------------------ statistics
@@ -208,6 +221,22 @@ def gradient_stats(samples: Tensor, target: Tensor, seconds: float | None = None
     return out
 
 
+def signal_to_noise(samples: Tensor) -> float:
+    """The mean over parameters of |mean_r ĝ_ri| / sd_r(ĝ_ri) for R estimates ``samples`` [R, P]
+    (Rainforth et al. 2018's SNR, per parameter, then averaged); parameters whose estimates do not
+    vary (sd = 0) are left out.  NaN when none varies.
+
+    Raises:
+        ValueError: fewer than 2 repeats.
+    """
+    if samples.ndim != 2 or samples.shape[0] < 2:
+        raise ValueError(f"need samples [R >= 2, P], got {tuple(samples.shape)}")
+    samples = samples.double()
+    mean, sd = samples.mean(0), samples.std(0)
+    varies = sd > 0
+    return (mean[varies].abs() / sd[varies]).mean().item() if varies.any() else math.nan
+
+
 def loglog_slope(x: Sequence[float], y: Sequence[float], y_se: Sequence[float]) -> tuple[float, float]:
     """Weighted least-squares slope of log y on log x, with its standard error.
 
@@ -237,7 +266,7 @@ class Targets:
     Attributes:
         theta: ∇θ mean_b log p_θ(x_b), flattened over ``model.p_parameters()`` [P_θ].
         log_marginal: mean_b log p_θ(x_b), nats, a detached scalar tensor.
-        phi: φ-target name (``"wake"``, ``"sleep"``, ``"both"``) → flattened target over
+        phi: φ-target name (``"wake"``, ``"sleep"``, ``"both"``, ``"elbo"``) → flattened target over
             ``model.q_parameters()`` [P_φ]; names the model has no exact form of are absent.
     """
 
@@ -247,7 +276,7 @@ class Targets:
 
 
 def exact_targets(model, x: Tensor) -> Targets:
-    """Exact θ-gradient, mean log p(x), and the φ-targets this model has ("wake", "sleep", "both").
+    """Exact θ-gradient, mean log p(x), and the φ-targets this model has ("wake", "sleep", "both", "elbo").
 
     Args:
         x: the data batch [B, D].
@@ -263,7 +292,11 @@ def exact_targets(model, x: Tensor) -> Targets:
     theta = flat_grad(model.p_parameters(), lm.mean())
     log_marginal = lm.detach().mean()
     phi = {}
-    for name, fn in (("wake", lambda: exact_wake_phi_target(model, x)), ("sleep", lambda: exact_sleep_phi_target(model))):
+    for name, fn in (
+        ("wake", lambda: exact_wake_phi_target(model, x)),
+        ("sleep", lambda: exact_sleep_phi_target(model)),
+        ("elbo", lambda: exact_elbo_phi_target(model, x)),
+    ):
         try:
             phi[name] = fn()
         except NoExactReference:
@@ -382,14 +415,21 @@ def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, r
         "seconds": res["seconds"],
         "cpu_seconds": res["cpu_seconds"],
     }
-    row = {**base, "target": "theta", **gradient_stats(res["theta"], targets.theta, res["cpu_seconds"], budget_s)}
+    row = {
+        **base,
+        "target": "theta",
+        **gradient_stats(res["theta"], targets.theta, res["cpu_seconds"], budget_s),
+        "snr": signal_to_noise(res["theta"]),
+    }
     if res["objective"] is not None:
         gap = mean_stderr(res["objective"] - targets.log_marginal.item())
         row["ll_gap"], row["ll_gap_se"] = gap.mean, gap.stderr
     rows = [row]
-    which = phi_target(est)
+    which, snr = phi_target(est), signal_to_noise(res["phi"])
     if which in targets.phi:
-        rows.append({**base, "target": f"phi-{which}", **gradient_stats(res["phi"], targets.phi[which], res["cpu_seconds"], budget_s)})
+        rows.append({**base, "target": f"phi-{which}", **gradient_stats(res["phi"], targets.phi[which], res["cpu_seconds"], budget_s), "snr": snr})
+    elif which is None and res["phi"].abs().sum() > 0:  # a φ-update with no exact target: its SNR alone
+        rows.append({**base, "target": "phi-own", "repeats": repeats, "snr": snr})
     return rows
 
 
@@ -462,7 +502,7 @@ def error_time_plot(rows: Sequence[dict], path: str | Path, target: str = "theta
     """
     series: dict[str, list] = {}
     for r in rows:
-        if r["target"] == target or (target == "phi" and r["target"].startswith("phi-")):
+        if r["rel_rmse"] is not None and (r["target"] == target or (target == "phi" and r["target"].startswith("phi-"))):
             name = _family(r) + (f" [{r['target']}]" if target == "phi" else "")
             series.setdefault(name, []).append((r["cpu_seconds"], r["rel_rmse"], r["rel_rmse_se"]))
     if not series:
@@ -473,6 +513,44 @@ def error_time_plot(rows: Sequence[dict], path: str | Path, target: str = "theta
         path,
         xlabel="process CPU seconds per estimate",
         ylabel=f"RMSE / ‖g‖ ({target} gradient)",
+        title=title,
+        logx=True,
+        logy=True,
+        legend_below=True,
+    )
+
+
+def snr_plot(rows: Sequence[dict], path: str | Path, target: str = "phi", title: str | None = None) -> Path:
+    """Signal-to-noise ratio (``snr``) of the gradient against the number of particles K, log-log, one
+    line per family with a count (RWS wake-φ, VIMCO, IWAE, TVO, ... over K): the effect Rainforth et
+    al. 2018 describe (the IWAE bound's φ-gradient SNR falls with K; RWS's wake-φ does not).
+
+    Args:
+        rows: rows of :func:`diagnose`.
+        path: the PNG file to write.
+        target: ``"phi"`` (every φ row: its target in brackets) or ``"theta"``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: no rows with a particle count and a finite SNR for ``target``.
+    """
+    series: dict[str, list] = {}
+    for r in rows:
+        count = _count(r)
+        if count is None or count[0] != "k" or r.get("snr") is None or not math.isfinite(r["snr"]):
+            continue
+        if r["target"] == target or (target == "phi" and r["target"].startswith("phi-")):
+            name = _family(r) + (f" [{r['target']}]" if target == "phi" else "")
+            series.setdefault(name, []).append((count[1], r["snr"]))
+    if not series:
+        raise ValueError(f"no diagnostics rows with a particle count and an SNR for target {target!r}")
+    return plots.comparison_plot(
+        series,
+        path,
+        xlabel="particles K",
+        ylabel=f"SNR of the {target} gradient (mean |E g| / sd)",
         title=title,
         logx=True,
         logy=True,

@@ -24,6 +24,8 @@ estimators' losses, which are means over the batch):
   batch mean [P_φ]: what RWS's wake-φ update estimates (Bornschein & Bengio 2015).
 - :func:`exact_sleep_phi_target` — E_{p_θ(z, x)}[∇φ log q_φ(z | x)], shape [P_φ]: what the sleep phase
   estimates (Hinton et al. 1995).
+- :func:`exact_elbo_phi_target` — ∇φ ELBO [P_φ], by enumeration: what REINFORCE's and NVIL's φ-updates
+  estimate (latents that can be enumerated only).
 
 Any other model — one that is not a Helmholtz machine of the three kinds above, e.g. a user's own
 model (``examples/hmm.py``, ``examples/gmm.py``) — is served generically where it can be:
@@ -333,6 +335,32 @@ def exact_wake_phi_target(model, x: Tensor, order: int | None = None) -> Tensor:
         zs, log_joint = latent_grid(model, x, order)
         post = torch.softmax(log_joint, 0)  # [S, B]
     return flat_grad(model.q_parameters(), (post * model.log_proposal(x, zs)).sum(0).mean())
+
+
+def exact_elbo(model, x: Tensor) -> Tensor:
+    """The evidence lower bound, batch mean, by enumeration: mean_b Σ_z q_φ(z | x_b) [log p_θ(x_b, z) − log q_φ(z | x_b)]
+    (nats, a scalar with gradient w.r.t. θ and φ).
+
+    Its φ-gradient is what REINFORCE's φ-update estimates (Williams 1992), and NVIL's up to the
+    scale 1/max(1, σ̂) of its variance normalisation (Mnih & Gregor 2014).
+
+    Raises:
+        NoExactReference: a model whose latents cannot be enumerated (Gaussian latents: factor
+            analysis, quadrature), or without a proposal.
+    """
+    _check_proposal(model, "the ELBO")
+    zs, log_joint = enumerated_log_joint(model, x)  # [S, B]
+    log_q = model.log_proposal(x, zs)  # [S, B]
+    return (log_q.exp() * (log_joint - log_q)).sum(0).mean()
+
+
+def exact_elbo_phi_target(model, x: Tensor) -> Tensor:
+    """∇φ of :func:`exact_elbo` over ``model.q_parameters()`` [P_φ]: the score-function estimators' target.
+
+    Raises:
+        NoExactReference: as :func:`exact_elbo`.
+    """
+    return flat_grad(model.q_parameters(), exact_elbo(model, x))
 
 
 def chi_square(model, x: Tensor, order: int | None = None) -> Tensor:
