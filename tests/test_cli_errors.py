@@ -4,7 +4,6 @@ one line on stderr, never a traceback from inside torch, never a silent wrong ru
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -13,20 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
-from wakesleep.cli import main
-
-TINY = ["--dataset", "digits", "--layers", "5", "--epochs", "1", "--valid-k", "2", "--test-k", "5", "--no-progress"]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+from cli_helpers import TINY, rejected, run
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +28,6 @@ def copy(trained, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(trained, d)
     return d
-
-
-def rejected(argv, *needles):
-    code, _, err = run(argv)
-    assert code == 2, (code, err)
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def test_trained_run_evaluates(trained):

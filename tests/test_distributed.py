@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_helpers import rws_digits
 
 from wakesleep.estimators import ALWS, RWS
 from wakesleep.faults import FAULT_ENV
@@ -134,30 +135,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ARGS = [
-    "train",
-    "--algorithm",
-    "rws",
-    "--k",
-    "3",
-    "--dataset",
-    "digits",
-    "--layers",
-    "10",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "200",
-    "--valid-k",
-    "5",
-    "--test-k",
-    "10",
-    "--checkpoint-every",
-    "2",
-    "--no-progress",
-    "--seed",
-    "1",
-]
+ARGS = rws_digits(epochs=2, seed=1, test_k=10)
 
 
 def _torchrun(run_dir: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:

@@ -14,35 +14,13 @@ import time
 
 import pytest
 import torch
+from cli_helpers import rws_digits
 
 from wakesleep.faults import FAULT_ENV
 from wakesleep.plots import read_jsonl
 from wakesleep.runs import CHECKPOINT, LOCK_OWNER, METRICS, load_checkpoint
 
-ARGS = [
-    "train",
-    "--algorithm",
-    "rws",
-    "--k",
-    "3",
-    "--dataset",
-    "digits",
-    "--layers",
-    "10",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "200",
-    "--valid-k",
-    "5",
-    "--test-k",
-    "20",
-    "--checkpoint-every",
-    "2",
-    "--no-progress",
-    "--seed",
-    "1",
-]
+ARGS = rws_digits(epochs=3, seed=1)
 
 
 def command(run_dir, *extra):

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from cli_helpers import rws_digits
 
 from wakesleep.data import digits
 from wakesleep.estimators import RWS
@@ -66,30 +67,7 @@ def test_soak_memory_flat_and_metrics_finite(tmp_path):
 
 # ------------------------------------------------------------------ the command line under random kills
 
-SOAK_ARGS = [
-    "train",
-    "--algorithm",
-    "rws",
-    "--k",
-    "3",
-    "--dataset",
-    "digits",
-    "--layers",
-    "10",
-    "--epochs",
-    "3",
-    "--batch-size",
-    "200",
-    "--valid-k",
-    "5",
-    "--test-k",
-    "20",
-    "--checkpoint-every",
-    "2",
-    "--no-progress",
-    "--seed",
-    "4",
-]
+SOAK_ARGS = rws_digits(epochs=3, seed=4)
 
 
 def _cli(run_dir, *extra):

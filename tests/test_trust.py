@@ -5,8 +5,6 @@ lets the adjustable ones extend it (recorded in config.json)."""
 from __future__ import annotations
 
 import builtins
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -17,33 +15,12 @@ import time
 
 import pytest
 import torch
+from cli_helpers import TINY, rejected, run
 
-from wakesleep.cli import main
 from wakesleep.faults import FAULT_ENV
 from wakesleep.runs import CHECKPOINT, LOCK_OWNER, load_checkpoint
 from wakesleep.training import TrainConfig
 from wakesleep.training.checkpoint import ends_at
-
-TINY = ["--dataset", "digits", "--layers", "5", "--epochs", "1", "--valid-k", "2", "--test-k", "5", "--no-progress"]
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def rejected(argv, *needles):
-    code, out, err = run(argv)
-    assert code == 2, (code, err)
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 def snapshot(d):
