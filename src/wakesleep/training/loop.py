@@ -110,6 +110,8 @@ def train(
     estimator.to(device=contract.device_dtype(model)[0])
     valid = None if valid is None else data_on_device(model, valid, "valid")
     valid = check_model_for_training(model, estimator, train_data, valid)
+    if hasattr(estimator, "prepare"):
+        estimator.prepare(model, train_data)  # per-datapoint state, before a checkpoint is loaded into it
     run = Path(run_dir) if run_dir is not None else None
     if resume and run is None:
         raise ValueError("resume needs a run_dir")
@@ -163,8 +165,8 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
         if st.batch == 0:
             st.sums, st.count = {}, 0
         for b in range(st.batch, steps_per_epoch):
-            x = train_data[order[b * local_batch : (b + 1) * local_batch]]
-            out, bad = train_step(model, estimator, opt, x, forward)
+            index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
+            out, bad = train_step(model, estimator, opt, train_data[index], forward, index)
             step += 1
             if bad is not None:  # a non-finite loss or gradient: no step was taken
                 if cfg.nan_policy != "skip":
