@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from exactness import grads, z_scores
 from scipy.stats import t as student_t
 
@@ -264,3 +266,33 @@ def test_compare_runs_mws_from_its_toml(tmp_path):
     run_compare(load_config(toml), tmp_path / "out", progress=False)
     recorded = json.loads((tmp_path / "out" / "MWS" / "seed0" / "config.json").read_text())
     assert recorded["algorithm"] == "mws" and recorded["estimator"]["memory_size"] == 10
+
+
+# ------------------------------------------------------------------ two processes
+
+
+def _distributed_worker(rank: int, store: str, run_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        g = torch.Generator().manual_seed(2)
+        data = (torch.rand(60, 16, generator=g, dtype=torch.float64) < 0.4).double()
+        torch.manual_seed(0)
+        est = MemoisedWakeSleep(k=2, memory_size=3)
+        train(HelmholtzMachine.sbn([16, 4]).double(), est, data[:50], data[50:], run_dir=run_dir, epochs=2, batch_size=10, valid_k=3, progress=False)
+        torch.save({k: v.clone() for k, v in est.state_dict().items()}, f"{out}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_share_one_memory_and_rank_0_saves_it(tmp_path):
+    """Each rank updates its own minibatch's rows, then the ranks exchange them: both hold the same
+    memory for every datapoint (those of the other rank's shard included), and the checkpoint has it."""
+    mp.start_processes(
+        _distributed_worker, args=(str(tmp_path / "store"), str(tmp_path / "run"), str(tmp_path / "memory")), nprocs=2, start_method="fork"
+    )
+    ranks = [torch.load(tmp_path / f"memory{r}.pt", weights_only=True) for r in range(2)]
+    saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["estimator"]
+    assert ranks[0]["memory_filled"].any(1).all()  # every datapoint was on some rank (a few may have < M distinct values yet)
+    for key in saved:
+        assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], saved[key]), key
