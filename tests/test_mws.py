@@ -279,7 +279,7 @@ def _distributed_worker(rank: int, store: str, run_dir: str, out: str) -> None:
         data = (torch.rand(60, 16, generator=g, dtype=torch.float64) < 0.4).double()
         torch.manual_seed(0)
         est = MemoisedWakeSleep(k=2, memory_size=3)
-        train(HelmholtzMachine.sbn([16, 4]).double(), est, data[:50], data[50:], run_dir=run_dir, epochs=2, batch_size=10, valid_k=3, progress=False)
+        train(HelmholtzMachine.sbn([16, 4]).double(), est, data[:51], data[51:], run_dir=run_dir, epochs=2, batch_size=10, valid_k=3, progress=False)
         torch.save({k: v.clone() for k, v in est.state_dict().items()}, f"{out}{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -287,7 +287,8 @@ def _distributed_worker(rank: int, store: str, run_dir: str, out: str) -> None:
 
 def test_two_processes_share_one_memory_and_rank_0_saves_it(tmp_path):
     """Each rank updates its own minibatch's rows, then the ranks exchange them: both hold the same
-    memory for every datapoint (those of the other rank's shard included), and the checkpoint has it."""
+    memory for every datapoint (those of the other rank's shard included), and the checkpoint has it.
+    51 rows: the shards are padded to 26 each, and each epoch ends on a batch of one."""
     mp.start_processes(
         _distributed_worker, args=(str(tmp_path / "store"), str(tmp_path / "run"), str(tmp_path / "memory")), nprocs=2, start_method="fork"
     )

@@ -154,12 +154,17 @@ class MemoisedWakeSleep(Estimator):
         indices = [torch.empty_like(index) for _ in range(size)]
         dist.all_gather(indices, index)
         everywhere = torch.cat(indices)
+        # A row sent by two ranks (the shards' padding) is written once, from the higher rank: a
+        # scatter with repeated indices picks an arbitrary one on CUDA, and the ranks must agree.
+        unique, inverse = torch.unique(everywhere, return_inverse=True)
+        positions = torch.arange(everywhere.numel(), device=everywhere.device)
+        last = torch.full_like(unique, -1).scatter_reduce(0, inverse, positions, "amax")
         for name, buf in self.named_buffers():
             if name.startswith("memory_"):
                 rows = buf[index].to(torch.uint8) if buf.dtype == torch.bool else buf[index]  # gloo has no bool
                 gathered = [torch.empty_like(rows) for _ in range(size)]
                 dist.all_gather(gathered, rows.contiguous())
-                buf[everywhere] = torch.cat(gathered).to(buf.dtype)
+                buf[everywhere[last]] = torch.cat(gathered)[last].to(buf.dtype)
 
 
 def select_distinct_top(values: list[Tensor], filled: Tensor, log_p: Tensor, m: int) -> tuple[Tensor, Tensor]:
