@@ -90,20 +90,8 @@ ADJUSTABLE = {
 # `train` options that are estimator settings: each goes to every estimator whose constructor takes
 # a parameter of that name (:func:`wakesleep.config.estimator_parameters`), so that a new estimator
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
-ESTIMATOR_OPTIONS = (
-    "sleep_samples",
-    "kernel",
-    "krr",
-    "num_features",
-    "num_inducing",
-    "lam",
-    "features",
-    "k",
-    "q_update",
-    "samples",
-    "defensive",
-    "memory_size",
-)
+ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features")  # ALWS's
+ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size")  # the particle estimators'
 
 
 def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
