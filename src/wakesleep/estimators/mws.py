@@ -112,7 +112,9 @@ class MemoisedWakeSleep(Estimator):
             filled = torch.ones(self.k, x.shape[0], dtype=torch.bool, device=x.device)
         else:
             held, held_filled = self._memory(index)
-            values = [torch.cat([h.to(v.dtype), v]) for h, v in zip(held, values)]  # memory first: a repeat keeps the held copy
+            # Memory first (a repeat keeps the held copy); an empty slot shows the first proposal, a
+            # value in the latents' support, so that the model scores it without complaint (it is masked).
+            values = [torch.cat([torch.where(_against(~held_filled, h), v[:1], h.to(v.dtype)), v]) for h, v in zip(held, values)]
             filled = torch.cat([held_filled, torch.ones(self.k, x.shape[0], dtype=torch.bool, device=x.device)])
         log_p = model.log_joint(x, pytree.tree_unflatten(values, spec))  # [M + K, B], ∇θ
         with torch.no_grad():
@@ -165,6 +167,11 @@ class MemoisedWakeSleep(Estimator):
                 gathered = [torch.empty_like(rows) for _ in range(size)]
                 dist.all_gather(gathered, rows.contiguous())
                 buf[everywhere[last]] = torch.cat(gathered)[last].to(buf.dtype)
+
+
+def _against(mask: Tensor, leaf: Tensor) -> Tensor:
+    """``mask`` [S, B] viewed to broadcast against a latent leaf [S, B, …]."""
+    return mask.view(*mask.shape, *[1] * (leaf.dim() - 2))
 
 
 def select_distinct_top(values: list[Tensor], filled: Tensor, log_p: Tensor, m: int) -> tuple[Tensor, Tensor]:
