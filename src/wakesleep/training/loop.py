@@ -57,8 +57,11 @@ def train(
 
     Each step: a minibatch x [B, D] → ``estimator(model, x).loss`` → backward → Adam step with
     learning rate ``lr_p`` for θ, ``lr_q`` for φ, ``lr_estimator`` for the estimator's own
-    parameters.  After every ``valid_every`` epochs the validation log-likelihood (importance
-    sampled, ``valid_k`` particles, nats) is recorded; the best model is kept in ``best.pt`` and
+    parameters.  An estimator with per-datapoint state (``needs_index``, e.g. memoised wake-sleep)
+    is called as ``estimator(model, x, index=rows)``, rows [B] the minibatch's rows of ``train_data``,
+    after ``estimator.prepare(model, train_data)`` (before a checkpoint is loaded).  After every
+    ``valid_every`` epochs the validation log-likelihood (importance sampled, ``valid_k``
+    particles, nats) is recorded; the best model is kept in ``best.pt`` and
     restored at the end; training stops early after ``patience`` validations without improvement.
 
     With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch; with
