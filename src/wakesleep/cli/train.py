@@ -56,6 +56,7 @@ RUN_OPTIONS = (
     "k",
     "q_update",
     "defensive",
+    "memory_size",
     "samples",
     "sleep_samples",
     "kernel",
@@ -89,7 +90,8 @@ ADJUSTABLE = {
 # `train` options that are estimator settings: each goes to every estimator whose constructor takes
 # a parameter of that name (:func:`wakesleep.config.estimator_parameters`), so that a new estimator
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
-ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features", "k", "q_update", "samples", "defensive")
+ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features")  # ALWS's
+ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size")  # the particle estimators'
 
 
 def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
@@ -113,9 +115,20 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
     t_add = adder(t)
     t_add("--algorithm", choices=sorted(ESTIMATORS), default="rws", help="estimator (default: rws)")
     t_add(
-        "--k", type=_positive_int, default=5, help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo (default: 5; vimco needs >= 2)"
+        "--k",
+        type=_positive_int,
+        default=5,
+        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo, proposals per step for mws (default: 5; vimco needs >= 2)",
     )
-    t_add("--q-update", choices=["wake", "sleep", "both"], default="both", help="rws: how q is trained (default: both)")
+    t_add(
+        "--q-update",
+        choices=["wake", "sleep", "both"],
+        default="both",
+        help="rws, mws: how q is trained (mws: wake = from the memory; default: both)",
+    )
+    t_add(
+        "--memory-size", type=_positive_int, default=10, help="mws: latent values M kept per training datapoint, the best found so far (default: 10)"
+    )
     t_add(
         "--defensive",
         type=_unit_interval,

@@ -3,6 +3,7 @@
 from wakesleep.estimators.alws import ALWS, build_kernel_ridge, train_proposal
 from wakesleep.estimators.base import Estimator, EstimatorOutput
 from wakesleep.estimators.iwae import IWAE
+from wakesleep.estimators.mws import MemoisedWakeSleep
 from wakesleep.estimators.reinforce import NVIL, Reinforce
 from wakesleep.estimators.rws import RWS
 from wakesleep.estimators.tvo import TVO
@@ -10,7 +11,18 @@ from wakesleep.estimators.vae import VAE
 from wakesleep.estimators.vimco import VIMCO
 from wakesleep.estimators.ws import SleepPhase, WakeSleep, sleep_phase_loss
 
-ESTIMATORS = {"ws": WakeSleep, "rws": RWS, "alws": ALWS, "vae": VAE, "iwae": IWAE, "vimco": VIMCO, "reinforce": Reinforce, "nvil": NVIL, "tvo": TVO}
+ESTIMATORS = {
+    "ws": WakeSleep,
+    "rws": RWS,
+    "alws": ALWS,
+    "vae": VAE,
+    "iwae": IWAE,
+    "vimco": VIMCO,
+    "reinforce": Reinforce,
+    "nvil": NVIL,
+    "tvo": TVO,
+    "mws": MemoisedWakeSleep,
+}
 
 __all__ = [
     "ALWS",
@@ -20,6 +32,7 @@ __all__ = [
     "Estimator",
     "EstimatorOutput",
     "IWAE",
+    "MemoisedWakeSleep",
     "NVIL",
     "RWS",
     "Reinforce",

@@ -36,6 +36,13 @@ class Estimator(nn.Module):
     """Base class.  Subclasses implement :meth:`forward` and may hold parameters of their own."""
 
     name: str = "estimator"
+    #: Whether :meth:`forward` takes ``index`` [B] (long), the minibatch's rows in the training set,
+    #: from the trainer (an estimator with per-datapoint state, e.g. memoised wake-sleep's memory).
+    needs_index: bool = False
+
+    def prepare(self, model, train_data) -> None:
+        """Called by :func:`wakesleep.train` with the training set [N, D] before the first step and
+        before a checkpoint is loaded: allocate per-datapoint state here.  Default: nothing."""
 
     def requires(self, model) -> tuple[str, ...]:
         """The model-contract members (:mod:`wakesleep.models.contract`) this estimator calls on

@@ -108,7 +108,7 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     Parameters count four times (values, gradients, Adam's two moments); activations three times
     (forward value, saved for backward, its gradient) per unit per particle row, where units are
     the data width plus every weight matrix's outputs and rows are ``batch_size`` × particles
-    (``k`` or ``samples``) plus sleep samples; ALWS's kernel solve adds its N × N (exact), N × m
+    (``k``, ``k`` + ``memory_size`` or ``samples``) plus sleep samples; ALWS's kernel solve adds its N × N (exact), N × m
     (Nyström) or N × F (random features) matrix, three times.
 
     Returns:
@@ -118,7 +118,7 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     n = sum(p.numel() for p in params)
     elt = params[0].element_size() if params else 4
     settings = estimator.settings()
-    particles = max(int(settings.get("k") or 1), int(settings.get("samples") or 1))
+    particles = max(int(settings.get("k") or 1) + int(settings.get("memory_size") or 0), int(settings.get("samples") or 1))  # MWS scores k + M
     sleep = int(settings.get("sleep_samples") or 0)
     rows = batch_size * particles + sleep
     units = int(getattr(model, "data_dim", None) or 0) + sum(p.shape[0] for p in model.parameters() if p.ndim == 2)

@@ -57,8 +57,11 @@ def train(
 
     Each step: a minibatch x [B, D] → ``estimator(model, x).loss`` → backward → Adam step with
     learning rate ``lr_p`` for θ, ``lr_q`` for φ, ``lr_estimator`` for the estimator's own
-    parameters.  After every ``valid_every`` epochs the validation log-likelihood (importance
-    sampled, ``valid_k`` particles, nats) is recorded; the best model is kept in ``best.pt`` and
+    parameters.  An estimator with per-datapoint state (``needs_index``, e.g. memoised wake-sleep)
+    is called as ``estimator(model, x, index=rows)``, rows [B] the minibatch's rows of ``train_data``,
+    after ``estimator.prepare(model, train_data)`` (before a checkpoint is loaded).  After every
+    ``valid_every`` epochs the validation log-likelihood (importance sampled, ``valid_k``
+    particles, nats) is recorded; the best model is kept in ``best.pt`` and
     restored at the end; training stops early after ``patience`` validations without improvement.
 
     With ``run_dir``, every epoch writes ``metrics.jsonl`` (one JSON object per epoch; with
@@ -110,6 +113,8 @@ def train(
     estimator.to(device=contract.device_dtype(model)[0])
     valid = None if valid is None else data_on_device(model, valid, "valid")
     valid = check_model_for_training(model, estimator, train_data, valid)
+    if hasattr(estimator, "prepare"):
+        estimator.prepare(model, train_data)  # per-datapoint state, before a checkpoint is loaded into it
     run = Path(run_dir) if run_dir is not None else None
     if resume and run is None:
         raise ValueError("resume needs a run_dir")
@@ -163,8 +168,8 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
         if st.batch == 0:
             st.sums, st.count = {}, 0
         for b in range(st.batch, steps_per_epoch):
-            x = train_data[order[b * local_batch : (b + 1) * local_batch]]
-            out, bad = train_step(model, estimator, opt, x, forward)
+            index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
+            out, bad = train_step(model, estimator, opt, train_data[index], forward, index)
             step += 1
             if bad is not None:  # a non-finite loss or gradient: no step was taken
                 if cfg.nan_policy != "skip":

@@ -63,12 +63,12 @@ def compile_estimator(estimator):
     """
     compiled = torch.compile(estimator, options={"fallback_random": True})
 
-    def forward(model, x: Tensor) -> EstimatorOutput:
+    def forward(model, x: Tensor, **kwargs) -> EstimatorOutput:
         nonlocal compiled
         if compiled is None:
-            return estimator(model, x)
+            return estimator(model, x, **kwargs)
         try:
-            return compiled(model, x)
+            return compiled(model, x, **kwargs)
         except Exception as err:  # Dynamo/Inductor raise many types; the eager call below re-raises real errors
             warnings.warn(
                 f"torch.compile of the {type(estimator).__name__} step failed ({fused.first_line(err)}); training on with the eager step",
@@ -76,12 +76,14 @@ def compile_estimator(estimator):
                 stacklevel=2,
             )
             compiled = None
-            return estimator(model, x)
+            return estimator(model, x, **kwargs)
 
     return forward
 
 
-def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=None) -> tuple[EstimatorOutput, str | None]:
+def train_step(
+    model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=None, index: Tensor | None = None
+) -> tuple[EstimatorOutput, str | None]:
     """One training step: ``estimator(model, x)`` → ``backward()`` → (in a process group, the
     gradient average over ranks) → Adam step, unless the loss or a gradient is non-finite.
 
@@ -96,13 +98,16 @@ def train_step(model, estimator, opt: torch.optim.Optimizer, x: Tensor, forward=
         x: this process's minibatch [B, D].
         forward: what computes the estimator's output (default ``estimator`` itself; the trainer
             passes :func:`compile_estimator`'s callable under ``TrainConfig(compile=True)``).
+        index: x's rows in the training set [B] (long), handed to an estimator whose
+            ``needs_index`` is true (others are called with ``(model, x)`` alone).
 
     Returns:
         ``(output, bad)``: the estimator's output, and ``None`` after a step, or the name of the
         non-finite quantity (``"loss"`` or ``"gradient of NAME"``) when no step was taken (the
         gradients are then cleared).
     """
-    out = (forward or estimator)(model, x)
+    kwargs = {"index": index} if getattr(estimator, "needs_index", False) else {}
+    out = (forward or estimator)(model, x, **kwargs)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     fault_point("step")
