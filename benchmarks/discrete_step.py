@@ -13,7 +13,8 @@ score-function estimators, draws no sleep samples).
     PYTHONPATH=src python benchmarks/discrete_step.py --rounds 15 --steps 20
 
 Prints one ``key: value`` line per estimator: milliseconds per step and the ratio to RWS (the
-goal for VIMCO and NVIL: within 1.5× of RWS's step).
+goal for VIMCO and NVIL: within 1.5× of RWS's step).  MWS (memory M = 10) keeps one memory for
+the one batch, which it updates every step, as in training.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def estimators() -> dict:
         "reinforce": lambda: ws.estimators.ESTIMATORS["reinforce"](k=K),
         "nvil": lambda: ws.estimators.ESTIMATORS["nvil"](k=K, data_dim=D),
         "tvo": lambda: ws.estimators.ESTIMATORS["tvo"](k=K),
+        "mws": lambda: ws.estimators.ESTIMATORS["mws"](k=K, memory_size=10),
     }
 
 
@@ -57,7 +59,9 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         model, est = ws.HelmholtzMachine.sbn([D, H]), build()
         opt = build_optimizer(model, est, TrainConfig())
-        steps[name] = lambda model=model, est=est, opt=opt: train_step(model, est, opt, x)
+        est.prepare(model, x)  # MWS: a memory row per datapoint of this one batch (a no-op for the others)
+        index = torch.arange(B) if est.needs_index else None
+        steps[name] = lambda model=model, est=est, opt=opt, index=index: train_step(model, est, opt, x, index=index)
     times = {name: [] for name in steps}
     for r in range(a.rounds + 1):  # round 0 warms up
         for name, step in steps.items():

@@ -131,8 +131,9 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
 
     WS (K = 1); RWS at every K with wake-φ updates, and at K = 8 with sleep and both; for
     reparameterisable models VAE and IWAE at every K; for discrete latents (not
-    reparameterisable) VIMCO, TVO and REINFORCE at every K, NVIL at K = 1 and RWS with defensive
-    importance sampling (δ = 0.2) at every K; ALWS at several N and kernels (:func:`alws_settings`).
+    reparameterisable) VIMCO, TVO, REINFORCE and memoised wake-sleep (its memory, M = 10, from each
+    call's own K proposals: diagnose passes no datapoint indices) at every K, NVIL at K = 1 and RWS
+    with defensive importance sampling (δ = 0.2) at every K; ALWS at several N and kernels (:func:`alws_settings`).
     """
     out = [Setting.of("ws")]
     out += [Setting.of("rws", k=k, q_update="wake") for k in ks]
@@ -141,7 +142,7 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
         out.append(Setting.of("vae"))
         out += [Setting.of("iwae", k=k) for k in ks]
     else:
-        out += [Setting.of(name, k=k) for name in ("vimco", "tvo", "reinforce") for k in ks]
+        out += [Setting.of(name, k=k) for name in ("vimco", "tvo", "reinforce", "mws") for k in ks]
         out += [Setting.of("nvil")]
         out += [Setting.of("rws", k=k, q_update="wake", defensive=0.2) for k in ks]
     return out + alws_settings(alws_ns)
