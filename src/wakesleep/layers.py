@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, Poisson, VonMises
 
-from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, normal_log_prob, normal_sample
+from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, nade_logits, normal_log_prob, normal_sample
 
 # isort: off
 # isort: on
@@ -337,7 +337,8 @@ class NADELayer(AutoregressiveBernoulliLayer):
     draw), V [out, H], and g = (g_c, g_b) an MLP of the parent whose biases are c and b.
     Larochelle & Murray (2011), "The neural autoregressive distribution estimator", AISTATS; the
     conditional form (a function of the parent added to c and b) as in Bornschein & Bengio (2015).
-    :meth:`log_prob` computes every h_i at once by a cumulative sum ([*batch, out, H] in memory).
+    :meth:`log_prob` computes every h_i given the value by cumulative sums, in blocks of units
+    (:func:`wakesleep.fused.nade_logits`).
 
     Args:
         in_features: the parent's size.
@@ -371,12 +372,7 @@ class NADELayer(AutoregressiveBernoulliLayer):
 
     def _forced_logits(self, value: Tensor, cond: Tensor) -> Tensor:
         c, b = self.initial(cond)
-        step = value.to(cond.dtype).unsqueeze(-1) * self.weight.T  # [*, out, H]: unit j's term W_:j v_j
-        # Σ_{j<i} W_:j v_j, the running sum before unit i: an exclusive cumulative sum (shifted, not
-        # cumsum − step, so that h_i does not depend on v_i even by rounding)
-        before = F.pad(torch.cumsum(step[..., :-1, :], -2), (0, 0, 1, 0))
-        h = torch.sigmoid(before + c.unsqueeze(-2))  # [*, out, H]
-        return torch.linalg.vecdot(h, self.readout_weight) + b
+        return nade_logits(value, c, self.weight, self.readout_weight) + b
 
 
 class GaussianLayer(NetworkLayer):
