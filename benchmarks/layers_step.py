@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from discrete_step import B, D, K, one_thread_batch, paired_rounds  # benchmarks/ is the script's directory, first on sys.path
 
 import wakesleep as ws
 from wakesleep.training import TrainConfig, build_optimizer, train_step
 
-B, K, D, H = 100, 5, 784, 200
+H = 200  # latent units; B, D, K as discrete_step's: batch 100, 784 pixels, 5 particles
 
 
 def main(argv=None) -> dict:
@@ -38,10 +38,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="steps timed per model and round")
     p.add_argument("--nade-hidden", type=int, default=200, help="NADE's hidden units (default: 200)")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(B, D, generator=g) < 0.3).float()
+    x = one_thread_batch()
     steps = {}
     for kind in ("sbn", "nade", "darn"):
         torch.manual_seed(0)
@@ -49,14 +46,7 @@ def main(argv=None) -> dict:
         est = ws.RWS(k=K)
         opt = build_optimizer(model, est, TrainConfig())
         steps[kind] = lambda model=model, est=est, opt=opt: train_step(model, est, opt, x)
-    times = {name: [] for name in steps}
-    for r in range(a.rounds + 1):  # round 0 warms up
-        for name, step in steps.items():
-            t0 = time.thread_time()
-            for _ in range(a.steps):
-                step()
-            if r:
-                times[name].append((time.thread_time() - t0) / a.steps)
+    times = paired_rounds(steps, a.rounds, a.steps)
     out = {}
     print(f"# RWS (q by wake and sleep), SBN {D}-{H}, batch {B}, K = {K}, NADE H = {a.nade_hidden}; p(x | z) and q(z | x) of each kind")
     print(f"# {a.rounds} rounds of {a.steps} steps, thread CPU time, 1 thread")

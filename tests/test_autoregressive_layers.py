@@ -5,17 +5,15 @@ training, the config round trip and the command line."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import torch
 from scipy.stats import chisquare
+from test_cli_errors import run  # the command line in-process: (exit status, stdout, stderr)
 
 import wakesleep as ws
 from wakesleep import fused
-from wakesleep.cli import main
 from wakesleep.data import load_dataset
 from wakesleep.lab.compare import ConfigError, parse_config
 from wakesleep.lab.compare import build_model as compare_model
@@ -227,16 +225,6 @@ def test_compare_model_table_takes_the_layer_kinds():
 
 
 # ------------------------------------------------------------------ command line
-
-
-def run(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
 
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--valid-k", "2", "--test-k", "5", "--no-progress"]
