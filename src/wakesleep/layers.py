@@ -244,25 +244,29 @@ class AutoregressiveBernoulliLayer(NetworkLayer):
     def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
         return bernoulli_log_prob(self.conditional_logits(value, parent), value)
 
-    def _draw(self, cond: Tensor, sample_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    def _draw(self, cond: Tensor, sample_shape: tuple[int, ...], keep_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """Ancestral draw unit by unit from the parent's network output ``cond`` (no gradient).
 
         Returns:
-            (value [*sample_shape, *batch, out], the logits l_i met on the way [same shape]).
+            (value [*sample_shape, *batch, out], the logits l_i met on the way [same shape] if
+            ``keep_logits``, else None).
         """
         with torch.no_grad():
             running, bias = self.initial(cond.detach())
             shape = (*sample_shape, *bias.shape)
             running = running.expand(*sample_shape, *running.shape).clone()  # a copy per particle, updated in place
-            u = self.running_weight().detach()
+            u_rows = self.running_weight().detach().T.contiguous()  # row i: what unit i adds
             value = bias.new_empty(shape)
-            logits = bias.new_empty(shape)
-            noise = torch.rand(shape, dtype=bias.dtype, device=bias.device)
+            logits = bias.new_empty(shape) if keep_logits else None
+            # v_i = [u_i < σ(l_i)] = [logit(u_i) < l_i], u_i uniform: thresholds drawn at once, no sigmoid per step
+            threshold = torch.logit(torch.rand(shape, dtype=bias.dtype, device=bias.device))
             for i in range(self.out_features):
-                logits[..., i] = self.readout(running, bias, i)
-                v = noise[..., i].lt(torch.sigmoid(logits[..., i])).to(bias.dtype)
+                logit = self.readout(running, bias, i)
+                if keep_logits:
+                    logits[..., i] = logit
+                v = (logit > threshold[..., i]).to(bias.dtype)
                 value[..., i] = v
-                running.addcmul_(v.unsqueeze(-1), u[:, i])
+                running.addcmul_(v.unsqueeze(-1), u_rows[i])
         return value, logits
 
     def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
@@ -277,7 +281,7 @@ class AutoregressiveBernoulliLayer(NetworkLayer):
         sample pictures show.
         """
         with torch.no_grad():
-            return torch.sigmoid(self._draw(self.net(parent), ())[1])
+            return torch.sigmoid(self._draw(self.net(parent), (), keep_logits=True)[1])
 
     def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
         refuse_reparameterisation(reparameterize, *_BERNOULLI)
@@ -311,7 +315,7 @@ class DARNLayer(AutoregressiveBernoulliLayer):
         self.autoregressive = nn.Parameter(torch.empty(out_features, out_features).uniform_(-bound, bound))
 
     def running_weight(self) -> Tensor:
-        # column j: unit j's effect on every later unit; the running state is then Σ_{j<i} A_:j v_j
+        # column j: unit j's effect on every later unit; the running state is then f(parent) + Σ_{j<i} A_:j v_j
         return torch.tril(self.autoregressive, -1)
 
     def conditional_logits(self, value: Tensor, parent: Tensor) -> Tensor:
@@ -321,10 +325,10 @@ class DARNLayer(AutoregressiveBernoulliLayer):
         return cond + value.to(cond.dtype) @ self.running_weight().T
 
     def initial(self, cond: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.zeros_like(cond), cond
+        return cond, cond  # the running state starts at f(parent): then l_i is its i-th entry
 
     def readout(self, running: Tensor, bias: Tensor, i: int) -> Tensor:
-        return bias[..., i] + running[..., i]
+        return running[..., i]
 
 
 class NADELayer(AutoregressiveBernoulliLayer):
