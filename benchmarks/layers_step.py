@@ -10,7 +10,9 @@ machine hits all of them; each figure is the median over ``--rounds`` of the CPU
 ``--steps`` steps on one intra-op thread, and each ratio the median over rounds of the ratio
 within a round to the SBN's.  Where the time goes: log-densities are one parallel pass
 (teacher forcing), but the sleep phase draws x ~ p(x | z) unit by unit, 784 sequential steps, and
-the wake phase draws z ~ q(z | x) in 200.
+the wake phase draws z ~ q(z | x) in 200 (DARN's extra time); NADE's hidden units depend on the
+parent (its function of the parent shifts c), so its log-density of the K·B particles is
+K·B·D·H sigmoids forward and again backward, elementwise work where the SBN's is one matrix product.
 
     PYTHONPATH=src python benchmarks/layers_step.py
     PYTHONPATH=src python benchmarks/layers_step.py --rounds 15 --steps 5 --nade-hidden 500
