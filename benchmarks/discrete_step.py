@@ -45,15 +45,34 @@ def estimators() -> dict:
     }
 
 
+def one_thread_batch() -> torch.Tensor:
+    """Switch torch to one intra-op thread (denormals flushed) and return the benchmark's binary batch x [B, D]."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(B, D, generator=g) < 0.3).float()
+
+
+def paired_rounds(steps: dict, rounds: int, n: int) -> dict[str, list[float]]:
+    """Thread CPU seconds per call of each of ``steps`` (name -> callable), ``n`` calls per name and
+    round, the names interleaved in each round; ``rounds`` timed rounds after one that warms up."""
+    times = {name: [] for name in steps}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name, step in steps.items():
+            t0 = time.thread_time()
+            for _ in range(n):
+                step()
+            if r:
+                times[name].append((time.thread_time() - t0) / n)
+    return times
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--steps", type=int, default=10, help="steps timed per estimator and round")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(B, D, generator=g) < 0.3).float()
+    x = one_thread_batch()
     steps = {}
     for name, build in estimators().items():
         torch.manual_seed(0)
@@ -62,14 +81,7 @@ def main(argv=None) -> dict:
         est.prepare(model, x)  # MWS: a memory row per datapoint of this one batch (a no-op for the others)
         index = torch.arange(B) if est.needs_index else None
         steps[name] = lambda model=model, est=est, opt=opt, index=index: train_step(model, est, opt, x, index=index)
-    times = {name: [] for name in steps}
-    for r in range(a.rounds + 1):  # round 0 warms up
-        for name, step in steps.items():
-            t0 = time.thread_time()
-            for _ in range(a.steps):
-                step()
-            if r:
-                times[name].append((time.thread_time() - t0) / a.steps)
+    times = paired_rounds(steps, a.rounds, a.steps)
     out = {}
     print(f"# SBN {D}-{H}, batch {B}, K = {K}, {a.rounds} rounds of {a.steps} steps, thread CPU time, 1 thread")
     for name, ts in times.items():

@@ -13,10 +13,11 @@ Shapes follow ``torch.distributions``: parents are ``[*batch, in_features]``, va
 parent and take the batch shape instead.
 
 Layer types: factorial Bernoulli (the sigmoid belief network layer of Neal 1992, used by
-Hinton et al. 1995 and Bornschein & Bengio 2015), diagonal Gaussian (Kingma & Welling 2014;
-Burda et al. 2016), factorial Poisson, one-hot categorical, and priors: Bernoulli, Gaussian,
-categorical (a mixture prior together with a Gaussian layer fed the one-hot component) and an
-angle on the circle.
+Hinton et al. 1995 and Bornschein & Bengio 2015), autoregressive Bernoulli (NADE, Larochelle &
+Murray 2011; fDARN, Gregor et al. 2014: the RWS paper's NADE and AR-SBN layers), diagonal
+Gaussian (Kingma & Welling 2014; Burda et al. 2016), factorial Poisson, one-hot categorical, and
+priors: Bernoulli, Gaussian, categorical (a mixture prior together with a Gaussian layer fed the
+one-hot component) and an angle on the circle.
 
 Exponential-family view (for ALWS, Wenliang et al. 2020, Algorithm 1; ALGORITHMS.md §4 step 3):
 the Bernoulli, Gaussian and Poisson layers also offer
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, OneHotCategorical, Poisson, VonMises
 
-from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, normal_log_prob, normal_sample
+from wakesleep.fused import _LOG_2PI, bernoulli_log_prob, bernoulli_sample, categorical_log_prob, nade_logits, normal_log_prob, normal_sample
 
 # isort: off
 # isort: on
@@ -197,6 +198,185 @@ class BernoulliLayer(NetworkLayer):
         with torch.no_grad():
             value = bernoulli_sample(torch.sigmoid(logits), sample_shape)
         return value, bernoulli_log_prob(logits, value)
+
+
+class AutoregressiveBernoulliLayer(NetworkLayer):
+    """Binary units in a fixed order, each conditioned on the units before it and on the parent:
+
+        p(v | parent) = Π_i σ(l_i),   l_i = l_i(v_<i, parent),
+
+    with the running-sum form both subclasses share: a state r_i [*batch, M] that starts at a
+    function of the parent, r_0 = ``initial(net(parent))``, and grows by one column per unit,
+    r_{i+1} = r_i + U[:, i] v_i (U = :meth:`running_weight`, [M, out]), and a read-out
+    l_i = ``readout(r_i, i)``.  Sampling follows that recursion unit by unit (a loop over the
+    ``out_features`` units, each step vectorised over every leading dimension: particles, batch);
+    :meth:`log_prob` is one parallel pass over all units given the value (teacher forcing,
+    :meth:`conditional_logits`), so training costs no loop.
+
+    Shapes follow the other layers: parent ``[*batch, in_features]``, value ``[*batch, out_features]``
+    (the two broadcast against each other, e.g. data x [B, D] against latents [K, B, d]), log-densities
+    ``[*batch]`` in nats.  Values are binary and cannot be reparameterised; there is no
+    ``torch.distributions`` object and no exponential-family view (the units are not conditionally
+    independent given the parent).
+    """
+
+    discrete = True
+
+    def conditional_logits(self, value: Tensor, parent: Tensor) -> Tensor:
+        """l_i = logit p(v_i = 1 | v_<i, parent) for every unit i, given the whole value: ``[*batch, out]``."""
+        raise NotImplementedError
+
+    def running_weight(self) -> Tensor:
+        """U [M, out]: column i is what unit i, when on, adds to the running state."""
+        raise NotImplementedError
+
+    def initial(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """(r_0 [*batch, M], the parent's bias on the logits [*batch, out]) from the parent's network output ``cond``."""
+        raise NotImplementedError
+
+    def readout(self, running: Tensor, bias: Tensor, i: int) -> Tensor:
+        """l_i [*batch] from the running state r_i [*batch, M] and the logits' bias [*batch, out]."""
+        raise NotImplementedError
+
+    def dist(self, parent: Tensor) -> Distribution:
+        raise NotImplementedError(f"{type(self).__name__} is autoregressive and has no torch.distributions object; use log_prob and sample")
+
+    def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
+        return bernoulli_log_prob(self.conditional_logits(value, parent), value)
+
+    def _draw(self, cond: Tensor, sample_shape: tuple[int, ...], keep_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Ancestral draw unit by unit from the parent's network output ``cond`` (no gradient).
+
+        Returns:
+            (value [*sample_shape, *batch, out], the logits l_i met on the way [same shape] if
+            ``keep_logits``, else None).
+        """
+        with torch.no_grad():
+            running, bias = self.initial(cond.detach())
+            shape = (*sample_shape, *bias.shape)
+            running = running.expand(*sample_shape, *running.shape).clone()  # a copy per particle, updated in place
+            u_rows = self.running_weight().detach().T.contiguous()  # row i: what unit i adds
+            value = bias.new_empty(shape)
+            logits = bias.new_empty(shape) if keep_logits else None
+            # v_i = [u_i < σ(l_i)] = [logit(u_i) < l_i], u_i uniform: thresholds drawn at once, no sigmoid per step
+            threshold = torch.logit(torch.rand(shape, dtype=bias.dtype, device=bias.device))
+            for i in range(self.out_features):
+                logit = self.readout(running, bias, i)
+                if keep_logits:
+                    logits[..., i] = logit
+                v = (logit > threshold[..., i]).to(bias.dtype)
+                value[..., i] = v
+                running.addcmul_(v.unsqueeze(-1), u_rows[i])
+        return value, logits
+
+    def sample(self, parent: Tensor, reparameterize: bool = False) -> Tensor:
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
+        return self._draw(self.net(parent), ())[0]
+
+    def mean(self, parent: Tensor) -> Tensor:
+        """p(v_i = 1 | v_<i, parent) along one ancestral draw of v, ``[*batch, out]``.
+
+        E[v | parent] has no closed form for an autoregressive layer; these probabilities are
+        unbiased for it unit by unit (E over v_<i of E[v_i | v_<i] is E[v_i]), and are what the
+        sample pictures show.
+        """
+        with torch.no_grad():
+            return torch.sigmoid(self._draw(self.net(parent), (), keep_logits=True)[1])
+
+    def sample_and_log_prob(self, parent, sample_shape=(), reparameterize=False):
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
+        cond = self.net(parent)  # once, whatever sample_shape: the draw reads it detached, log_prob with gradient
+        value = self._draw(cond, tuple(sample_shape))[0]
+        return value, bernoulli_log_prob(self._forced_logits(value, cond), value)
+
+    def _forced_logits(self, value: Tensor, cond: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class DARNLayer(AutoregressiveBernoulliLayer):
+    """fDARN, the autoregressive sigmoid belief network layer (the RWS paper's AR-SBN):
+
+        p(v_i = 1 | v_<i, parent) = σ(Σ_{j<i} A_ij v_j + f(parent)_i),
+
+    A strictly lower-triangular (only its part below the diagonal is used), f an MLP (the affine
+    W parent + b of Gregor et al.'s fDARN without hidden units).  Gregor, Danihelka, Mnih,
+    Blundell & Wierstra (2014), "Deep AutoRegressive Networks", ICML; Bornschein & Bengio (2015).
+    Sampling costs O(out²) per draw; :meth:`log_prob` is one masked matmul.
+
+    Args:
+        in_features: the parent's size.
+        out_features: number of binary units.
+        hidden: hidden sizes of f (``()`` for fDARN's affine map).
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = ()):
+        super().__init__(in_features, out_features, hidden)
+        bound = 1.0 / math.sqrt(out_features)  # nn.Linear's scale for a map from out_features inputs
+        self.autoregressive = nn.Parameter(torch.empty(out_features, out_features).uniform_(-bound, bound))
+
+    def running_weight(self) -> Tensor:
+        # column j: unit j's effect on every later unit; the running state is then f(parent) + Σ_{j<i} A_:j v_j
+        return torch.tril(self.autoregressive, -1)
+
+    def conditional_logits(self, value: Tensor, parent: Tensor) -> Tensor:
+        return self._forced_logits(value, self.net(parent))
+
+    def _forced_logits(self, value: Tensor, cond: Tensor) -> Tensor:
+        return cond + value.to(cond.dtype) @ self.running_weight().T
+
+    def initial(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        return cond, cond  # the running state starts at f(parent): then l_i is its i-th entry
+
+    def readout(self, running: Tensor, bias: Tensor, i: int) -> Tensor:
+        return running[..., i]
+
+
+class NADELayer(AutoregressiveBernoulliLayer):
+    """Conditional NADE: a neural autoregressive distribution over binary units, shifted by the parent:
+
+        p(v_i = 1 | v_<i, parent) = σ(V_i · h_i + b_i + g_b(parent)_i),
+        h_i = σ(W_{:,<i} v_<i + c + g_c(parent)),
+
+    with one shared W [H, out] (so the pre-activations of h_i are a running sum, O(out·H) per
+    draw), V [out, H], and g = (g_c, g_b) an MLP of the parent whose biases are c and b.
+    Larochelle & Murray (2011), "The neural autoregressive distribution estimator", AISTATS; the
+    conditional form (a function of the parent added to c and b) as in Bornschein & Bengio (2015).
+    :meth:`log_prob` computes every h_i given the value by cumulative sums, in blocks of units
+    (:func:`wakesleep.fused.nade_logits`).
+
+    Args:
+        in_features: the parent's size.
+        out_features: number of binary units.
+        hidden: NADE's hidden units H.
+        parent_hidden: hidden sizes of g (``()`` for an affine map of the parent).
+
+    Raises:
+        ValueError: hidden < 1.
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 200, parent_hidden: Sequence[int] = ()):
+        if int(hidden) < 1:
+            raise ValueError(f"a NADE layer needs hidden >= 1 units, got {hidden}")
+        super().__init__(in_features, out_features, parent_hidden, outputs=int(hidden) + out_features)
+        self.hidden = int(hidden)
+        self.weight = nn.Parameter(torch.empty(self.hidden, out_features).uniform_(-1 / math.sqrt(out_features), 1 / math.sqrt(out_features)))
+        self.readout_weight = nn.Parameter(torch.empty(out_features, self.hidden).uniform_(-1 / math.sqrt(self.hidden), 1 / math.sqrt(self.hidden)))
+
+    def running_weight(self) -> Tensor:
+        return self.weight
+
+    def initial(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        return cond[..., : self.hidden], cond[..., self.hidden :]
+
+    def readout(self, running: Tensor, bias: Tensor, i: int) -> Tensor:
+        return torch.sigmoid(running) @ self.readout_weight[i] + bias[..., i]
+
+    def conditional_logits(self, value: Tensor, parent: Tensor) -> Tensor:
+        return self._forced_logits(value, self.net(parent))
+
+    def _forced_logits(self, value: Tensor, cond: Tensor) -> Tensor:
+        c, b = self.initial(cond)
+        return nade_logits(value, c, self.weight, self.readout_weight) + b
 
 
 class GaussianLayer(NetworkLayer):

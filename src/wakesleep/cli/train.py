@@ -36,6 +36,7 @@ from wakesleep.evaluate import report_log_likelihood
 from wakesleep.faults import fault_point
 from wakesleep.io import atomic_write_text
 from wakesleep.models.contract import device_dtype, has_proposal
+from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, model_from_config, resolve_spec
 from wakesleep.runs import BEST, CHECKPOINT, CONFIG, METRICS, CheckpointError, RunDirectoryBusy, clean_temporary_files, load_checkpoint, run_lock
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
@@ -52,6 +53,9 @@ RUN_OPTIONS = (
     "hidden",
     "q_hidden",
     "likelihood",
+    "layer",
+    "q_layer",
+    "nade_hidden",
     "algorithm",
     "k",
     "q_update",
@@ -166,6 +170,24 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
     )
     t_add("--q-hidden", type=_positive_int, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
     t_add(
+        "--layer",
+        choices=LAYER_KINDS,
+        nargs="+",
+        default=None,
+        metavar="sbn|nade|darn",
+        help="sbn: the kind of each latent layer's conditionals, bottom first, p(z_l-1 | z_l) and q(z_l | z_l-1) alike (x = z_0): "
+        "sbn factorial, nade (Larochelle & Murray 2011) or darn (fDARN, Gregor et al. 2014); one kind for all layers (default: sbn)",
+    )
+    t_add(
+        "--q-layer",
+        choices=LAYER_KINDS,
+        nargs="+",
+        default=None,
+        metavar="sbn|nade|darn",
+        help="sbn: the recognition layers' kinds, if not --layer's",
+    )
+    t_add("--nade-hidden", type=_positive_int, default=None, help=f"hidden units of each nade layer (default: {DEFAULT_NADE_HIDDEN})")
+    t_add(
         "--likelihood",
         choices=["bernoulli", "gaussian"],
         default=None,
@@ -255,9 +277,32 @@ def model_table(a: argparse.Namespace, binary: bool, data=None) -> dict:
     if a.model == "sbn":
         if likelihood != "bernoulli":
             raise UsageError("--model sbn has a Bernoulli likelihood; use --model gaussian --likelihood gaussian for real-valued data")
-        return {"kind": "sbn", "layers": list(a.layers), "q_hidden": list(a.q_hidden or ()), "p_hidden": list(a.hidden or ())}
+        return {"kind": "sbn", "layers": list(a.layers), "q_hidden": list(a.q_hidden or ()), "p_hidden": list(a.hidden or ()), **_layer_settings(a)}
+    if any(getattr(a, name, None) is not None for name in ("layer", "q_layer", "nade_hidden")):
+        raise UsageError("--layer, --q-layer and --nade-hidden choose the layers of --model sbn; a gaussian model's layers are Gaussian")
     hidden = (200, 200) if a.hidden is None else a.hidden
     return {"kind": "gaussian", "layers": list(a.layers), "hidden": list(hidden), "likelihood": likelihood}
+
+
+def _layer_settings(a: argparse.Namespace) -> dict:
+    """The sbn model table's layer kinds from --layer/--q-layer/--nade-hidden: ``p_layers``,
+    ``q_layers`` (each one kind, or one per latent layer) and ``nade_hidden``; nothing where every
+    layer is factorial, so that such a model's table (and record) is the plain SBN's.
+
+    Raises:
+        UsageError: a list of kinds whose length is neither 1 nor the number of latent layers.
+    """
+    p_kinds = list(getattr(a, "layer", None) or ["sbn"])
+    q_kinds = list(getattr(a, "q_layer", None) or p_kinds)
+    for flag, kinds in (("--layer", p_kinds), ("--q-layer", q_kinds)):
+        if len(kinds) not in (1, len(a.layers)):
+            raise UsageError(f"{flag} names {len(kinds)} kinds for {len(a.layers)} latent layers (--layers): give one kind, or one per layer")
+    if set(p_kinds + q_kinds) == {"sbn"}:
+        return {}
+    out = {"p_layers": p_kinds if len(p_kinds) > 1 else p_kinds[0], "q_layers": q_kinds if len(q_kinds) > 1 else q_kinds[0]}
+    if getattr(a, "nade_hidden", None) is not None:
+        out["nade_hidden"] = a.nade_hidden
+    return out
 
 
 def model_from_args(a: argparse.Namespace, data_dim: int, binary: bool, data=None):
@@ -376,9 +421,14 @@ def _read_config(run: Path) -> dict:
 def _run_options(a: argparse.Namespace, data_dim: int | None = None, binary: bool = True) -> dict:
     """The values of ``RUN_OPTIONS`` in force for arguments ``a``, in the form
     config.json records them (lists, absolute paths, the model's effective hidden sizes and likelihood)."""
-    o = {name: getattr(a, name) for name in RUN_OPTIONS}
+    o = {name: getattr(a, name, None) for name in RUN_OPTIONS}
     o["layers"] = list(a.layers)
     o["dataset"] = dataset_record(a.dataset)
+    for name in ("layer", "q_layer", "nade_hidden"):  # recorded where given, so that runs without them keep their record
+        if getattr(a, name, None) is None:
+            o.pop(name)
+        elif name != "nade_hidden":
+            o[name] = list(o[name])
     if is_user_spec(a.model):
         o["model"], o["hidden"], o["q_hidden"], o["likelihood"] = resolve_spec(a.model), None, None, None
     elif a.model == "sbn":
@@ -394,7 +444,7 @@ def _recorded_options(config: dict) -> dict:
     """The ``RUN_OPTIONS`` a run was started with: recorded in config.json ("options"), or, for a
     run written before they were, read back from its model, estimator, data and trainer records."""
     if "options" in config:
-        return config["options"]
+        return {"layer": None, "q_layer": None, "nade_hidden": None, **config["options"]}
     m, t = config["model"], config["train"]
     o = {
         "algorithm": config["algorithm"],
@@ -402,6 +452,9 @@ def _recorded_options(config: dict) -> dict:
         "data_dir": config["data"].get("data_dir"),
         **{k: t.get(k) for k in ("batch_size", "seed", "valid_k", "clock")},
         **{k: v for k, v in config["estimator"].items() if k in RUN_OPTIONS},
+        "layer": None,  # such runs predate the layer kinds: their SBNs are factorial
+        "q_layer": None,
+        "nade_hidden": None,
     }
     if m.get("kind") == "user":
         o.update(model=m["spec"], hidden=None, q_hidden=None, likelihood=None)
@@ -443,8 +496,8 @@ def _resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
     mine = _run_options(merged, binary=recorded.get("likelihood") != "gaussian")
     differ = []
     for name in RUN_OPTIONS:
-        if name in given and (name not in recorded or mine[name] != recorded[name]):
-            differ.append(f"{_flag(name, mine[name])} (the run has {_flag(name, recorded[name]) if recorded.get(name) is not None else 'none'})")
+        if name in given and (name not in recorded or mine.get(name) != recorded[name]):
+            differ.append(f"{_flag(name, mine.get(name))} (the run has {_flag(name, recorded[name]) if recorded.get(name) is not None else 'none'})")
     if differ:
         raise UsageError(
             f"--resume continues {run} with the settings it was started with, and these differ: {'; '.join(differ)}. "

@@ -15,6 +15,7 @@ A comparison is described by a TOML file (``experiments/compare_*.toml``)::
     kind = "sbn"                    # "sbn" or "gaussian"
     layers = [20]
     # hidden = [200, 200]; likelihood = "bernoulli"; q_hidden = []; p_hidden = []; learn_prior = false
+    # sbn's layer kinds (one, or one per latent layer): p_layers = "nade"; q_layers = ["darn"]; nade_hidden = 200
     # or your own model instead of kind/layers (docs/your-own-model.md; a path from the working directory):
     # spec = "examples/gmm.py:mixture"
 
@@ -145,7 +146,13 @@ def _pos_int(where: str, key: str, v, minimum: int = 1) -> int:
 def _check_builtin_model(where: str, raw_model) -> dict:
     """The [model] table of a built-in model kind, checked."""
     model = dict(
-        _check_keys(where, "model", raw_model, {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior"}, {"kind", "layers"})
+        _check_keys(
+            where,
+            "model",
+            raw_model,
+            {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior", "p_layers", "q_layers", "nade_hidden"},
+            {"kind", "layers"},
+        )
     )
     kind = model["kind"]
     if kind not in MODEL_KINDS:

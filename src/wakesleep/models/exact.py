@@ -430,14 +430,23 @@ def exact_sleep_phi_target(model, order: int | None = None, chunk: int = 4096) -
         )
     p = next(model.parameters())
     xs = binary_states(model.data_dim, p.dtype, p.device)
+    gen = model.generative[0]
+    factorial = isinstance(gen, BernoulliLayer)
     with torch.no_grad():
         zs, log_mass = latent_states(model, order)
-        logits = model.generative[0].logits(zs[0])  # [S, D]; log p(x | z) for all pairs as one product
-        log_norm = log_mass - torch.nn.functional.softplus(logits).sum(-1)
+        if factorial:
+            logits = gen.logits(zs[0])  # [S, D]; log p(x | z) for all pairs as one product
+            log_norm = log_mass - torch.nn.functional.softplus(logits).sum(-1)
+    if not factorial:  # its log_prob holds [S, chunk, D, H] (NADE's hidden units H): keep that near 2^24 numbers
+        chunk = max(1, min(chunk, 2**24 // (zs[0].shape[0] * model.data_dim * getattr(gen, "hidden", 1))))
     total = torch.zeros(sum(q.numel() for q in params), dtype=p.dtype, device=p.device)
     for xc in xs.split(chunk):
         with torch.no_grad():
-            mass = torch.exp(log_norm[:, None] + logits @ xc.T)  # p(z_s, x) [S, chunk]; sums to 1 overall
+            if factorial:
+                log_joint = log_norm[:, None] + logits @ xc.T
+            else:  # an autoregressive p(x | z) (NADE, DARN): its log-density of every pair
+                log_joint = log_mass[:, None] + gen.log_prob(xc, zs[0][:, None, :])
+            mass = torch.exp(log_joint)  # p(z_s, x) [S, chunk]; sums to 1 overall
         total += flat_grad(params, _weighted_log_q(model, xc, zs, mass))
     return total
 

@@ -21,18 +21,25 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.layers import (
+    AutoregressiveBernoulliLayer,
     BernoulliLayer,
     BernoulliPrior,
     CategoricalLayer,
     CategoricalPrior,
+    DARNLayer,
     GaussianLayer,
     GaussianPrior,
+    NADELayer,
     Prior,
     StochasticLayer,
 )
 from wakesleep.models.contract import enumerated_log_marginal
 
 MAX_ENUMERATED_LATENTS = 24
+#: The layer kinds of :meth:`HelmholtzMachine.sbn`: factorial Bernoulli, NADE and fDARN.
+LAYER_KINDS = ("sbn", "nade", "darn")
+#: NADE's hidden units when not given.
+DEFAULT_NADE_HIDDEN = 200
 
 
 class HelmholtzMachine(nn.Module):
@@ -80,20 +87,48 @@ class HelmholtzMachine(nn.Module):
 
     # ----------------------------------------------------------------- builders
     @classmethod
-    def sbn(cls, sizes: Sequence[int], q_hidden: Sequence[int] = (), p_hidden: Sequence[int] = ()) -> HelmholtzMachine:
-        """Sigmoid belief network, all layers factorial Bernoulli (Bornschein & Bengio 2015, §4).
+    def sbn(
+        cls,
+        sizes: Sequence[int],
+        q_hidden: Sequence[int] = (),
+        p_hidden: Sequence[int] = (),
+        p_layers: str | Sequence[str] = "sbn",
+        q_layers: str | Sequence[str] = "sbn",
+        nade_hidden: int = DEFAULT_NADE_HIDDEN,
+    ) -> HelmholtzMachine:
+        """Sigmoid belief network: binary latents, a factorial Bernoulli prior on the top layer, and
+        each conditional layer factorial (``"sbn"``) or autoregressive (``"nade"``, ``"darn"``), as
+        the RWS paper's models (Bornschein & Bengio 2015, §4: SBN, AR-SBN and NADE layers).
 
         Args:
             sizes: ``[D, d_1, …, d_L]``: data width, then latent layer sizes bottom to top;
                 e.g. ``[784, 200]`` is the one-layer SBN-200.
-            q_hidden: hidden sizes inside each recognition layer (``()`` gives the plain
-                σ(W h + b) SBN layer).
+            q_hidden: hidden sizes inside each recognition layer's network of its parent (``()``
+                gives the plain σ(W h + b) SBN layer).
             p_hidden: the same inside each generative layer.
+            p_layers: the kind of each generative layer, bottom first, ``[p(x | z_1), p(z_1 | z_2),
+                …, p(z_{L-1} | z_L)]``: ``"sbn"`` (:class:`~wakesleep.layers.BernoulliLayer`),
+                ``"nade"`` (:class:`~wakesleep.layers.NADELayer`) or ``"darn"``
+                (:class:`~wakesleep.layers.DARNLayer`); one string for every layer.
+            q_layers: the kind of each recognition layer, ``[q(z_1 | x), …, q(z_L | z_{L-1})]``, likewise.
+            nade_hidden: hidden units H of every NADE layer.
+
+        Raises:
+            ValueError: bad sizes, an unknown layer kind, a list of kinds not one per latent layer,
+                or nade_hidden < 1.
+
+        With the default kinds (all ``"sbn"``) the model, its parameters' creation order and its
+        ``config`` are those of the factorial SBN, so seeded runs are unchanged.
         """
         sizes = _check_sizes(sizes)
-        gen = [BernoulliLayer(sizes[i + 1], sizes[i], p_hidden) for i in range(len(sizes) - 1)]
-        rec = [BernoulliLayer(sizes[i], sizes[i + 1], q_hidden) for i in range(len(sizes) - 1)]
+        pk, qk = _layer_kinds(p_layers, len(sizes) - 1, "p_layers"), _layer_kinds(q_layers, len(sizes) - 1, "q_layers")
+        gen = [_binary_layer(pk[i], sizes[i + 1], sizes[i], p_hidden, nade_hidden) for i in range(len(sizes) - 1)]
+        rec = [_binary_layer(qk[i], sizes[i], sizes[i + 1], q_hidden, nade_hidden) for i in range(len(sizes) - 1)]
         cfg = {"kind": "sbn", "sizes": list(sizes), "q_hidden": list(q_hidden), "p_hidden": list(p_hidden)}
+        if set(pk + qk) != {"sbn"}:  # recorded only where they differ, so that factorial SBNs keep their record
+            cfg.update(p_layers=pk, q_layers=qk)
+            if "nade" in pk + qk:
+                cfg["nade_hidden"] = int(nade_hidden)
         return cls(BernoulliPrior(sizes[-1]), gen, rec, cfg)
 
     @classmethod
@@ -350,7 +385,7 @@ class HelmholtzMachine(nn.Module):
         return list(self.generative[1:]) + [self.prior]
 
     def _latent_support_sizes(self) -> list[int]:
-        """How many states each latent layer has, bottom first: 2^d for d Bernoulli units, C for a
+        """How many states each latent layer has, bottom first: 2^d for d binary units (factorial or autoregressive), C for a
         categorical layer.
 
         Raises:
@@ -360,7 +395,7 @@ class HelmholtzMachine(nn.Module):
         for i, layer in enumerate(self._latent_layers()):
             if _one_hot(layer):
                 out.append(layer.out_features)
-            elif isinstance(layer, (BernoulliLayer, BernoulliPrior)):
+            elif isinstance(layer, (BernoulliLayer, BernoulliPrior, AutoregressiveBernoulliLayer)):
                 out.append(2**layer.out_features)
             else:
                 raise ValueError(f"latent layer {i + 1} ({type(layer).__name__}) has no finite support to enumerate: use importance sampling")
@@ -440,6 +475,31 @@ class HelmholtzMachine(nn.Module):
             mean = torch.nn.functional.linear(self.prior.loc, weight, bias)
             return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x)
         return enumerated_log_marginal(self, x)
+
+
+def _layer_kinds(kinds: str | Sequence[str], n: int, name: str) -> list[str]:
+    """``kinds`` as a list of n layer kinds (one string stands for every layer).
+
+    Raises:
+        ValueError: an unknown kind, or a list whose length is not n.
+    """
+    out = [kinds] * n if isinstance(kinds, str) else [str(k) for k in kinds]
+    bad = [k for k in out if k not in LAYER_KINDS]
+    if bad:
+        raise ValueError(f"{name}: unknown layer kind {bad[0]!r}; choose from {list(LAYER_KINDS)}")
+    if len(out) != n:
+        raise ValueError(f"{name} names {len(out)} layer kinds for {n} latent layers: give one kind, or one per latent layer")
+    return out
+
+
+def _binary_layer(kind: str, in_features: int, out_features: int, hidden: Sequence[int], nade_hidden: int) -> StochasticLayer:
+    """A conditional layer of binary units of ``kind`` (:data:`LAYER_KINDS`), ``hidden`` the sizes
+    inside its network of the parent."""
+    if kind == "nade":
+        return NADELayer(in_features, out_features, nade_hidden, hidden)
+    if kind == "darn":
+        return DARNLayer(in_features, out_features, hidden)
+    return BernoulliLayer(in_features, out_features, hidden)
 
 
 def _one_hot(layer: StochasticLayer) -> bool:
