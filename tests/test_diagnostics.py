@@ -158,6 +158,16 @@ def test_score_function_phi_updates_against_the_exact_elbo_gradient():
     assert own["rel_bias"] is None and math.isfinite(own["snr"]) and own["snr"] > 0
 
 
+def test_iwae_phi_snr_falls_with_k_while_rws_wake_phi_snr_rises():
+    """Rainforth et al. 2018: the IWAE bound's φ-gradient has SNR O(1/√K); RWS's wake-φ update does not
+    (its target, −∇φ KL(p ‖ q), does not vanish as K grows).  K = 4 against 256: √64 = 8 apart."""
+    model, x = build_reference("factor-analysis")
+    rows = D.diagnose(model, x, ["iwae:k=4", "iwae:k=256", "rws:k=4,q_update=wake", "rws:k=256,q_update=wake"], repeats=100, progress=False)
+    iwae, rws = by_setting(rows, "phi-own"), by_setting(rows, "phi-wake")
+    assert iwae["iwae(k=256)"]["snr"] < iwae["iwae(k=4)"]["snr"] / 3, iwae
+    assert rws["rws(k=256,q_update=wake)"]["snr"] > 3 * rws["rws(k=4,q_update=wake)"]["snr"], rws
+
+
 def test_alws_error_falls_with_n():
     settings = D.alws_settings(ns=(50, 800))
     small, large = settings[0], settings[1]  # same kernel, N = 50 and 800
