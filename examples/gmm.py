@@ -9,6 +9,10 @@ Two ways to write it, the same model:
 - :func:`mixture` through :func:`wakesleep.models.from_distributions` (three short functions);
 - :class:`HandWrittenMixture`, the contract's members written out (the benchmark's baseline).
 
+Both have the optional contract member ``metrics(x)`` (:func:`report`): π's L1 and L2 errors
+against the truth and q's mean distances to the exact posteriors on held-out x, which the trainer
+records at each validation (``experiments/le2019_gmm.toml`` runs the paper's study on them).
+
 Run ``python examples/gmm.py`` to train it by RWS and print the L1 error of π and the mean
 total-variation distance between q(c | x) and the exact posterior; ``--write-data FILE.npz``
 writes a data set for ``wakesleep train --model examples/gmm.py:mixture --dataset FILE.npz``.
@@ -65,11 +69,13 @@ def mixture(data_dim: int = 1) -> ws.models.DistributionsModel:
     if data_dim != 1:
         raise ValueError(f"the mixture is over scalars: data of width 1, got {data_dim}")
     prior = MixturePrior()
-    return ws.models.from_distributions(
+    model = ws.models.from_distributions(
         prior=prior,
         likelihood=lambda c: Normal(prior.means[c], SIGMA),
         proposal=MixtureProposal(),
     )
+    model.metrics = lambda x: report(model, x)  # the contract's optional member: a plain attribute will do
+    return model
 
 
 class HandWrittenMixture(nn.Module):
@@ -114,9 +120,12 @@ class HandWrittenMixture(nn.Module):
     def enumerate_latents(self):
         return torch.arange(COMPONENTS, device=self.prior.logits.device)
 
+    def metrics(self, x):
+        return report(self, x)
+
 
 def _states(x: torch.Tensor) -> torch.Tensor:
-    return torch.arange(COMPONENTS)[:, None].expand(COMPONENTS, x.shape[0])  # every c for every x: [C, B]
+    return torch.arange(COMPONENTS, device=x.device)[:, None].expand(COMPONENTS, x.shape[0])  # every c for every x: [C, B]
 
 
 def posterior(model, x: torch.Tensor, as_latent=lambda c: c) -> torch.Tensor:
@@ -130,6 +139,12 @@ def proposal_probs(model, x: torch.Tensor, as_latent=lambda c: c) -> torch.Tenso
     """q_φ(c | x) [B, C]."""
     with torch.no_grad():
         return model.log_proposal(x, as_latent(_states(x))).exp().T
+
+
+def true_posterior(x: torch.Tensor) -> torch.Tensor:
+    """The true model's posterior p(c | x) [B, C] (true π, μ_c = 10c, σ = 5), for x [B, 1]."""
+    means = 10.0 * torch.arange(COMPONENTS, dtype=x.dtype, device=x.device)
+    return torch.softmax(true_probs().to(x).log() - 0.5 * ((x - means) / SIGMA) ** 2, -1)
 
 
 def learned_probs(model) -> torch.Tensor:
@@ -146,10 +161,18 @@ def make_data(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def report(model, x: torch.Tensor, as_latent=lambda c: c) -> dict:
-    """L1 error of π against the truth, and mean total variation between q(c | x) and p_θ(c | x) on x."""
-    l1 = (learned_probs(model) - true_probs()).abs().sum().item()
-    tv = 0.5 * (proposal_probs(model, x, as_latent) - posterior(model, x, as_latent)).abs().sum(-1).mean().item()
-    return {"pi_l1": l1, "q_tv": tv}
+    """π's error against the truth and q's distance to the exact posteriors, on held-out x [B, 1]:
+
+    - ``pi_l1``, ``pi_l2``: ‖π − π_true‖₁ and ‖π − π_true‖₂ (the paper's "p error" is the L2);
+    - ``q_tv``: mean over x of the total variation between q_φ(c | x) and the model's own p_θ(c | x);
+    - ``q_l2``: mean over x of ‖q_φ(· | x) − p_true(· | x)‖₂, against the *true* model's posterior
+      (the paper's "q error", Le et al. 2019, ``gmm/util.py: get_q_error``).
+    """
+    err = learned_probs(model) - true_probs().to(x)
+    q = proposal_probs(model, x, as_latent)
+    tv = 0.5 * (q - posterior(model, x, as_latent)).abs().sum(-1).mean().item()
+    q_l2 = (q - true_posterior(x)).norm(dim=-1).mean().item()
+    return {"pi_l1": err.abs().sum().item(), "pi_l2": err.norm().item(), "q_tv": tv, "q_l2": q_l2}
 
 
 def exact_log_likelihood(model, x: torch.Tensor, as_latent=lambda c: c) -> ws.LogLikelihood:

@@ -43,7 +43,11 @@ run directory keeps (:func:`wakesleep.config.run_record`), so that ``wakesleep e
 ``sample`` open it; the trainer's metrics and checkpoints, and ``summary.json`` when finished): an
 interrupted comparison resumes where it stopped.  Results: ``OUT/per_seed.csv``, ``OUT/summary.csv`` and ``OUT/summary.md`` (test
 log-likelihood mean ± s.e. across seeds, nats, with training time on the budget's clock) and
-``OUT/curves.png`` (validation log-likelihood against training time).
+``OUT/curves.png`` (validation log-likelihood against training time).  Where validation records
+more (the model's optional ``metrics(x)``, and ``valid_q_grad_std`` with ``[train]
+q_grad_std_repeats = R``: :func:`wakesleep.training.metrics.validation_metrics`), the CSV tables
+carry each one's last value (per seed; mean and ``_stderr`` across seeds) and
+``OUT/curves-NAME.png`` plots it against training iterations.
 
 The test log-likelihood follows the IWAE protocol (``../shared/reference/ALGORITHMS.md`` §5):
 log (1/K) Σ_k w_k with K = ``test_k`` proposal samples per test point, averaged over test points.
@@ -388,13 +392,27 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
         "proposal_seconds": proposal_seconds,
         "stopped": fit.stopped,
         "skipped_steps": fit.skipped_steps,
+        **_last_extras(fit.history),
     }
     atomic_write_text(run / SUMMARY, json.dumps(record, indent=2))
     return record
 
 
+def _extra_keys(records: list[dict]) -> list[str]:
+    """The validation record's keys beyond the log-likelihood (the model's ``metrics``, ``valid_q_grad_std``), in order."""
+    return list(dict.fromkeys(k for r in records for k in r if k.startswith("valid_") and k not in ("valid_log_likelihood", "valid_stderr")))
+
+
+def _last_extras(history: list[dict]) -> dict[str, float]:
+    """The last validation's extra metrics (:func:`wakesleep.training.metrics.validation_metrics`), or none."""
+    valid = [r for r in history if "valid_log_likelihood" in r]
+    return {k: valid[-1][k] for k in _extra_keys(valid[-1:])} if valid else {}
+
+
 def summarise(records: list[dict]) -> list[dict]:
-    """Per-estimator rows: test log-likelihood mean and s.e. across seeds (nats), mean training time."""
+    """Per-estimator rows: test log-likelihood mean and s.e. across seeds (nats), mean training time;
+    and for each extra validation metric (the model's ``metrics``, ``valid_q_grad_std``) at the
+    last validation, its mean ``NAME`` and s.e. across seeds ``NAME_stderr``."""
     out = []
     for label in dict.fromkeys(r["label"] for r in records):
         rs = [r for r in records if r["label"] == label]
@@ -416,6 +434,9 @@ def summarise(records: list[dict]) -> list[dict]:
                 "epochs": sum(r["epochs"] for r in rs) / n,
             }
         )
+        for key in _extra_keys(rs):
+            v = mean_stderr(torch.tensor([r[key] for r in rs if key in r], dtype=torch.float64))
+            out[-1][key], out[-1][f"{key}_stderr"] = v.mean, v.stderr
     return out
 
 
@@ -452,22 +473,26 @@ SUMMARY_COLUMNS = (
 )
 
 
-def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
-    """Validation log-likelihood against training time, mean ± s.e. over seeds at each epoch present in every seed."""
+def _curve_series(cfg: CompareConfig, out: Path, key: str, x: str) -> dict[str, list[tuple[float, float, float]]]:
+    """Per estimator: (mean x, mean ``key``, s.e. of ``key``) over seeds at each validation present in every seed."""
     series = {}
     for spec in cfg.estimators:
         runs = [plots.read_jsonl(p) for s in cfg.seeds if (p := out / spec.label / f"seed{s}" / METRICS).is_file()]
-        runs = [[r for r in recs if "valid_log_likelihood" in r] for recs in runs]
-        runs = [r for r in runs if r]
+        runs = [r for r in ([r for r in recs if key in r] for recs in runs) if r]
         if not runs:
             continue
         points = []
         for i in range(min(len(r) for r in runs)):
-            t = torch.tensor([r[i]["time"] for r in runs], dtype=torch.float64)
-            v = torch.tensor([r[i]["valid_log_likelihood"] for r in runs], dtype=torch.float64)
-            ll = mean_stderr(v)
-            points.append((t.mean().item(), ll.mean, ll.stderr))
+            t = torch.tensor([r[i][x] for r in runs], dtype=torch.float64)
+            v = mean_stderr(torch.tensor([r[i][key] for r in runs], dtype=torch.float64))
+            points.append((t.mean().item(), v.mean, v.stderr))
         series[spec.label] = points
+    return series
+
+
+def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
+    """Validation log-likelihood against training time, mean ± s.e. over seeds at each epoch present in every seed."""
+    series = _curve_series(cfg, out, "valid_log_likelihood", "time")
     if not series:
         return None
     clock = cfg.train.get("clock", "wall")
@@ -479,6 +504,18 @@ def curves_plot(cfg: CompareConfig, out: Path, path: Path) -> Path | None:
         ylabel=f"validation log-likelihood (nats, K={k})",
         title=f"{cfg.name}: mean ± s.e. over {len(cfg.seeds)} seeds",
     )
+
+
+def metric_curves(cfg: CompareConfig, out: Path, keys: list[str]) -> list[Path]:
+    """``OUT/curves-NAME.png`` for each extra validation metric NAME (the model's ``metrics``,
+    ``valid_q_grad_std``): mean ± s.e. over seeds against training iterations."""
+    paths = []
+    for key in keys:
+        series = _curve_series(cfg, out, key, "step")
+        if series:
+            title = f"{cfg.name}: mean ± s.e. over {len(cfg.seeds)} seeds"
+            paths.append(plots.comparison_plot(series, out / f"curves-{key}.png", "iterations", key, title, legend_below=len(series) > 6))
+    return paths
 
 
 def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress: bool = True) -> tuple[list[dict], list[dict], Path]:
@@ -516,9 +553,11 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress:
             for seed in cfg.seeds:
                 print(f"[{cfg.name}] {spec.label} seed {seed}", flush=True)
                 records.append(run_one(cfg, spec, seed, data, out / spec.label / f"seed{seed}", progress))
-                atomic_write_text(out / "per_seed.csv", csv_text(records, PER_SEED_COLUMNS))
+                extras = _extra_keys(records)
+                atomic_write_text(out / "per_seed.csv", csv_text(records, PER_SEED_COLUMNS + tuple(extras)))
     summary = summarise(records)
-    atomic_write_text(out / "summary.csv", csv_text(summary, SUMMARY_COLUMNS))
+    atomic_write_text(out / "summary.csv", csv_text(summary, SUMMARY_COLUMNS + tuple(k for e in extras for k in (e, f"{e}_stderr"))))
     atomic_write_text(out / "summary.md", markdown_table(summary) + "\n")
     curves_plot(cfg, out, out / "curves.png")
+    metric_curves(cfg, out, extras)
     return records, summary, out

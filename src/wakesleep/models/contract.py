@@ -42,6 +42,10 @@ importance-sampled evaluation:
   ``enumerate_latents`` where the states can be listed).
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
+- ``metrics(x) -> dict[str, float]``: the model's own measurements on held-out x [M, D] (e.g. a
+  parameter's error against a known truth, a proposal's distance to the exact posterior),
+  called without gradient at each validation and recorded as ``valid_NAME`` in ``metrics.jsonl``
+  (:func:`wakesleep.training.metrics.validation_metrics`).
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
 - ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``: False when a model
   class that has those members was built without the part (a Helmholtz machine without
@@ -80,6 +84,7 @@ MEMBERS: dict[str, str] = {
     "exact_log_marginal": "exact_log_marginal(x) -> [B]: exact log p_θ(x)",
     "enumerate_latents": "enumerate_latents() -> z with leaves [S, ...]: every latent state once",
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
+    "metrics": "metrics(x) -> dict[str, float]: the model's own measurements on held-out x, recorded at each validation",
     "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
 }
 

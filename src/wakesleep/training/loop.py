@@ -38,7 +38,7 @@ from wakesleep.runs import CHECKPOINT, clean_temporary_files, run_lock
 from wakesleep.training import distributed
 from wakesleep.training.checkpoint import TrainState, restore_best, resume_from, save_best, save_checkpoint
 from wakesleep.training.checks import check_model_for_training, data_on_device
-from wakesleep.training.metrics import MetricsLog, epoch_means
+from wakesleep.training.metrics import MetricsLog, epoch_means, validation_metrics
 from wakesleep.training.settings import FitResult, TrainConfig
 from wakesleep.training.step import build_optimizer, compile_estimator, refuse_nonfinite, train_step
 
@@ -188,7 +188,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
         st.batch = 0
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **epoch_means(st.sums, st.count, device)}
         validate = main and valid is not None and ((epoch + 1) % cfg.valid_every == 0 or epoch + 1 == cfg.epochs)
-        improved = validate and _validate(model, valid, cfg, epoch, st, record)
+        improved = validate and _validate(model, estimator, valid, cfg, epoch, st, record)
         if improved and run is None:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         record["skipped_steps"], record["time"] = st.result.skipped_steps, st.seconds()
@@ -211,13 +211,16 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     return st.result
 
 
-def _validate(model, valid: Tensor, cfg: TrainConfig, epoch: int, st: TrainState, record: dict) -> bool:
+def _validate(model, estimator, valid: Tensor, cfg: TrainConfig, epoch: int, st: TrainState, record: dict) -> bool:
     """Record the validation log-likelihood (``valid_k`` particles, nats) of the model after
-    ``epoch``; returns whether it is the best so far (else counts one more without improvement)."""
+    ``epoch``, and the model's own ``metrics`` and q's gradient standard deviation where asked
+    (:func:`~wakesleep.training.metrics.validation_metrics`); returns whether it is the best so far
+    (else counts one more without improvement)."""
     model.eval()
     fault_point("validate")
     ll = report_log_likelihood(model, valid, k=cfg.valid_k, check=False)  # checked before the first step
     record["valid_log_likelihood"], record["valid_stderr"] = ll.mean, ll.stderr
+    record.update(validation_metrics(model, estimator, valid, cfg.q_grad_std_repeats, cfg.batch_size, cfg.seed + epoch))
     result = st.result
     if result.best_valid is None or ll.mean > result.best_valid:
         result.best_valid, result.best_epoch, st.since_best = ll.mean, epoch + 1, 0

@@ -42,6 +42,10 @@ class TrainConfig:
         tensorboard: also write each epoch's metrics as TensorBoard scalars into the run directory,
             beside ``metrics.jsonl`` (needs a run directory and the optional package
             ``tensorboard``: ``pip install tensorboard``).
+        q_grad_std_repeats: at each validation, also record ``valid_q_grad_std``, the standard
+            deviation of the estimator's φ-gradient over this many (≥ 2) repeated estimates on the
+            first ``batch_size`` validation points (:func:`~wakesleep.training.metrics.gradient_std`;
+            Le et al. 2019).  None: not measured.
     """
 
     epochs: int = 50
@@ -60,6 +64,7 @@ class TrainConfig:
     progress: bool = True
     compile: bool = False
     tensorboard: bool = False
+    q_grad_std_repeats: int | None = None
 
     def __post_init__(self) -> None:
         def count(name: str, optional: bool = False) -> None:
@@ -78,8 +83,10 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "valid_k", "valid_every"):
             count(name)
-        for name in ("patience", "checkpoint_every"):
+        for name in ("patience", "checkpoint_every", "q_grad_std_repeats"):
             count(name, optional=True)
+        if self.q_grad_std_repeats == 1:
+            raise ValueError("q_grad_std_repeats must be >= 2 (a standard deviation needs two estimates) or None, got 1")
         for name in ("lr_p", "lr_q", "lr_estimator"):
             positive(name)
         positive("max_seconds", optional=True)
