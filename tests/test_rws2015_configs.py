@@ -1,0 +1,111 @@
+"""The configs for the reweighted wake-sleep paper's MNIST models (Bornschein & Bengio 2015) and the
+deep SBN of RWS against VIMCO (experiments/rws2015_*.toml, experiments/sbn3_rws_vimco.toml): each is
+the study it says it is, and runs end to end at a tiny size (a slice of binarised MNIST, 2 steps, small K)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wakesleep.config import build_model
+from wakesleep.lab.compare import load_config, parse_config, run_compare
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+
+#: config -> (its [model] as the layers it builds, the estimators' labels and settings)
+STUDIES = {
+    "rws2015_sbn.toml": (
+        {"kind": "sbn", "layers": [200, 200, 10]},
+        {
+            "WS": ("ws", {}),
+            "RWS K=5": ("rws", {"k": 5, "q_update": "both"}),
+            "RWS K=10": ("rws", {"k": 10, "q_update": "both"}),
+            "RWS K=25": ("rws", {"k": 25, "q_update": "both"}),
+            "RWS K=5 wake": ("rws", {"k": 5, "q_update": "wake"}),
+            "RWS K=5 sleep": ("rws", {"k": 5, "q_update": "sleep"}),
+        },
+    ),
+    "rws2015_nade.toml": (
+        {"kind": "sbn", "layers": [200], "p_layers": "nade", "q_layers": "nade", "nade_hidden": 200},
+        {
+            "WS": ("ws", {}),
+            "RWS K=5": ("rws", {"k": 5, "q_update": "both"}),
+            "RWS K=5 wake": ("rws", {"k": 5, "q_update": "wake"}),
+            "RWS K=5 sleep": ("rws", {"k": 5, "q_update": "sleep"}),
+        },
+    ),
+    "rws2015_nade_sbnq.toml": (
+        {"kind": "sbn", "layers": [200], "p_layers": "nade", "q_layers": "sbn", "nade_hidden": 200},
+        {
+            "WS": ("ws", {}),
+            "RWS K=5": ("rws", {"k": 5, "q_update": "both"}),
+            "RWS K=5 wake": ("rws", {"k": 5, "q_update": "wake"}),
+            "RWS K=5 sleep": ("rws", {"k": 5, "q_update": "sleep"}),
+        },
+    ),
+    "sbn3_rws_vimco.toml": (
+        {"kind": "sbn", "layers": [200, 200, 200]},
+        {"RWS K=5": ("rws", {"k": 5, "q_update": "both"}), "VIMCO K=5": ("vimco", {"k": 5})},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_config_is_the_study(name):
+    cfg = load_config(EXPERIMENTS / name)
+    model, estimators = STUDIES[name]
+    assert cfg.model == model
+    assert {s.label: (s.algorithm, s.settings) for s in cfg.estimators} == estimators
+    assert all(not s.train for s in cfg.estimators)  # same learning rates for every estimator
+    # The stated budget, the same for every estimator: 30 CPU-minutes on one thread, 2 seeds.
+    assert (cfg.train["max_seconds"], cfg.train["clock"], cfg.threads) == (1800, "process", 1)
+    assert len(cfg.seeds) >= 2 and cfg.dataset == "binarized-mnist"
+    # The evaluation protocol: K = 5000 on the whole test set.
+    assert (cfg.test_k, cfg.test_n) == (5000, None)
+    t = cfg.train_config(cfg.estimators[0], seed=0)
+    assert (t.batch_size, t.lr_p, t.lr_q, t.patience) == (100, 1e-3, 1e-3, None)
+    # The header states the command and the measured cost.
+    text = (EXPERIMENTS / name).read_text()
+    assert f"wakesleep compare experiments/{name}" in text and "Measured here" in text and "CPU-hours" in text
+
+
+def test_nade_models_are_what_the_headers_say():
+    """NADE-200: p(x | z) a NADE over the pixels above 200 binary latents; the twin differs only in q."""
+    nade, sbnq = (build_model(load_config(EXPERIMENTS / n).model, 784) for n in ("rws2015_nade.toml", "rws2015_nade_sbnq.toml"))
+    assert nade.config["sizes"] == sbnq.config["sizes"] == [784, 200]
+    assert nade.config["p_layers"] == sbnq.config["p_layers"] == ["nade"]
+    assert (nade.config["q_layers"], sbnq.config["q_layers"]) == (["nade"], ["sbn"])
+    assert nade.config["nade_hidden"] == 200
+
+
+@pytest.fixture(scope="module")
+def mnist_slice(tmp_path_factory):
+    """40 train, 20 valid and 20 test images of fixed-binarised MNIST, as a .npz data set."""
+    d = np.load(Path(os.environ["WAKESLEEP_DATA_DIR"]) / "binarized_mnist.npz")
+    path = tmp_path_factory.mktemp("data") / "mnist_slice.npz"
+    np.savez(path, train=d["train"][:40], valid=d["valid"][:20], test=d["test"][:20])
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_tiny_study_runs_end_to_end(name, mnist_slice, tmp_path):
+    raw = tomllib.loads((EXPERIMENTS / name).read_text())
+    raw["seeds"], raw["data"] = [0], {"dataset": str(mnist_slice)}
+    raw["train"].update(epochs=1, batch_size=20, valid_k=4, max_seconds=60)
+    raw["evaluate"] = {"test_k": 8}
+    cfg = parse_config(raw, f"tiny-{name}")
+    records, summary, out = run_compare(cfg, tmp_path / "out", progress=False)
+    assert [r["label"] for r in records] == list(STUDIES[name][1])
+    for r in records:
+        assert (r["epochs"], r["test_k"], r["test_n"], r["clock"]) == (1, 8, 20, "process")
+        assert math.isfinite(r["test_log_likelihood"]) and r["test_log_likelihood"] < 0 and r["train_seconds"] > 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [row["label"] for row in rows] == list(STUDIES[name][1])
+    assert (out / "curves.png").is_file() and (out / "summary.md").is_file()
