@@ -122,3 +122,45 @@ def test_cli_trains_on_cuda_and_evaluates_on_the_cpu(tmp_path, capsys):
     )
     assert "on cuda" in capsys.readouterr().out
     assert main(["evaluate", str(run), "--k", "10", "--device", "cpu", "--no-progress"]) == 0
+
+
+TINY_COMPARE = """
+name = "tiny"
+seeds = [0]
+threads = 1
+[data]
+dataset = "digits"
+[model]
+kind = "sbn"
+layers = [8]
+[train]
+epochs = 1
+batch_size = 100
+valid_k = 5
+[evaluate]
+test_k = 10
+test_n = 20
+valid_n = 20
+[[estimators]]
+label = "RWS-3"
+algorithm = "rws"
+settings = { k = 3 }
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is missing")
+def test_compare_on_cuda_without_cuda_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "tiny.toml").write_text(TINY_COMPARE)
+    code = main(["compare", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "out"), "--device", "cuda", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "CUDA is not available" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_compare_runs_on_the_device_it_is_given_and_evaluates_anywhere(tmp_path, device):
+    (tmp_path / "tiny.toml").write_text(TINY_COMPARE)
+    assert main(["compare", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "out"), "--device", device, "--no-progress"]) == 0
+    run = tmp_path / "out" / "RWS-3" / "seed0"
+    assert load_checkpoint(run / CHECKPOINT)["model"]["generative.0.net.weight"].device.type == "cpu"  # loaded as data
+    assert main(["evaluate", str(run), "--k", "10", "--device", "cpu", "--no-progress"]) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from wakesleep.cli.options import DEVICE_OPTION, resolve_device
 from wakesleep.cli.options import _positive_float as positive_float
 from wakesleep.cli.options import _positive_int as positive_int
 from wakesleep.lab import compare, diagnostics
@@ -81,6 +82,7 @@ def add_parsers(sub) -> None:
     c.add_argument("config", help="a comparison config (TOML)")
     c.add_argument("--out", default=None, help="output directory (default: the config's out_dir, else runs/compare/<name>)")
     c.add_argument("--only", nargs="+", default=None, metavar="LABEL", help="run only the estimators with these labels")
+    c.add_argument(*DEVICE_OPTION[0], **DEVICE_OPTION[1])
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -145,7 +147,7 @@ def cmd_diagnose(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     cfg = compare.load_config(a.config, only=a.only)
-    records, summary, out = compare.run_compare(cfg, a.out, progress=not a.no_progress)
+    records, summary, out = compare.run_compare(cfg, a.out, progress=not a.no_progress, device=resolve_device(a.device))
     print()
     print(markdown_table(summary))
     print(f"\ntables: {out / 'summary.csv'} {out / 'summary.md'} {out / 'per_seed.csv'}")

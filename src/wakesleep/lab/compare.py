@@ -332,8 +332,9 @@ def same_run(recorded: dict, current: dict) -> bool:
     return recorded == {**current, "train": train} if "train" in current else recorded == current
 
 
-def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path, progress: bool = True) -> dict:
-    """Train one estimator at one seed in ``run`` (resuming if a checkpoint exists) and evaluate it.
+def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path, progress: bool = True, device: str | torch.device = "cpu") -> dict:
+    """Train one estimator at one seed in ``run`` (resuming if a checkpoint exists) and evaluate it,
+    on ``device`` (not part of the run's fingerprint: a run may resume on another device).
 
     Returns:
         the per-seed record (also written to ``run/summary.json``); an existing summary is
@@ -359,7 +360,7 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / RUN, json.dumps(fingerprint, indent=2))
     torch.manual_seed(seed)  # same initial model for every estimator at this seed
-    model = build_model(cfg, data.dim)
+    model = build_model(cfg, data.dim).to(device)  # built on the CPU first: the same initial model on every device
     if not (run / CONFIG).is_file():  # the record every run directory keeps, as `wakesleep train` writes it
         train_record = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
         record = run_record(
@@ -518,8 +519,11 @@ def metric_curves(cfg: CompareConfig, out: Path, keys: list[str]) -> list[Path]:
     return paths
 
 
-def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress: bool = True) -> tuple[list[dict], list[dict], Path]:
-    """Run every estimator at every seed and write the tables and plot.
+def run_compare(
+    cfg: CompareConfig, out_dir: str | Path | None = None, progress: bool = True, device: str | torch.device = "cpu"
+) -> tuple[list[dict], list[dict], Path]:
+    """Run every estimator at every seed on ``device`` and write the tables and plot.  On a GPU,
+    a budget with ``clock = "process"`` counts only the host's CPU time: use ``clock = "wall"``.
 
     Returns:
         ``(per_seed_records, summary_rows, out_dir)``.
@@ -552,7 +556,7 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path | None = None, progress:
         for spec in cfg.estimators:
             for seed in cfg.seeds:
                 print(f"[{cfg.name}] {spec.label} seed {seed}", flush=True)
-                records.append(run_one(cfg, spec, seed, data, out / spec.label / f"seed{seed}", progress))
+                records.append(run_one(cfg, spec, seed, data, out / spec.label / f"seed{seed}", progress, device))
                 extras = _extra_keys(records)
                 atomic_write_text(out / "per_seed.csv", csv_text(records, PER_SEED_COLUMNS + tuple(extras)))
     summary = summarise(records)
