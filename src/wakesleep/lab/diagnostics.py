@@ -501,24 +501,23 @@ def error_time_plot(rows: Sequence[dict], path: str | Path, target: str = "theta
     Raises:
         ValueError: no rows for ``target``.
     """
-    series: dict[str, list] = {}
-    for r in rows:
-        if r["rel_rmse"] is not None and (r["target"] == target or (target == "phi" and r["target"].startswith("phi-"))):
-            name = _family(r) + (f" [{r['target']}]" if target == "phi" else "")
-            series.setdefault(name, []).append((r["cpu_seconds"], r["rel_rmse"], r["rel_rmse_se"]))
+    series = _series(rows, target, lambda r: (r["cpu_seconds"], r["rel_rmse"], r["rel_rmse_se"]) if r["rel_rmse"] is not None else None)
     if not series:
         raise ValueError(f"no diagnostics rows for target {target!r}")
     series = {_with_range(name, rows): pts for name, pts in series.items()}
     return plots.comparison_plot(
-        series,
-        path,
-        xlabel="process CPU seconds per estimate",
-        ylabel=f"RMSE / ‖g‖ ({target} gradient)",
-        title=title,
-        logx=True,
-        logy=True,
-        legend_below=True,
+        series, path, "process CPU seconds per estimate", f"RMSE / ‖g‖ ({target} gradient)", title, logx=True, logy=True, legend_below=True
     )
+
+
+def _series(rows: Sequence[dict], target: str, point) -> dict[str, list]:
+    """The plot lines of ``target``'s rows (``"phi"``: every φ target, named in brackets): family ->
+    ``point(row)`` for each row where it is not None."""
+    series: dict[str, list] = {}
+    for r in rows:
+        if (r["target"] == target or (target == "phi" and r["target"].startswith("phi-"))) and (pt := point(r)) is not None:
+            series.setdefault(_family(r) + (f" [{r['target']}]" if target == "phi" else ""), []).append(pt)
+    return series
 
 
 def snr_plot(rows: Sequence[dict], path: str | Path, target: str = "phi", title: str | None = None) -> Path:
@@ -537,23 +536,16 @@ def snr_plot(rows: Sequence[dict], path: str | Path, target: str = "phi", title:
     Raises:
         ValueError: no rows with a particle count and a finite SNR for ``target``.
     """
-    series: dict[str, list] = {}
-    for r in rows:
+
+    def point(r):
         count = _count(r)
         if count is None or count[0] != "k" or r.get("snr") is None or not math.isfinite(r["snr"]):
-            continue
-        if r["target"] == target or (target == "phi" and r["target"].startswith("phi-")):
-            name = _family(r) + (f" [{r['target']}]" if target == "phi" else "")
-            series.setdefault(name, []).append((count[1], r["snr"]))
+            return None
+        return count[1], r["snr"]
+
+    series = _series(rows, target, point)
     if not series:
         raise ValueError(f"no diagnostics rows with a particle count and an SNR for target {target!r}")
     return plots.comparison_plot(
-        series,
-        path,
-        xlabel="particles K",
-        ylabel=f"SNR of the {target} gradient (mean |E g| / sd)",
-        title=title,
-        logx=True,
-        logy=True,
-        legend_below=True,
+        series, path, "particles K", f"SNR of the {target} gradient (mean |E g| / sd)", title, logx=True, logy=True, legend_below=True
     )
