@@ -297,3 +297,11 @@ def test_two_processes_share_one_memory_and_rank_0_saves_it(tmp_path):
     assert ranks[0]["memory_filled"].any(1).all()  # every datapoint was on some rank (a few may have < M distinct values yet)
     for key in saved:
         assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], saved[key]), key
+
+
+def test_the_q_gradient_spread_is_refused_for_mws_before_the_first_step():
+    model, x = sbn_reference(data_dim=8, latents=3, batch=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="per-datapoint state"):
+        train(model, MemoisedWakeSleep(k=2, memory_size=2), x, x, epochs=1, q_grad_std_repeats=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step was taken

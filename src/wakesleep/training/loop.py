@@ -94,7 +94,8 @@ def train(
             estimator or validation needs (all listed).
         wakesleep.models.ModelShapeError: a member returns the wrong shape (named).
         ValueError: bad settings, an empty data set, data of the wrong width, ``resume`` or
-            ``tensorboard`` without ``run_dir``, or (under torchrun) a batch size that the number of
+            ``tensorboard`` without ``run_dir``, ``q_grad_std_repeats`` with an estimator that keeps
+            per-datapoint state (``needs_index``), or (under torchrun) a batch size that the number of
             processes does not divide.
         TrainingError: a non-finite loss or gradient with ``nan_policy="error"``.
         CheckpointError: ``resume`` with a missing, damaged or mismatched checkpoint, or one
@@ -120,6 +121,8 @@ def train(
         raise ValueError("resume needs a run_dir")
     if cfg.tensorboard and run is None:
         raise ValueError("tensorboard needs a run_dir to write its scalars in")
+    if cfg.q_grad_std_repeats and getattr(estimator, "needs_index", False):  # its state is per training row: validation points have none
+        raise ValueError(f"q_grad_std_repeats: {type(estimator).__name__} keeps per-datapoint state and cannot be run on validation points")
     if run is None or not distributed.is_main():
         return _loop(model, estimator, train_data, valid, cfg, run, resume)
     with run_lock(run):  # one writer: rank 0 writes everything

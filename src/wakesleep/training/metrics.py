@@ -108,8 +108,6 @@ def validation_metrics(model, estimator, valid: Tensor, q_grad_std_repeats: int 
     Raises:
         wakesleep.models.ModelShapeError: ``metrics`` returned something other than a mapping of
             names to real numbers, or a name that validation records itself.
-        ValueError: ``q_grad_std_repeats`` with an estimator that keeps per-datapoint state
-            (``needs_index``: it needs training rows).
     """
     out: dict[str, float] = {}
     if callable(getattr(model, "metrics", None)):
@@ -124,8 +122,6 @@ def validation_metrics(model, estimator, valid: Tensor, q_grad_std_repeats: int 
                 raise ModelShapeError(f"{type(model).__name__}.metrics(x) returned {k!r}, a name validation records itself; rename it")
             out[f"valid_{k}"] = float(v.detach()) if isinstance(v, Tensor) else float(v)
     if q_grad_std_repeats:
-        if getattr(estimator, "needs_index", False):  # its state is per training row: validation points have none
-            raise ValueError(f"q_grad_std_repeats: {type(estimator).__name__} keeps per-datapoint state and cannot be run on validation points")
         device = device_dtype(model)[0]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
