@@ -204,6 +204,40 @@ def circle(data_dim: int = 2) -> CircleModel:
     return CircleModel()
 
 
+def add_schedule_options(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """The options of :func:`train_in_two_stages` (and ALWS's sleep samples and target), with the
+    example's own ``--epochs`` and ``--lr`` defaults."""
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs at --lr")
+    p.add_argument("--fine-epochs", type=int, default=10, help="then epochs at --lr / 10 (less Adam noise in the end point)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--sleep-samples", type=int, default=1000, help="ALWS sleep samples per step")
+    p.add_argument("--lr", type=float, default=lr, help="Adam rate of θ")
+    p.add_argument("--lr-kernel", type=float, default=1e-2, help="Adam rate of the kernel's bandwidth and λ")
+    p.add_argument("--target", default="auto", choices=["auto", "generic", "exp_family"])
+
+
+def train_in_two_stages(model, est, x: Tensor, a: argparse.Namespace) -> None:
+    """ALWS training as the ALWS examples run it: ``a.epochs`` at ``a.lr`` (θ) and ``a.lr_kernel``
+    (the kernel), then ``a.fine_epochs`` at a tenth of both (less Adam noise in the end point);
+    batches of ``a.batch_size``, seeded by ``a.seed``; x [N, D].  The second call starts a fresh
+    Adam at the lower rate; the estimator keeps its kernel."""
+    for epochs, scale in ((a.epochs, 1.0), (a.fine_epochs, 0.1)):
+        if epochs > 0:
+            ws.train(
+                model,
+                est,
+                x,
+                None,
+                epochs=epochs,
+                batch_size=a.batch_size,
+                lr_p=a.lr * scale,
+                lr_estimator=a.lr_kernel * scale,
+                patience=None,
+                progress=False,
+                seed=a.seed + (scale < 1),
+            )
+
+
 def main(argv=None) -> dict:
     """Train by ALWS (no proposal: ``q_update=None``) from the start of :func:`circle`: ``--epochs``
     at ``--lr``, then ``--fine-epochs`` at a tenth of it.  Print and return the true, starting,
@@ -213,13 +247,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000, help="training points")
     p.add_argument("--n-test", type=int, default=1000, help="test points")
-    p.add_argument("--epochs", type=int, default=40, help="epochs at --lr")
-    p.add_argument("--fine-epochs", type=int, default=10, help="then epochs at --lr / 10 (less Adam noise in the end point)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--sleep-samples", type=int, default=1000, help="ALWS sleep samples per step")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam rate of θ")
-    p.add_argument("--lr-kernel", type=float, default=1e-2, help="Adam rate of the kernel's bandwidth and λ")
-    p.add_argument("--target", default="auto", choices=["auto", "generic", "exp_family"])
+    add_schedule_options(p, epochs=40, lr=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--write-data",
@@ -246,21 +274,7 @@ def main(argv=None) -> dict:
     before = {"exact_log_likelihood_start": ws.exact_log_likelihood(model, x_test).mean}
     start = model.parameters_dict()
     est = ws.ALWS(sleep_samples=a.sleep_samples, target=a.target, lam=1e-2, valid_samples=500, q_update=None, seed=a.seed)
-    for epochs, scale in ((a.epochs, 1.0), (a.fine_epochs, 0.1)):
-        if epochs > 0:  # a second call: a fresh Adam at the lower rate; the estimator keeps its kernel
-            ws.train(
-                model,
-                est,
-                x,
-                None,
-                epochs=epochs,
-                batch_size=a.batch_size,
-                lr_p=a.lr * scale,
-                lr_estimator=a.lr_kernel * scale,
-                patience=None,
-                progress=False,
-                seed=a.seed + (scale < 1),
-            )
+    train_in_two_stages(model, est, x, a)
     mle = maximum_likelihood(x)
     with torch.no_grad():  # on the training data, where the MLE is the best any learner can do
         train_ll = {

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 import wakesleep as ws
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # as gmm_pyro.py: loaded by path too (--model FILE.py:ica)
+from circle import add_schedule_options, train_in_two_stages  # noqa: E402  the ALWS examples' two-stage schedule
 
 #: Fixed observation noise σ (data units).
 NOISE = 0.5
@@ -260,13 +264,7 @@ def main(argv=None) -> dict:
     p.add_argument("--dim", type=int, default=16, help="D, observed dimensions (a square for image figures)")
     p.add_argument("--noise", type=float, default=NOISE, help="fixed observation noise σ")
     p.add_argument("--n", type=int, default=2000, help="training points")
-    p.add_argument("--epochs", type=int, default=60, help="epochs at --lr")
-    p.add_argument("--fine-epochs", type=int, default=10, help="then epochs at --lr / 10")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--sleep-samples", type=int, default=1000, help="ALWS sleep samples per step")
-    p.add_argument("--lr", type=float, default=3e-2, help="Adam rate of A")
-    p.add_argument("--lr-kernel", type=float, default=1e-2, help="Adam rate of the kernel's bandwidth and λ")
-    p.add_argument("--target", default="auto", choices=["auto", "generic", "exp_family"])
+    add_schedule_options(p, epochs=60, lr=3e-2)  # --lr: Adam rate of A
     p.add_argument("--seed", type=int, default=0, help="seed of the true A and data (the start uses seed + 1)")
     p.add_argument("--out", default="runs/ica", help="directory of the figure")
     p.add_argument("--write-data", default=None, metavar="FILE.npz", help="write train/valid/test splits (--n, 1000, 1000) and stop")
@@ -283,21 +281,7 @@ def main(argv=None) -> dict:
     start = scores(model.mixing.detach(), a_true)
     est = ws.ALWS(sleep_samples=a.sleep_samples, target=a.target, kernel="gaussian", krr="exact", lam=1e-3, q_update=None, seed=a.seed)
     t0 = time.process_time()
-    for epochs, scale in ((a.epochs, 1.0), (a.fine_epochs, 0.1)):
-        if epochs > 0:  # a second call: a fresh Adam at the lower rate; the estimator keeps its kernel
-            ws.train(
-                model,
-                est,
-                x,
-                None,
-                epochs=epochs,
-                batch_size=a.batch_size,
-                lr_p=a.lr * scale,
-                lr_estimator=a.lr_kernel * scale,
-                patience=None,
-                progress=False,
-                seed=a.seed + (scale < 1),
-            )
+    train_in_two_stages(model, est, x, a)
     alws_seconds = time.process_time() - t0
     t0 = time.process_time()
     a_fast = fastica_mixing(x, a.sources, a.seed)

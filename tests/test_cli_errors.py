@@ -6,28 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import torch
 from cli_helpers import TINY, rejected, run
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    code, out, err = run(["train", *TINY, "--run-dir", str(d), "--overwrite"])
-    assert code == 0, err
-    return d
-
-
-@pytest.fixture
-def copy(trained, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(trained, d)
-    return d
 
 
 def test_trained_run_evaluates(trained):

@@ -34,6 +34,7 @@ from wakesleep.lab import diagnostics
 from wakesleep.lab.compare import load_config, run_compare
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.exact import enumerated_log_joint, exact_sleep_phi_target, exact_theta_grad, sbn_reference
+from wakesleep.plots import read_jsonl
 from wakesleep.runs import CHECKPOINT, METRICS
 from wakesleep.training import train
 
@@ -232,8 +233,8 @@ def test_resume_restores_the_memory_and_reproduces_the_uninterrupted_run(tmp_pat
     for part in ("model", "estimator"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
-    recs = [json.loads(line) for line in (tmp_path / "b" / METRICS).read_text().splitlines()]
-    ref = [json.loads(line) for line in (tmp_path / "a" / METRICS).read_text().splitlines()]
+    recs = read_jsonl(tmp_path / "b" / METRICS)
+    ref = read_jsonl(tmp_path / "a" / METRICS)
     assert [{k: v for k, v in r.items() if k != "time"} for r in recs] == [{k: v for k, v in r.items() if k != "time"} for r in ref]
 
 
@@ -246,7 +247,7 @@ def test_command_line_trains_evaluates_and_diagnoses(tmp_path, capsys):
     assert main(["evaluate", str(run), "--k", "10", "--no-progress"]) == 0
     assert "test log-likelihood:" in capsys.readouterr().out
     assert main(["train", "--algorithm", "mws", "--epochs", "2", "--resume", *common]) == 0
-    assert [json.loads(line)["epoch"] for line in (run / METRICS).read_text().splitlines()] == [1, 2]
+    assert [r["epoch"] for r in read_jsonl(run / METRICS)] == [1, 2]
     assert main(["train", "--algorithm", "mws", "--memory-size", "6", "--epochs", "3", "--resume", *common]) == 2  # defines the run
     # diagnose: without training indices, each call's memory is the top M of its own K proposals
     model, x = sbn_reference(data_dim=8, latents=3, batch=4)

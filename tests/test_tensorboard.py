@@ -4,7 +4,6 @@ with TensorBoard's own reader; the same numbers after a resume; a clear error wi
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import torch
 from wakesleep.data import digits
 from wakesleep.estimators import RWS
 from wakesleep.models import HelmholtzMachine
+from wakesleep.plots import read_jsonl
 from wakesleep.runs import METRICS
 from wakesleep.training import TrainConfig, train
 
@@ -41,7 +41,7 @@ def scalars(run) -> dict[str, list[tuple[int, float]]]:
 
 def from_metrics(run) -> dict[str, list[tuple[int, float]]]:
     """metrics.jsonl as TensorBoard keeps it: (epoch, value as float32) per key other than the epoch."""
-    records = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+    records = read_jsonl(run / METRICS)
     keys = [k for k in records[0] if k != "epoch"]
     return {k: [(r["epoch"], float(np.float32(r[k]))) for r in records] for k in keys}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,21 +27,6 @@ def snapshot(d):
     if not d.exists():
         return None
     return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    code, out, err = run(["train", *TINY, "--run-dir", str(d)])
-    assert code == 0, err
-    return d
-
-
-@pytest.fixture
-def copy(trained, tmp_path):
-    d = tmp_path / "run"
-    shutil.copytree(trained, d)
-    return d
 
 
 # ------------------------------------------------------------------ a checkpoint is data

@@ -36,17 +36,23 @@ def log_mean_exp_chunks(chunks: Iterable[Tensor], k: int) -> Tensor:
     """:func:`log_mean_exp` over K particles that arrive in chunks of log-weights [K_c, B] (Σ K_c = K),
     so that only one chunk is held at a time: [B], nats.  The running log Σ starts at −inf and
     takes each chunk's logsumexp by ``logaddexp``; log K is subtracted once at the end.
+
+    Raises:
+        ValueError: no chunks.
     """
     acc = None
     for log_w in chunks:
         if acc is None:
             acc = torch.full(log_w.shape[1:], -math.inf, dtype=log_w.dtype, device=log_w.device)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
+    if acc is None:
+        raise ValueError("log_mean_exp_chunks got no chunks of log-weights")
     return acc - math.log(k)
 
 
 def normalised_weights(log_w: Tensor, dim: int = 0) -> Tensor:
-    """Self-normalised importance weights w̃ = softmax(log w) along ``dim`` (the particles), per datapoint.
+    """Self-normalised importance weights w̃ = softmax(log w) along ``dim`` (the particles), per datapoint:
+    the shape of ``log_w`` (e.g. [K, B]), summing to 1 along ``dim``.
 
     A datapoint whose log-weights are all −inf gets NaN weights (see :func:`live_normalised_weights`).
     """

@@ -122,7 +122,8 @@ class MemoisedWakeSleep(Estimator):
         cols = torch.arange(x.shape[0], device=x.device)
         kept = [v[top, cols] for v in values]  # [M', B, …]
         log_p = log_p[top, cols]
-        w, dead = live_normalised_weights(log_p.detach().masked_fill(~keep, -torch.inf))  # ŵ over the memory
+        log_p_memory = log_p.detach().masked_fill(~keep, -torch.inf)  # [M', B]: empty slots weigh nothing
+        w, dead = live_normalised_weights(log_p_memory)  # ŵ over the memory
         live = w != 0
         loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
         z = pytree.tree_unflatten(kept, spec)
@@ -132,7 +133,7 @@ class MemoisedWakeSleep(Estimator):
         if index is not None:
             self._remember(index, kept, keep)
         with torch.no_grad():
-            objective = torch.logsumexp(log_p.detach().masked_fill(~keep, -torch.inf), 0).mean()
+            objective = torch.logsumexp(log_p_memory, 0).mean()
             ess, n_dead = mean_live_effective_sample_size(w, dead)
         metrics = {"objective": objective, "ess": ess, "memory_filled": keep.sum(0).to(log_p.dtype).mean(), "dead_datapoints": n_dead}
         return EstimatorOutput(loss, metrics)

@@ -64,6 +64,17 @@ class TVO(ParticleEstimator):
         if len(betas) < 2 or betas[0] != 0.0 or betas[-1] > 1.0 or any(b >= c for b, c in zip(betas, betas[1:])):
             raise ValueError(f"betas must be a strictly increasing partition from 0 to at most 1 with at least 2 points, got {betas}")
         self.betas = betas
+        self._schedules: dict = {}  # (dtype, device) -> (β, widths) tensors
+
+    def _schedule(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """β_0 … β_{J−1} [J, 1, 1] and the widths β_{j+1} − β_j [J], built once per dtype and device
+        (not on every step)."""
+        key = (dtype, device)
+        if key not in self._schedules:
+            beta = torch.tensor(self.betas[:-1], dtype=dtype, device=device)[:, None, None]
+            width = torch.tensor([c - b for b, c in zip(self.betas, self.betas[1:])], dtype=dtype, device=device)
+            self._schedules[key] = (beta, width)
+        return self._schedules[key]
 
     def settings(self) -> dict:
         return {**super().settings(), "betas": list(self.betas), "partitions": self.partitions, "beta_min": self.beta_min}
@@ -73,8 +84,7 @@ class TVO(ParticleEstimator):
         log_p = model.log_joint(x, zs)
         f = log_p - log_q  # [K, B], ∇θ and ∇φ
         fd = f.detach()
-        beta = torch.tensor(self.betas[:-1], dtype=f.dtype, device=f.device)[:, None, None]  # [J, 1, 1]
-        width = torch.tensor([c - b for b, c in zip(self.betas, self.betas[1:])], dtype=f.dtype, device=f.device)
+        beta, width = self._schedule(f.dtype, f.device)  # [J, 1, 1], [J]
         omega = normalised_weights(beta * fd, dim=1)  # [J, K, B]
         f_bar = (omega * fd).sum(1, keepdim=True)  # [J, 1, B]
         log_tilde = (1 - beta) * log_q + beta * log_p  # log π̃_β [J, K, B]

@@ -15,6 +15,8 @@ def sleep_phase_loss(model, n: int) -> Tensor:
     Its gradient is −∇φ of the sleep objective, an unbiased estimate of ∇φ KL(p_θ(z, x) ‖ p_θ(x) q_φ(z | x))
     up to a constant: q is fitted where the *model* puts mass, not where the data lies.
     θ receives no gradient (the sample is drawn without gradient).
+
+    Returns a scalar in nats; ``n`` ≥ 1 sleep samples (a model's ``sample`` decides what it refuses).
     """
     zs, x = model.sample(n)
     return -model.log_proposal(x, zs).mean()

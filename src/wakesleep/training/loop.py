@@ -174,16 +174,16 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
             index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
             out, bad = train_step(model, estimator, opt, train_data[index], forward, index)
             step += 1
+            if step == 1 and world_size > 1:
+                # Lazy initialisations in the first forward pass (e.g. a kernel bandwidth set from
+                # this rank's samples) may differ across ranks, also when the step was skipped: adopt rank 0's.
+                distributed.broadcast_state([model, estimator])
             if bad is not None:  # a non-finite loss or gradient: no step was taken
                 if cfg.nan_policy != "skip":
                     raise refuse_nonfinite(bad, step, epoch, estimator, run)
                 st.result.skipped_steps += 1
                 bar.update(1)
                 continue
-            if step == 1 and world_size > 1:
-                # Lazy initialisations in the first forward pass (e.g. a kernel bandwidth set from
-                # this rank's samples) may differ across ranks: adopt rank 0's.
-                distributed.broadcast_state([model, estimator])
             st.add(out.metrics)
             bar.update(1)
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:

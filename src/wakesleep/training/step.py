@@ -37,16 +37,18 @@ def build_optimizer(model, estimator, cfg: TrainConfig) -> torch.optim.Optimizer
     if e:
         groups.append({"params": e, "lr": cfg.lr_estimator, "name": "estimator"})
     params = [p for g in groups for p in g["params"]]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(groups, fused=fused or None)
+    use_fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(groups, fused=use_fused or None)
+
+
+_GET_TOTAL_NORM = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6; looked up once, not per step
 
 
 def _grad_norm(grads: list[Tensor]) -> Tensor:
     if not grads:
         return torch.zeros(())
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(grads)
+    if _GET_TOTAL_NORM is not None:
+        return _GET_TOTAL_NORM(grads)
     return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
 
 
