@@ -109,3 +109,18 @@ def test_tiny_study_runs_end_to_end(name, mnist_slice, tmp_path):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [row["label"] for row in rows] == list(STUDIES[name][1])
     assert (out / "curves.png").is_file() and (out / "summary.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["rws2015_sbn_short.toml", "sbn3_rws_vimco_short.toml"])
+def test_short_variant_differs_only_in_budget_and_test_subset(name):
+    """The short variants (the runs docs/results.md reports) are their long study with 300 CPU-s per run and
+    the K = 5000 test log-likelihood on a fixed 1000 test images; everything else is the same."""
+    long_name = name.replace("_short", "")
+    short, full = (tomllib.loads((EXPERIMENTS / n).read_text()) for n in (name, long_name))
+    assert short["name"] == full["name"] + "-short"
+    assert short["train"].pop("max_seconds") == 300 and full["train"].pop("max_seconds") == 1800
+    assert short["evaluate"].pop("test_n") == 1000 and "test_n" not in full["evaluate"]
+    for key in ("seeds", "threads", "data", "model", "train", "evaluate", "estimators"):
+        assert short[key] == full[key], key
+    assert set(short) == set(full)
+    assert f"wakesleep compare experiments/{name}" in (EXPERIMENTS / name).read_text()
