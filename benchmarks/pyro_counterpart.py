@@ -80,6 +80,8 @@ def pyro_svi(model, algorithm: str, k: int, lr: float = 1e-3) -> PyroCounterpart
     rec = copy.deepcopy(model.recognition)
     prior = copy.deepcopy(model.prior)
     kind = model.config["kind"]
+    if kind == "sbn":
+        pyro.param("prior_logits", prior.logits.detach().clone())  # in the store from the start (the model's call then returns it)
 
     def bernoulli(net, parent):
         return dist.Bernoulli(logits=net(parent)).to_event(1)
