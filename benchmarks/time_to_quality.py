@@ -112,7 +112,7 @@ class PlainSBN(nn.Module):
     @classmethod
     def from_helmholtz(cls, model: ws.HelmholtzMachine) -> PlainSBN:
         """A copy of a one-layer ``HelmholtzMachine.sbn``'s parameters."""
-        net = cls(model.generative[0].net.out_features, model.prior.out_features)
+        net = cls(model.generative[0].net.out_features, model.prior.out_features).to(model.prior.logits.dtype)
         net.load_state_dict(
             {
                 "prior_logits": model.prior.logits.detach().clone(),
@@ -135,26 +135,30 @@ class PlainSBN(nn.Module):
         }
 
 
-def plain_rws_loss(net: PlainSBN, x: torch.Tensor, k: int) -> torch.Tensor:
+def plain_rws_loss(net: PlainSBN, x: torch.Tensor, k: int, draws=None) -> torch.Tensor:
     """Reweighted wake-sleep (Bornschein & Bengio 2015) on a minibatch x [B, D], written plainly.
 
     z_k ~ q(z | x), k = 1..K; log w_k = log p(z_k) + log p(x | z_k) − log q(z_k | x);
     w̃_k = exp(log w_k − logsumexp_j log w_j) per datapoint (detached).  The loss (mean over the batch)
     is wake-θ −Σ_k w̃_k log p(x, z_k) plus ½ (wake-φ −Σ_k w̃_k log q(z_k | x) + sleep-φ
     −log q(z̃ | x̃) with z̃ ~ p(z), x̃ ~ p(x | z̃)): θ gets only the first term's gradient, φ the
-    other two (z is sampled without gradient).
+    other two (z is sampled without gradient).  ``draws`` = (z [K, B, H], z̃ [B, H], x̃ [B, D])
+    replaces the random draws (for tests); returns the scalar loss, nats.
     """
     q = Bernoulli(logits=net.encoder(x))
-    z = q.sample((k,))  # [K, B, H]
+    z = q.sample((k,)) if draws is None else draws[0]  # [K, B, H]
     log_q = q.log_prob(z).sum(-1)  # [K, B]
     log_p = Bernoulli(logits=net.prior_logits).log_prob(z).sum(-1) + Bernoulli(logits=net.decoder(z)).log_prob(x).sum(-1)
     log_w = (log_p - log_q).detach()
     w = torch.exp(log_w - torch.logsumexp(log_w, dim=0))  # self-normalised per datapoint
     wake_theta = -(w * log_p).sum(0).mean()
     wake_phi = -(w * log_q).sum(0).mean()
-    with torch.no_grad():
-        z_sleep = Bernoulli(logits=net.prior_logits).sample((x.shape[0],))
-        x_sleep = Bernoulli(logits=net.decoder(z_sleep)).sample()
+    if draws is None:
+        with torch.no_grad():
+            z_sleep = Bernoulli(logits=net.prior_logits).sample((x.shape[0],))
+            x_sleep = Bernoulli(logits=net.decoder(z_sleep)).sample()
+    else:
+        z_sleep, x_sleep = draws[1], draws[2]
     sleep_phi = -Bernoulli(logits=net.encoder(x_sleep)).log_prob(z_sleep).sum(-1).mean()
     return wake_theta + 0.5 * (wake_phi + sleep_phi)
 
@@ -315,6 +319,28 @@ def plot(curves: list[Curve], level: float, path: str, title: str) -> None:
     atomic_save_figure(fig, path)
 
 
+#: Settings that must agree between a run and the --json files whose curves it takes.
+SAME = ("level", "eval_every", "valid_n", "valid_k", "k", "batch_size", "lr", "train_n", "seed", "flush_denormal")
+
+
+def load_curves(paths, a, running: set, parser) -> dict[str, Curve]:
+    """Curves of trainers not run in this process, from earlier ``--json`` files with the same settings."""
+    out = {}
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        differ = {key: (saved["settings"].get(key), getattr(a, key)) for key in SAME if saved["settings"].get(key) != getattr(a, key)}
+        if differ:
+            parser.error(f"--curves-from {path}: settings differ from this run's (saved, here): {differ}")
+        for c in saved["curves"]:
+            if c["name"] not in running and c["name"] not in out:
+                out[c["name"]] = Curve(**c)
+                if c["name"] == "ours" and saved["settings"].get("compile") != a.compile:
+                    parser.error(
+                        f"--curves-from {path}: its 'ours' was {'compiled' if saved['settings'].get('compile') else 'eager'}; pass the same --compile"
+                    )
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--level", type=float, default=-110.0, help="validation log-likelihood to reach, nats (default -110)")
@@ -335,6 +361,14 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="default: $WAKESLEEP_DATA_DIR")
     p.add_argument("--plot", default=None, help="write the curves to this PNG")
     p.add_argument("--json", default=None, help="write the curves and settings to this JSON file")
+    p.add_argument(
+        "--curves-from",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="take the curves of trainers not run here from these earlier --json files (same settings required): "
+        "e.g. run --trainers pyro and --trainers ours plain as two processes, then combine",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.budget <= 0 or a.eval_every <= 0:
@@ -362,7 +396,18 @@ def main(argv=None) -> int:
         f"subnormals {'flushed' if a.flush_denormal else 'kept'}",
         flush=True,
     )
-    curves = {}
+    curves = load_curves(a.curves_from, a, set(a.trainers), p)
+    for name, c in curves.items():
+        print(
+            f"{LABELS[name]}: from --curves-from; "
+            + (
+                f"reached {a.level:g} at {c.reached:.1f} CPU s"
+                if c.reached is not None
+                else f"did not reach {a.level:g} within {c.times[-1]:.1f} CPU s"
+            )
+            + "; curve (CPU s: nats): "
+            + ", ".join(f"{t:.1f}: {v:.1f}" for t, v in zip(c.times, c.values))
+        )
     for name in a.trainers:
         trainer = make_trainer(name, model, a.k, a.lr, a.compile and name == "ours")
         curves[name] = run_trainer(name, trainer, train, evaluate, a, a.budget if name == "ours" else baseline_budget)
