@@ -23,6 +23,10 @@ intra-op thread; ``--clock wall`` uses elapsed time instead.  Ours, Pyro's steps
 ``torch.mm`` are interleaved in rounds so that a slow patch of the machine hits all of them.
 Subnormal floats are flushed to zero for both sides (see ``main``).
 
+Ends with the key lines (:func:`print_key_lines`): ``rws_step_share_of_matmul`` and
+``rws_step_vs_pyro`` (SBN 784-200, RWS) and ``iwae_step_share_of_matmul`` (Gaussian IWAE), of the
+compiled step where ``--compile`` is given, else of the eager step; a comment line says which.
+
     PYTHONPATH=src python benchmarks/rws_step.py                 # all three models
     PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 --compile
     PYTHONPATH=src python benchmarks/rws_step.py --device cuda --clock wall
