@@ -325,8 +325,8 @@ def plot(curves: list[Curve], level: float, path: str, title: str) -> None:
 SAME = ("level", "eval_every", "valid_n", "valid_k", "k", "batch_size", "lr", "train_n", "seed", "flush_denormal")
 
 
-def load_curves(paths, a, running: set, parser) -> dict[str, Curve]:
-    """Curves of trainers not run in this process, from earlier ``--json`` files with the same settings."""
+def load_curves(paths, a, parser) -> dict[str, Curve]:
+    """Curves from earlier ``--json`` files with the same settings (the first file naming a trainer wins)."""
     out = {}
     for path in paths:
         saved = json.loads(Path(path).read_text())
@@ -334,7 +334,7 @@ def load_curves(paths, a, running: set, parser) -> dict[str, Curve]:
         if differ:
             parser.error(f"--curves-from {path}: settings differ from this run's (saved, here): {differ}")
         for c in saved["curves"]:
-            if c["name"] not in running and c["name"] not in out:
+            if c["name"] not in out:
                 out[c["name"]] = Curve(**c)
                 if c["name"] == "ours" and saved["settings"].get("compile") != a.compile:
                     parser.error(
@@ -368,8 +368,8 @@ def main(argv=None) -> int:
         nargs="+",
         default=[],
         metavar="JSON",
-        help="take the curves of trainers not run here from these earlier --json files (same settings required): "
-        "e.g. run --trainers pyro and --trainers ours plain as two processes, then combine",
+        help="take these trainers' curves from earlier --json files instead of running them (same settings required): "
+        "e.g. run --trainers pyro and --trainers ours plain as two processes with --json, then combine with --curves-from A B",
     )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
         f"subnormals {'flushed' if a.flush_denormal else 'kept'}",
         flush=True,
     )
-    curves = load_curves(a.curves_from, a, set(a.trainers), p)
+    curves = load_curves(a.curves_from, a, p)  # these trainers are not run again
     for name, c in curves.items():
         print(
             f"{LABELS[name]}: from --curves-from; "
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
             + "; curve (CPU s: nats): "
             + ", ".join(f"{t:.1f}: {v:.1f}" for t, v in zip(c.times, c.values))
         )
-    for name in a.trainers:
+    for name in [t for t in a.trainers if t not in curves]:
         # One throwaway eager step first, off the clock, so that one-time costs of the process
         # (lazy imports and initialisation: Pyro's first SVI step takes seconds) are not the
         # method's; the trainer itself starts afresh (compiling, under --compile, stays on the clock).
