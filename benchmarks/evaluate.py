@@ -105,7 +105,9 @@ def child(a: argparse.Namespace) -> None:
 
         if not use_compiled_kernels(True):
             raise SystemExit("--compile: torch.compile is unavailable here")
-        log_likelihood(model, x[:2], k=a.k, max_memory_mib=a.max_memory_mib)  # compile for the chunk shapes first
+        # compile for the evaluation's chunk shapes first (a full batch: a batch of another size is
+        # a new shape, which would recompile inside the timed evaluation)
+        log_likelihood(model, x[:BATCH], k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib)
     log_likelihood(model, x[:10], k=10)  # warm-up: torch's lazy initialisation is not the evaluation's
     mm = mm_times(MM_REPEATS)  # before the baseline: its matrices are not the evaluation's memory
     baseline, peak_before = rss_mib(), max_rss_mib()
