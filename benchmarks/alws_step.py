@@ -28,13 +28,34 @@ samples:
 Prints a table (the fastest of ``--repeats`` timed iterations after one warm-up, ratios
 original/ours, cosines of the θ-gradient and of the kernel-parameter gradient with exact KRR's)
 and, with ``--json PATH``, writes the rows as JSON.
+
+``--problem mnist`` (issue #15 item 7) is another comparison: the whole training step
+(:func:`wakesleep.training.train_step`: loss, backward, finiteness check, the trainer's Adam) of
+ALWS against RWS's step on the *same generator* — the one of ``experiments/alws_binarized_mnist.py``,
+``HelmholtzMachine.gaussian([784, 16], hidden=(200,))``, wake batch of 100 binarised MNIST
+training images — with that experiment's ALWS settings (its ``estimators()``: exponential-family
+target, Gaussian kernel on learned MLP features 784 → 256 → 32, λ = 1e-3, V = 250 validation sleep
+samples, q by sleep-phase updates) and its RWS (K = 5, q by wake and sleep), for exact, Nyström
+(``--num-inducing``) and random-feature (``--num-features``, default 2000 as the paper's image
+experiments) KRR at N = ``--sizes`` (default 1000 2000 5000).  The steps are interleaved in
+``--rounds`` rounds (one step of each ALWS variant and 10 RWS steps a round), timed by this
+thread's CPU time (one intra-op thread); a ratio is the median over rounds of (ALWS step) /
+(median RWS step of the same round).  The θ-gradient cosine with exact KRR is taken on one shared
+draw of sleep and validation samples per N, every variant with the same feature network.  Ends
+with ``alws_theta_cosine_vs_exact`` and, last, ``alws_step_vs_rws`` for ``--headline`` (default
+``rff``) at the largest N:
+
+    python benchmarks/alws_step.py --problem mnist                                 # N = 1000, 2000, 5000
+    python benchmarks/alws_step.py --problem mnist --sizes 200 --rounds 1 --num-features 200 --num-inducing 100   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,20 +120,122 @@ def cos(a, b) -> float:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0).item()
 
 
+# ------------------------------------------------------------------ --problem mnist
+
+MNIST_METHODS = ("exact", "nystrom", "rff")
+
+
+def mnist_estimators(n: int, a) -> tuple[dict, object]:
+    """experiments/alws_binarized_mnist.py's ALWS settings with each KRR method at N = n (the same
+    feature network in all), and its RWS."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from alws_binarized_mnist import estimators
+
+    base = estimators(n)
+    settings = base["alws"].settings()
+    out = {}
+    for method in MNIST_METHODS:
+        torch.manual_seed(0)
+        est = ALWS(**{**settings, "krr": method, "num_features": a.num_features, "num_inducing": a.num_inducing})
+        if out:
+            est.krr.kernel.features.load_state_dict(out["exact"].krr.kernel.features.state_dict())
+        out[method] = est
+    return out, base["rws"]
+
+
+def mnist_main(a) -> int:
+    from wakesleep.data import binarized_mnist
+    from wakesleep.lab.compare import subset
+    from wakesleep.training import TrainConfig, build_optimizer, train_step
+
+    sizes = a.sizes if a.sizes_given else [1000, 2000, 5000]
+    if a.headline not in MNIST_METHODS:
+        raise SystemExit(f"--headline must be one of {MNIST_METHODS}")
+    torch.manual_seed(0)
+    model = HelmholtzMachine.gaussian([784, 16], hidden=(200,))
+    x = subset(binarized_mnist(download=False).train, 100)
+    print(
+        f"# ALWS step against RWS step, same generator (experiments/alws_binarized_mnist.py: Gaussian 16-latent, 784-200 MLP, Bernoulli), "
+        f"wake batch {x.shape[0]}: torch {torch.__version__}, {platform.processor() or platform.machine()}, {a.threads} thread(s), "
+        f"thread CPU time, {a.rounds} rounds; Nystrom m = {a.num_inducing}, RFF F = {a.num_features}"
+    )
+    print(f"| N | RWS step, ms | {' | '.join(f'{m} step, ms | {m} / RWS' for m in MNIST_METHODS)} | cos θ nystrom | cos θ rff |")
+    print("|---|---|" + "---|---|" * len(MNIST_METHODS) + "---|---|")
+    rows = []
+    for n in sizes:
+        ests, rws = mnist_estimators(n, a)
+        # θ-gradients on one shared draw (this also sets each kernel's bandwidth from the same samples)
+        torch.manual_seed(n)
+        with torch.no_grad():
+            zs, xs = model.sample(n)
+            zv, xv = model.sample(ests["exact"].valid_samples)
+        grads = {m: ours_step(est, model, x, (zs, xs, zv, xv))[0] for m, est in ests.items()}
+        row = {"N": n, **{f"cos_theta_{m}": cos(grads[m], grads["exact"]) for m in ("nystrom", "rff")}}
+        steps = {}
+        for name, est in {"rws": rws, **ests}.items():
+            m_copy, e_copy = copy.deepcopy(model), copy.deepcopy(est)
+            opt = build_optimizer(m_copy, e_copy, TrainConfig(lr_p=1e-3, lr_q=1e-3, lr_estimator=3e-3))
+            steps[name] = lambda m_copy=m_copy, e_copy=e_copy, opt=opt: train_step(m_copy, e_copy, opt, x)
+        for fn in steps.values():
+            fn()  # warm-up
+        times = {k: [] for k in steps}
+        ratios = {m: [] for m in MNIST_METHODS}
+        for _ in range(a.rounds):
+            rws_round = []
+            for _ in range(10):
+                t0 = time.thread_time()
+                steps["rws"]()
+                rws_round.append(time.thread_time() - t0)
+            times["rws"] += rws_round
+            for m in MNIST_METHODS:
+                t0 = time.thread_time()
+                steps[m]()
+                times[m].append(time.thread_time() - t0)
+                ratios[m].append(times[m][-1] / statistics.median(rws_round))
+        row["rws_s"] = statistics.median(times["rws"])
+        for m in MNIST_METHODS:
+            row[f"{m}_s"] = statistics.median(times[m])
+            row[f"{m}_vs_rws"] = statistics.median(ratios[m])
+        rows.append(row)
+        cells = " | ".join(f"{row[f'{m}_s'] * 1e3:.1f} | {row[f'{m}_vs_rws']:.1f}" for m in MNIST_METHODS)
+        print(f"| {n} | {row['rws_s'] * 1e3:.2f} | {cells} | {row['cos_theta_nystrom']:.4f} | {row['cos_theta_rff']:.4f} |", flush=True)
+    if a.json:
+        atomic_write_text(Path(a.json), json.dumps({"settings": vars(a), "rows": rows}, indent=2))
+    head = rows[-1]
+    print()
+    print(
+        f"# key lines: {a.headline} KRR at N = {head['N']} (the largest run), ALWS step / RWS step of the same generator, and its θ-gradient cosine with exact KRR"
+    )
+    if a.headline != "exact":
+        print(f"alws_theta_cosine_vs_exact: {head[f'cos_theta_{a.headline}']:.4f}")
+    print(f"alws_step_vs_rws: {head[f'{a.headline}_vs_rws']:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000, 5000, 8000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="sleep-sample sizes N (default 500 ... 8000; mnist: 1000 2000 5000)")
     ap.add_argument("--quick", action="store_true", help="N = 500, 1000 only, 1 repeat")
     ap.add_argument("--repeats", type=int, default=3, help="timed iterations per method and N (the fastest is reported)")
-    ap.add_argument("--problem", choices=["mixture2d", "digits64"], default="mixture2d")
+    ap.add_argument("--problem", choices=["mixture2d", "digits64", "mnist"], default="mixture2d")
     ap.add_argument("--num-inducing", type=int, default=500, help="Nyström m")
-    ap.add_argument("--num-features", type=int, default=1000, help="random Fourier features F")
+    ap.add_argument("--num-features", type=int, default=None, help="random Fourier features F (default 1000; mnist: 2000)")
+    ap.add_argument("--rounds", type=int, default=5, help="mnist: interleaved rounds of steps (default 5)")
+    ap.add_argument("--headline", default="rff", help="mnist: the KRR method of the key lines, exact|nystrom|rff (default rff)")
     ap.add_argument("--lam", type=float, default=None, help="ridge λ (default: 1e-2 mixture2d, 1e-3 digits64)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids contention on a shared machine)")
     ap.add_argument("--skip-original-above", type=int, default=None, help="skip the original formulation for larger N")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
+    a.sizes_given = a.sizes is not None
+    if a.sizes is None:
+        a.sizes = [500, 1000, 2000, 4000, 5000, 8000]
+    if a.num_features is None:
+        a.num_features = 2000 if a.problem == "mnist" else 1000
+    if a.problem == "mnist":
+        torch.set_num_threads(a.threads)
+        return mnist_main(a)
     if a.quick:
         a.sizes, a.repeats = [500, 1000], 1
     torch.set_num_threads(a.threads)

@@ -8,6 +8,15 @@ the evaluation) and an RSS sampled every millisecond by a thread; the script rep
 baseline, the memory the evaluation itself took, against the cap it was given
 (``max_memory_mib``).  Times are the child's wall time and CPU time with one intra-op thread.
 
+The matmul bound: the FLOPs of every matrix product of the evaluation (``mm``/``addmm``/``bmm``,
+counted by ``torch.utils.flop_counter`` on the first batch of ``BATCH`` images with the eager
+kernels, then scaled by n / ``BATCH``: the products per image do not depend on the batch, and
+the recognition network's first layer runs once per image whatever K), divided by the machine's
+matmul rate (one 2048 × 2048 ``torch.mm``, process CPU time, median of ``MM_REPEATS`` before and
+``MM_REPEATS`` after the evaluation, in the child), is the least time any evaluation doing these
+products could take.  ``evaluate_share_of_matmul_bound`` is that time over the evaluation's
+actual CPU time (1 would be pure matrix products at the machine's rate).
+
     PYTHONPATH=src python benchmarks/evaluate.py --run runs/sbn200         # a trained run, full test set
     PYTHONPATH=src python benchmarks/evaluate.py --n 500                   # 500 test images, extrapolated
     PYTHONPATH=src python benchmarks/evaluate.py --max-memory-mib 64
@@ -24,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +42,7 @@ import time
 from pathlib import Path
 
 BATCH = 100  # datapoints per evaluation batch (log_likelihood's default)
+MM_N, MM_REPEATS = 2048, 5  # the machine's matmul rate: MM_N x MM_N torch.mm, timed MM_REPEATS times before and after
 
 
 def rss_mib() -> float:
@@ -41,6 +52,34 @@ def rss_mib() -> float:
 
 def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def mm_times(repeats: int) -> list[float]:
+    """Process CPU seconds of ``repeats`` MM_N x MM_N ``torch.mm`` calls (2 MM_N³ FLOPs each), after one warm-up."""
+    import torch
+
+    a, b = torch.randn(MM_N, MM_N), torch.randn(MM_N, MM_N)
+    torch.mm(a, b)
+    out = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        torch.mm(a, b)
+        out.append(time.process_time() - t0)
+    return out
+
+
+def evaluation_matmul_flops(model, x, k: int, max_memory_mib: float) -> float:
+    """Matrix-product FLOPs of ``log_likelihood(model, x, k)``: counted on the first BATCH images
+    (eager kernels: the products are the same with the compiled ones) and scaled by n / BATCH."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wakesleep.evaluate import log_likelihood
+
+    first = x[:BATCH]
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        log_likelihood(model, first, k=k, batch_size=BATCH, max_memory_mib=max_memory_mib, seed=0)
+    return counter.get_total_flops() * x.shape[0] / first.shape[0]
 
 
 def child(a: argparse.Namespace) -> None:
@@ -60,13 +99,17 @@ def child(a: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = HelmholtzMachine.sbn([784, 200]) if a.model == "sbn" else HelmholtzMachine.gaussian([784, 50])
     model.eval()
+    flops = evaluation_matmul_flops(model, x, a.k, a.max_memory_mib)  # before the compiled kernels are switched on
     if a.compile:
         from wakesleep.fused import use_compiled_kernels
 
         if not use_compiled_kernels(True):
             raise SystemExit("--compile: torch.compile is unavailable here")
-        log_likelihood(model, x[:2], k=a.k, max_memory_mib=a.max_memory_mib)  # compile for the chunk shapes first
+        # compile for the evaluation's chunk shapes first (a full batch: a batch of another size is
+        # a new shape, which would recompile inside the timed evaluation)
+        log_likelihood(model, x[:BATCH], k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib)
     log_likelihood(model, x[:10], k=10)  # warm-up: torch's lazy initialisation is not the evaluation's
+    mm = mm_times(MM_REPEATS)  # before the baseline: its matrices are not the evaluation's memory
     baseline, peak_before = rss_mib(), max_rss_mib()
     sampled = [baseline]
     stop = threading.Event()
@@ -84,6 +127,7 @@ def child(a: argparse.Namespace) -> None:
     stop.set()
     thread.join()
     peak_after = max_rss_mib()
+    mm += mm_times(MM_REPEATS)
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
     b, kc = chunk_sizes(particle_width(model, x), x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
     print(
@@ -99,6 +143,8 @@ def child(a: argparse.Namespace) -> None:
                 "peak_mib": peak,
                 "eval_mib": peak - baseline,
                 "chunk": [b, kc],
+                "matmul_flops": flops,
+                "mm_rate": 2 * MM_N**3 / statistics.median(mm),
             }
         )
     )
@@ -165,6 +211,14 @@ def main(argv=None) -> None:
         f"the evaluation took {res['eval_mib']:.0f} MiB against a cap of {a.max_memory_mib:.0f} MiB "
         f"({'under' if res['eval_mib'] <= a.max_memory_mib else 'OVER'} the cap)"
     )
+    bound = res["matmul_flops"] / res["mm_rate"]  # CPU seconds of the products alone at the machine's rate
+    print(
+        f"matmul bound: {res['matmul_flops'] / 1e12:.2f} TFLOP of matrix products at the machine's {res['mm_rate'] / 1e9:.1f} GFLOP/s "
+        f"(torch.mm {MM_N}x{MM_N}, one thread, median of {2 * MM_REPEATS} around the evaluation) = {bound:.1f} CPU s"
+    )
+    print()
+    print("# key line: the matmul bound's time over the evaluation's CPU time (1: nothing but matrix products at the machine's rate)")
+    print(f"evaluate_share_of_matmul_bound: {bound / res['cpu_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ intra-op thread; ``--clock wall`` uses elapsed time instead.  Ours, Pyro's steps
 ``torch.mm`` are interleaved in rounds so that a slow patch of the machine hits all of them.
 Subnormal floats are flushed to zero for both sides (see ``main``).
 
+Ends with the key lines (:func:`print_key_lines`): ``rws_step_share_of_matmul`` and
+``rws_step_vs_pyro`` (SBN 784-200, RWS) and ``iwae_step_share_of_matmul`` (Gaussian IWAE), of the
+compiled step where ``--compile`` is given, else of the eager step; a comment line says which.
+
     PYTHONPATH=src python benchmarks/rws_step.py                 # all three models
     PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 --compile
     PYTHONPATH=src python benchmarks/rws_step.py --device cuda --clock wall
@@ -32,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,6 +47,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import wakesleep as ws
 from wakesleep import fused
 from wakesleep.training import TrainConfig, build_optimizer, compile_estimator, train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pyro_counterpart import pyro_svi  # noqa: E402  (benchmarks/pyro_counterpart.py, shared with time_to_quality.py)
 
 B, K = 100, 5
 MODELS = {
@@ -62,58 +71,10 @@ LABELS = {
 
 
 def pyro_step(model: ws.HelmholtzMachine, algorithm: str, x: torch.Tensor):
-    """A Pyro model and guide with the same layers (copies of ``model``'s parameters) and an SVI step."""
-    import copy
-
-    import pyro
-    import pyro.distributions as dist
-    from pyro.infer import SVI, RenyiELBO, ReweightedWakeSleep
-
-    pyro.clear_param_store()
-    pyro.enable_validation(False)  # support checks cost time and change nothing here
-    gen = copy.deepcopy(model.generative)
-    rec = copy.deepcopy(model.recognition)
-    prior = copy.deepcopy(model.prior)
-    kind = model.config["kind"]
-
-    def bernoulli(net, parent):
-        return dist.Bernoulli(logits=net(parent)).to_event(1)
-
-    def normal(layer, parent):
-        mean, log_scale = layer.params(parent)
-        return dist.Normal(mean, log_scale.exp()).to_event(1)
-
-    def p_model(observations):
-        xs = observations["x"]
-        pyro.module("generative", gen)
-        if kind == "sbn":
-            prior_logits = pyro.param("prior_logits", prior.logits.detach().clone())
-        with pyro.plate("data", xs.shape[0]):
-            if kind == "sbn":
-                z = pyro.sample("z_top", dist.Bernoulli(logits=prior_logits).expand([xs.shape[0], prior.out_features]).to_event(1))
-                for i in reversed(range(1, len(gen))):
-                    z = pyro.sample(f"z{i}", bernoulli(gen[i].net, z))
-                pyro.sample("x", bernoulli(gen[0].net, z), obs=xs)
-            else:
-                loc = torch.zeros(xs.shape[0], prior.out_features, dtype=xs.dtype, device=xs.device)
-                z = pyro.sample("z_top", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
-                pyro.sample("x", bernoulli(gen[0].net, z), obs=xs)
-
-    def guide(observations):
-        xs = observations["x"]
-        pyro.module("recognition", rec)
-        with pyro.plate("data", xs.shape[0]):
-            names = [f"z{i}" for i in range(1, len(rec))] + ["z_top"]
-            h = xs
-            for layer, name in zip(rec, names):
-                h = pyro.sample(name, bernoulli(layer.net, h) if kind == "sbn" else normal(layer, h))
-
-    if algorithm == "rws":
-        loss = ReweightedWakeSleep(num_particles=K, insomnia=0.5, num_sleep_particles=1, vectorize_particles=True, max_plate_nesting=1)
-    else:
-        loss = RenyiELBO(alpha=0.0, num_particles=K, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(p_model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
-    return lambda: svi.step(observations={"x": x})
+    """A Pyro model and guide with the same layers (copies of ``model``'s parameters) and an SVI step
+    (:func:`pyro_counterpart.pyro_svi`)."""
+    counterpart = pyro_svi(model, algorithm, K, lr=1e-3)
+    return lambda: counterpart.step(x)
 
 
 # ------------------------------------------------------------------ ours
@@ -249,6 +210,37 @@ def main(argv=None) -> None:
             c = med["ours, compiled"]
             cells.append(f"{c * 1e3:.2f} ({flops / c / rate:.2f} of machine" + (f", {pyro / c:.1f}x Pyro)" if pyro else ")"))
         print("| " + " | ".join(cells) + " |")
+    print_key_lines(rows, rate, a.compile)
+
+
+def print_key_lines(rows, rate: float, compiled: bool) -> None:
+    """The headline figures, one per line as ``key: value``: the SBN 784-200 RWS step's share of
+    the machine's matmul rate and Pyro's time over ours (the compiled step where ``--compile`` was
+    given, else the eager one), and the Gaussian IWAE step's share.  Figures of models not run (or
+    Pyro with ``--no-pyro``) are left out, and a comment line says so."""
+    side = "ours, compiled" if compiled else "ours"
+    by_name = {name: (flops, med) for name, flops, _, med in rows}
+    print()
+    print(
+        f"# key lines: the {'compiled step (TrainConfig(compile=True))' if compiled else 'eager step (no --compile)'}, one thread's CPU time unless --clock wall"
+    )
+    missing = []
+    if "sbn1" in by_name:
+        flops, med = by_name["sbn1"]
+        print(f"rws_step_share_of_matmul: {flops / med[side] / rate:.3f}")
+        if "pyro" in med:
+            print(f"rws_step_vs_pyro: {med['pyro'] / med[side]:.3f}")
+        else:
+            missing.append("rws_step_vs_pyro (--no-pyro)")
+    else:
+        missing += ["rws_step_share_of_matmul", "rws_step_vs_pyro (model sbn1 not run)"]
+    if "gauss" in by_name:
+        flops, med = by_name["gauss"]
+        print(f"iwae_step_share_of_matmul: {flops / med[side] / rate:.3f}")
+    else:
+        missing.append("iwae_step_share_of_matmul (model gauss not run)")
+    if missing:
+        print(f"# not measured: {', '.join(missing)}")
 
 
 if __name__ == "__main__":
