@@ -274,7 +274,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=400, help="ALWS steps (each: one wake batch)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--sleep-samples", type=int, default=2000)
-    p.add_argument("--features", type=int, default=500, help="random Fourier features of the kernel")
+    p.add_argument("--krr", default="rff", choices=["exact", "rff", "nystrom"], help="kernel ridge regression: exact, random features, Nyström")
+    p.add_argument("--features", type=int, default=500, help="random Fourier features of the kernel (--krr rff)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lr-kernel", type=float, default=1e-2)
     p.add_argument("--max-seconds", type=float, default=None, help="CPU-time budget of training (process clock)")
@@ -288,7 +289,7 @@ def main(argv=None) -> dict:
     a_test, x_test = make_data(1000, a.seed + 1)
     model = GaborModel()
     _, _, fit0 = sweep_error(model)
-    est = ws.ALWS(sleep_samples=a.sleep_samples, target="auto", krr="rff", num_features=a.features, lam=1e-3, valid_samples=500, seed=a.seed)
+    est = ws.ALWS(sleep_samples=a.sleep_samples, target="auto", krr=a.krr, num_features=a.features, lam=1e-3, valid_samples=500, seed=a.seed)
     steps_per_epoch = max(1, a.n // a.batch_size)
     epochs = max(1, math.ceil(a.steps / steps_per_epoch))
     result = ws.train(
