@@ -267,14 +267,14 @@ def plot(model: GaborModel, path: Path, fit: dict, cols: int = 12) -> Path:
 
 
 def main(argv=None) -> dict:
-    """Train by ALWS (random-feature kernel, no proposal) on noisy Gabor patches; print the orientation
+    """Train by ALWS (exact kernel ridge regression by default, no proposal) on noisy Gabor patches; print the orientation
     error of the decoded sweep after the best rotation+reflection, and write the figure."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000, help="training patches")
     p.add_argument("--steps", type=int, default=400, help="ALWS steps (each: one wake batch)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--sleep-samples", type=int, default=2000)
-    p.add_argument("--krr", default="rff", choices=["exact", "rff", "nystrom"], help="kernel ridge regression: exact, random features, Nyström")
+    p.add_argument("--krr", default="exact", choices=["exact", "rff", "nystrom"], help="kernel ridge regression: exact, random features, Nyström")
     p.add_argument("--features", type=int, default=500, help="random Fourier features of the kernel (--krr rff)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lr-kernel", type=float, default=1e-2)
