@@ -120,5 +120,6 @@ def test_experiment_script_at_a_tiny_size(data_dir, tmp_path, capsys):
         se = h[f"grey_{method}_fid_stderr"] + h["grey_fid_floor_stderr"]
         assert h[f"grey_{method}_fid"] > h["grey_fid_floor"] + 3 * se  # a few steps from the start: far from digits
         assert np.isfinite(h[f"grey_{method}_kid"]) and h[f"grey_{method}_kid_stderr"] > 0
+    assert h["grey_training_images_fid"] < min(h[f"grey_{m}_fid"] for m in alws_images.METHODS)  # real digits beat untrained generators
     printed = capsys.readouterr().out
     assert "grey_alws_fid: " in printed and "grey_fid_floor: " in printed

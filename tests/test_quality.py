@@ -105,6 +105,9 @@ def test_bad_input_raises_naming_the_fix():
     with pytest.raises(QualityError, match="NaN"):
         quality.as_images(np.full((5, 784), np.nan))
     assert quality.as_images(np.full((3, 28, 28), 255, dtype=np.uint8)).max().item() == 1.0  # 0..255 is scaled
+    binary = np.zeros((3, 784), dtype=np.uint8)
+    binary[:, :10] = 1
+    assert quality.as_images(binary).max().item() == 1.0  # uint8 {0, 1} is binary, not 1/255
     with pytest.raises(QualityError, match="width"):
         fid(np.zeros((10, 3)), np.zeros((10, 4)))
     with pytest.raises(QualityError, match="blocks >= 2"):

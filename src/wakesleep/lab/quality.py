@@ -90,15 +90,16 @@ class LeNet(nn.Module):
 def as_images(images: Any, what: str = "images") -> Tensor:
     """Images as a float32 CPU tensor [n, 1, 28, 28] in [0, 1].
 
-    Accepts a tensor or array [n, 784], [n, 28, 28] or [n, 1, 28, 28]; uint8 is divided by 255,
-    floats are used as they are.
+    Accepts a tensor or array [n, 784], [n, 28, 28] or [n, 1, 28, 28]; uint8 is divided by 255
+    unless every value is 0 or 1 (binary images, as binarised MNIST is stored), floats are used as
+    they are.
 
     Raises:
         QualityError: another shape, fewer than 2 images, values not finite or outside [0, 1].
     """
     a = images.detach().cpu() if isinstance(images, Tensor) else torch.as_tensor(np.asarray(images))
     if a.dtype == torch.uint8:
-        a = a.float() / 255.0
+        a = a.float() if a.numel() and a.max() <= 1 else a.float() / 255.0  # {0, 1} is binary, 0..255 grey
     elif not a.is_floating_point():
         a = a.float()
     shape = tuple(a.shape)
