@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -53,7 +54,7 @@ from dcgan import DCGANModel  # noqa: E402
 from wakesleep.cli.options import resolve_device  # noqa: E402
 from wakesleep.data import binarized_mnist, mnist_gray  # noqa: E402
 from wakesleep.estimators import ALWS, RWS, VAE  # noqa: E402
-from wakesleep.io import atomic_save_figure, atomic_torch_save, atomic_write_text  # noqa: E402
+from wakesleep.io import atomic_file, atomic_save_figure, atomic_torch_save, atomic_write_text  # noqa: E402
 from wakesleep.lab import quality  # noqa: E402
 from wakesleep.plots import tile_images  # noqa: E402
 from wakesleep.training import TrainConfig  # noqa: E402
@@ -230,6 +231,9 @@ def main(argv=None) -> dict:
         fig.suptitle(f"{dataset} MNIST, same DCGAN generator (w = {a.width}), {a.cpu_minutes:g} CPU min each; {what}", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         path = atomic_save_figure(fig, f"{a.figure_prefix}-{dataset}.png", dpi=80)
+        grey_png = Image.open(path).convert("L")  # grey levels only: under half the RGB file
+        with atomic_file(path) as fh:
+            grey_png.save(fh, format="PNG", optimize=True)
         print(f"figure: {path}")
     for key, value in headline.items():
         print(f"{key}: {value:.6g}")
