@@ -1,9 +1,11 @@
 """The command line: ``wakesleep train``, ``wakesleep evaluate RUN``, ``wakesleep sample RUN``
-(and ``wakesleep diagnose``, ``wakesleep compare CONFIG``: :mod:`wakesleep.cli.lab`).
+(and ``wakesleep diagnose``, ``wakesleep compare CONFIG``: :mod:`wakesleep.cli.lab`; ``wakesleep fid SOURCE``:
+:mod:`wakesleep.cli.quality`).
 
 One module per job: :mod:`wakesleep.cli.train` (``train``: a new run, or ``--resume``),
 :mod:`wakesleep.cli.results` (``evaluate`` and ``sample`` of a trained run), :mod:`wakesleep.cli.lab`
-(``diagnose`` and ``compare``), :mod:`wakesleep.cli.options` (what their options share).  Each adds
+(``diagnose`` and ``compare``), :mod:`wakesleep.cli.quality` (``fid``: FID and KID of images),
+:mod:`wakesleep.cli.options` (what their options share).  Each adds
 its parsers (``add_parser``/``add_parsers``) and names its commands (``COMMANDS``); a new command
 is a new module listed in :data:`JOBS`.  This module is the entry point: :func:`main`.
 
@@ -32,7 +34,7 @@ import threading
 import torch
 
 from wakesleep import fused
-from wakesleep.cli import lab, results, train
+from wakesleep.cli import lab, quality, results, train
 from wakesleep.cli.options import UsageError, _Parser, resolve_device
 from wakesleep.cli.train import estimator_settings, model_from_args  # public names of the command line
 from wakesleep.data import DataError
@@ -43,7 +45,7 @@ from wakesleep.training import TrainingError, distributed
 __all__ = ["UsageError", "build_parser", "estimator_settings", "load_run", "main", "model_from_args", "resolve_device"]
 
 #: The command modules, in the order ``wakesleep --help`` lists them.
-JOBS = (train, results, lab)
+JOBS = (train, results, lab, quality)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,7 @@ def _build_parsers(only_given: bool = False) -> tuple[argparse.ArgumentParser, a
     t = train.add_parser(sub, only_given)
     results.add_parsers(sub)  # evaluate, sample
     lab.add_parsers(sub)  # diagnose, compare
+    quality.add_parsers(sub)  # fid
     return parser, t
 
 

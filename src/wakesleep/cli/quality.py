@@ -1,0 +1,139 @@
+"""``wakesleep fid SOURCE``: FID and KID of a run's samples, or of images in an ``.npz`` file,
+against held-out MNIST, with the real-against-real floor (:mod:`wakesleep.lab.quality`).
+
+SOURCE is a run directory (its model draws the images) or an ``.npz`` file of 28×28 images in
+[0, 1] (uint8 0..255 is divided by 255; key ``--key``, else the file's only array).  The LeNet of
+``--kind`` (grey or binary; ``auto``: binary for a run whose model needs binary data or for files
+whose values are all 0 or 1) is trained once and cached.  Prints ``key: value`` lines: fid,
+fid_stderr, kid, kid_stderr, fid_floor, ..., and writes them as JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wakesleep.cli.options import UsageError, _add_device, _positive_int, _seed, resolve_device
+from wakesleep.io import atomic_write_text
+from wakesleep.lab import quality
+
+WHAT = ("auto", "draws", "means")
+
+
+def add_parsers(sub) -> None:
+    """Add the ``fid`` parser to ``sub`` (an argparse subparsers object)."""
+    f = sub.add_parser(
+        "fid",
+        help="FID and KID of a run's samples or an .npz of images against held-out MNIST",
+        description=(
+            "Score images by FID and KID on the penultimate features of a small LeNet trained once on labelled MNIST "
+            "(cached), against half of the held-out real images, with the real-against-real floor (the other half) at "
+            "the same size. SOURCE: a run directory or an .npz of 28x28 images in [0, 1]."
+        ),
+    )
+    f.add_argument("source", help="run directory, or .npz file of images [n, 784] / [n, 28, 28]")
+    f.add_argument("--kind", choices=["auto", *quality.KINDS], default="auto", help="classifier and reference images (default: auto)")
+    f.add_argument("--key", default=None, help="array of the .npz to score (default: its only array)")
+    f.add_argument(
+        "--what",
+        choices=WHAT,
+        default="auto",
+        help="a run's images: draws x ~ p(x | z) or means E[x | z] (auto: draws for binary models, means where the model has sample_mean)",
+    )
+    f.add_argument("--n", type=_positive_int, default=None, help="images scored (default: half the reference set: 1000 grey, 5000 binary)")
+    f.add_argument("--bootstrap", type=_positive_int, default=100, help="bootstrap resamplings for FID's standard error (default: 100)")
+    f.add_argument("--blocks", type=_positive_int, default=10, help="disjoint blocks for KID's standard error (default: 10)")
+    f.add_argument("--seed", type=_seed, default=0, help="seeds the samples, the halves and the resamplings (default: 0)")
+    f.add_argument("--data-dir", default=None, help="directory with the MNIST files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
+    f.add_argument(
+        "--cache-dir", default=None, help="where the classifier's weights are cached (default: $WAKESLEEP_CACHE_DIR or ~/.cache/wakesleep)"
+    )
+    f.add_argument("--retrain", action="store_true", help="train the classifier again even if cached")
+    f.add_argument(
+        "--epochs", type=_positive_int, default=quality.SETTINGS["epochs"], help="the classifier's training epochs (default: 8; cached apart)"
+    )
+    f.add_argument("--out", default=None, help="also write the scores to this JSON file")
+    f.add_argument("--no-progress", action="store_true")
+    _add_device(f)
+
+
+def images_from_npz(path: Path, key: str | None) -> np.ndarray:
+    """The array ``key`` of an ``.npz`` (its only array when ``key`` is None).
+
+    Raises:
+        UsageError: unreadable file, missing key, or several arrays and no key.
+    """
+    try:
+        with np.load(path) as z:
+            names = list(z.files)
+            if key is None and len(names) != 1:
+                raise UsageError(f"{path} holds arrays {names}: name the one to score with --key")
+            key = key or names[0]
+            if key not in names:
+                raise UsageError(f"{path} has no array {key!r} (has {names}); pass --key with one of them")
+            return z[key]
+    except (OSError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"cannot read {path} as .npz ({e}); give a run directory or an .npz file of images") from None
+
+
+def model_images(model, n: int, what: str, seed: int) -> torch.Tensor:
+    """n images [n, D] from a run's model (on the CPU): draws x ~ p(x | z) or means E[x | z] (``what``;
+    auto: draws for a model that needs binary data or has no ``sample_mean``, else means).
+
+    Raises:
+        UsageError: ``means`` for a model without ``sample_mean``.
+    """
+    binary = bool(getattr(model, "binary_data", False))
+    if what == "auto":
+        what = "draws" if binary or not hasattr(model, "sample_mean") else "means"
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if what == "means":
+            if not hasattr(model, "sample_mean"):
+                raise UsageError(f"{type(model).__name__} has no sample_mean(n): score its draws with --what draws")
+            return model.sample_mean(n).detach().cpu()
+        return model.sample(n)[1].detach().cpu()
+
+
+def cmd_fid(a: argparse.Namespace) -> int:
+    source = Path(a.source)
+    device = resolve_device(a.device)
+    if source.is_dir():
+        from wakesleep.runs import load_run
+
+        model, _ = load_run(source)
+        model.to(device).eval()
+        kind = a.kind if a.kind != "auto" else ("binary" if getattr(model, "binary_data", False) else "grey")
+        reference = quality.reference_images(kind, a.data_dir)
+        images = model_images(model, a.n or len(reference) // 2, a.what, a.seed)
+    elif source.is_file():
+        if a.what != "auto":
+            raise UsageError("--what applies to a run's model; an .npz is scored as it is")
+        images = images_from_npz(source, a.key)
+        kind = a.kind
+        if kind == "auto":
+            kind = "binary" if np.isin(np.asarray(images), (0, 1)).all() else "grey"
+        reference = quality.reference_images(kind, a.data_dir)
+    else:
+        raise UsageError(f"{source} is neither a run directory nor a file; give a run directory or an .npz of images")
+    clf = quality.classifier(kind, a.data_dir, a.cache_dir, retrain=a.retrain, progress=not a.no_progress, device=device, epochs=a.epochs)
+    report = quality.score(images, clf, reference, n=a.n, bootstrap=a.bootstrap, blocks=a.blocks, seed=a.seed)
+    out = {"kind": kind, **report.as_dict()}
+    print(f"classifier: LeNet ({kind}), held-out accuracy {clf.accuracy:.4f}, cached at {clf.path}")
+    for key, value in out.items():
+        print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+    if a.out:
+        try:
+            atomic_write_text(Path(a.out), json.dumps(out, indent=2))
+        except OSError as e:
+            raise UsageError(f"cannot write {a.out} ({e.strerror or e}); give --out a path you can write") from None
+    return 0
+
+
+COMMANDS = {"fid": cmd_fid}
