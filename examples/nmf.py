@@ -327,9 +327,11 @@ def plot_factors(models: dict[str, NMFModel], path: str | Path, n: int = 20) -> 
     return _save_atomic(fig, path)
 
 
-def load_binarized(data_dir: str | None, n_train: int, n_test: int) -> tuple[Tensor, Tensor]:
-    """The first ``n_train`` training and ``n_test`` test images of ``binarized_mnist.npz`` in
-    ``data_dir`` (else ``$WAKESLEEP_DATA_DIR``), float32 {0, 1}.
+def load_binarized(data_dir: str | None, n_train: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The first ``n_train`` training images (the training split is shuffled) and ``n_test`` test
+    images drawn without replacement by a generator seeded by ``seed`` (this file's test split is
+    in runs of the same digit, so its first rows are nearly all zeros) of ``binarized_mnist.npz``
+    in ``data_dir`` (else ``$WAKESLEEP_DATA_DIR``), float32 {0, 1}.
 
     Raises:
         FileNotFoundError: no such file (the message names where it looked and the fix).
@@ -340,7 +342,9 @@ def load_binarized(data_dir: str | None, n_train: int, n_test: int) -> tuple[Ten
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: pass --data-dir or set WAKESLEEP_DATA_DIR to the directory that holds binarized_mnist.npz")
     with np.load(path) as d:
-        return torch.from_numpy(d["train"][:n_train].astype(np.float32)), torch.from_numpy(d["test"][:n_test].astype(np.float32))
+        test = d["test"]
+        rows = np.random.default_rng(seed).choice(test.shape[0], size=min(n_test, test.shape[0]), replace=False)
+        return torch.from_numpy(d["train"][:n_train].astype(np.float32)), torch.from_numpy(test[rows].astype(np.float32))
 
 
 def main(argv=None) -> dict:
@@ -362,7 +366,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     torch.manual_seed(a.seed)
-    x, x_test = load_binarized(a.data_dir, a.n_train, a.n_test)
+    x, x_test = load_binarized(a.data_dir, a.n_train, a.n_test, a.seed)
     bias = torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3))
 
     def fresh() -> NMFModel:
