@@ -39,9 +39,9 @@ random, is flipped (0 ↔ 1); MAP on the noisy digit; error against the clean on
 
 Run ``python examples/nmf.py`` to train both (``--epochs`` for ALWS, ``--vae-epochs`` for the VAE),
 evaluate on ``--n-test`` test digits and write ``nmf.png`` (clean, reconstructions, noisy, denoised)
-and ``nmf_factors.png`` (the first 50 rows of W as images) in ``--out``; the headline numbers print as
-``key: value`` lines.  ``wakesleep train --model examples/nmf.py:nmf --algorithm alws`` builds the
-model of :func:`nmf` (without the Gamma MAP term, which the command line has no option for).
+and ``nmf_factors.png`` (the first 20 rows of W as images) in ``--out``; the headline numbers print as
+``key: value`` lines.  :func:`nmf` is the factory for ``--model examples/nmf.py:nmf`` (the model
+passes the contract's shape checks; the command line has no option for the Gamma MAP term).
 """
 
 from __future__ import annotations

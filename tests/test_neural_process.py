@@ -38,6 +38,15 @@ def test_log_joint_matches_torch_distributions():
     torch.testing.assert_close(m.log_joint(data, zk), want)
 
 
+def test_model_meets_the_contract():
+    from wakesleep.models.contract import GENERATIVE, TRAINING_WITH_PROPOSAL, check_model, check_shapes
+
+    m = npx.NeuralProcess(n_points=6, z_dim=2, hidden=8, r_dim=5)
+    members = GENERATIVE + TRAINING_WITH_PROPOSAL + ("log_proposal", "log_prior")
+    check_model(m, members, "the test")
+    check_shapes(m, npx.sine_data(4, 6)[0], members)
+
+
 def test_set_features_and_encoder_ignore_order_and_masked_points():
     torch.manual_seed(1)
     f = npx.SetFeatures(hidden=8, out_dim=4).double()

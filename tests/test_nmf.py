@@ -46,6 +46,16 @@ def test_log_joint_matches_torch_distributions():
     assert (m.weights >= 0).all()
 
 
+def test_factory_meets_the_contract():
+    from wakesleep.models.contract import EXPONENTIAL_FAMILY, GENERATIVE, TRAINING_WITH_PROPOSAL, check_model, check_shapes
+    from wakesleep.models.loading import build_user_model
+
+    m = build_user_model(f"{nmf.__file__}:nmf", 784)
+    members = GENERATIVE + EXPONENTIAL_FAMILY + TRAINING_WITH_PROPOSAL + ("log_proposal",)
+    check_model(m, members, "the test")
+    check_shapes(m, torch.bernoulli(torch.full((4, 784), 0.2)), members)
+
+
 def test_exponential_family_is_the_likelihood_and_weight_prior_is_gamma():
     m = _model()
     u, x = m.sample(8)
