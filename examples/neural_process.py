@@ -43,7 +43,10 @@ NP's own predictive; for ALWS, q_φ is the sleep-trained approximation of p_θ(z
 mean over functions of log p̂ / |T| (nats per target point; by Jensen a lower bound in expectation of
 log p(y_T | x_T, C) / |T|), with the standard error over functions.  For reference, the same
 quantity for the *true* process (z = (a, b) with its uniform prior, known noise) by self-normalised
-importance sampling from the prior (``oracle``, consistent, bias O(1/K)).
+importance sampling from the prior (``oracle``, consistent, bias O(1/K)); and with ``--prior-k``,
+the ALWS model's own Bayesian predictive by the same self-normalised estimator with draws from its
+learned prior (:func:`prior_predictive`), which involves no proposal: it separates a weak generative
+model from a weak sleep-trained q(z | C).
 
 Run ``python examples/neural_process.py`` to train both, evaluate and write ``neural_process.png``
 (context points, truth and decoded functions for z ~ q(z | C), per model) in ``--out``.
@@ -306,6 +309,23 @@ def model_predictive(model: NeuralProcess, data: Tensor, context: int, k: int, c
     return torch.cat(out)
 
 
+def prior_predictive(model: NeuralProcess, data: Tensor, context: int, k: int, chunk: int = 10) -> Tensor:
+    """The model's Bayesian log p(y_T | x_T, C) / |T| [F] (first ``context`` points as C) by
+    self-normalised importance sampling with K prior draws z ~ p_θ(z) (consistent, bias O(1/K);
+    :func:`predictive_log_likelihood` with the context's log-likelihood): no proposal involved."""
+    x, y = split(data)
+    if not 1 <= context < x.shape[-1]:
+        raise ValueError(f"context must be in [1, n - 1] = [1, {x.shape[-1] - 1}], got {context}")
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], chunk):
+            xs, ys = x[s : s + chunk], y[s : s + chunk]
+            z = model.prior().sample((k, 1))  # [K, 1, d], shared across the chunk's functions
+            lp = model.point_log_likelihood(xs, ys, z)  # [K, B, n]
+            out.append(predictive_log_likelihood(lp[..., context:].sum(-1), lp[..., :context].sum(-1)) / (x.shape[-1] - context))
+    return torch.cat(out)
+
+
 def oracle_predictive(data: Tensor, context: int, k: int = 20000, seed: int = 0) -> Tensor:
     """The true process's log p(y_T | x_T, C) / |T| [F] by self-normalised importance sampling with
     K draws of (a, b) from their uniform prior (consistent, bias O(1/K)); noise known."""
@@ -369,6 +389,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sleep-samples", type=int, default=1000, help="ALWS sleep samples per step")
     p.add_argument("--sleep-steps", type=int, default=3000, help="sleep-phase steps of the ALWS model's proposal")
     p.add_argument("--k", type=int, default=1000, help="particles of the predictive estimate")
+    p.add_argument("--prior-k", type=int, default=0, help="if > 0: also the ALWS model's Bayesian predictive by K prior draws (self-normalised)")
+    p.add_argument("--prior-n", type=int, default=100, help="held-out functions for --prior-k (the first ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/neural_process", help="directory of the figure")
     p.add_argument("--no-progress", action="store_true")
@@ -401,6 +423,16 @@ def main(argv=None) -> dict:
             key = "elbo" if name == "NP ELBO" else "alws"
             out[f"{key}_pred_ll_c{m_c}"] = v.mean().item()
             out[f"{key}_pred_ll_c{m_c}_se"] = v.std().item() / math.sqrt(v.numel())
+        if a.prior_k > 0:  # separates the generative model from the sleep-trained proposal, on the same functions
+            sub = test[: a.prior_n]
+            for name, m in models.items():
+                key = "elbo" if name == "NP ELBO" else "alws"
+                v = model_predictive(m, sub, m_c, a.k)
+                out[f"{key}_pred_ll_c{m_c}_first{len(sub)}"] = v.mean().item()
+                out[f"{key}_pred_ll_c{m_c}_first{len(sub)}_se"] = v.std().item() / math.sqrt(v.numel())
+            v = prior_predictive(alws_model, sub, m_c, a.prior_k)
+            out[f"alws_bayes_pred_ll_c{m_c}_first{len(sub)}"] = v.mean().item()
+            out[f"alws_bayes_pred_ll_c{m_c}_first{len(sub)}_se"] = v.std().item() / math.sqrt(v.numel())
         v = oracle_predictive(test, m_c, seed=a.seed)
         out[f"oracle_pred_ll_c{m_c}"] = v.mean().item()
         out[f"oracle_pred_ll_c{m_c}_se"] = v.std().item() / math.sqrt(v.numel())

@@ -113,9 +113,9 @@ def test_sine_data_has_stated_ranges_and_noise():
 def test_tiny_run_writes_figure_and_numbers(tmp_path, capsys):
     out = npx.main(
         ["--n-train", "100", "--n-test", "20", "--n-points", "8", "--contexts", "3", "--epochs", "1", "--sleep-samples", "100",
-         "--sleep-steps", "5", "--k", "20", "--out", str(tmp_path), "--no-progress"]
+         "--sleep-steps", "5", "--k", "20", "--prior-k", "30", "--prior-n", "5", "--out", str(tmp_path), "--no-progress"]
     )  # fmt: skip
-    for key in ("elbo_pred_ll_c3", "alws_pred_ll_c3", "oracle_pred_ll_c3"):
+    for key in ("elbo_pred_ll_c3", "alws_pred_ll_c3", "oracle_pred_ll_c3", "alws_bayes_pred_ll_c3_first5", "alws_pred_ll_c3_first5"):
         assert math.isfinite(out[key])
     assert (tmp_path / "neural_process.png").exists()
     assert "alws_pred_ll_c3:" in capsys.readouterr().out
