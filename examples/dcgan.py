@@ -41,6 +41,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
+
 LATENTS = 16
 PIXELS = 784
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -160,17 +162,13 @@ class DCGANModel(nn.Module):
         logits = self.logits(z)
         if self.likelihood == "bernoulli":
             return logits, F.softplus(logits).sum(-1)
-        s2 = self.noise**2
-        mu = torch.sigmoid(logits)
-        eta = torch.cat([mu / s2, (-0.5 / s2).expand(*mu.shape[:-1], 1)], -1)
-        psi = mu.square().sum(-1) / (2 * s2) + PIXELS * (0.5 * torch.log(s2) + 0.5 * math.log(2 * math.pi))
-        return eta, psi
+        return isotropic_normal_exponential_family(torch.sigmoid(logits), torch.log(self.noise))
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         """S(x): x [n, 784] (binary) or (x, ‖x‖²) [n, 785] (grey)."""
         if self.likelihood == "bernoulli":
             return x
-        return torch.cat([x, x.square().sum(-1, keepdim=True)], -1)
+        return isotropic_normal_statistics(x)
 
     # ------------------------------------------------------------ proposal
     def _q(self, x: Tensor) -> tuple[Tensor, Tensor]:

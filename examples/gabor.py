@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
 
 SIZE = 16
 SIGMA_PX = 3.0
@@ -191,16 +192,11 @@ class GaborModel(nn.Module):
 
     def exponential_family(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """η(a) = (g(a)/σ², −1/(2σ²)) [n, 257] and Ψ(a) = ‖g(a)‖²/(2σ²) + D log σ + (D/2) log 2π [n]."""
-        s2 = torch.exp(2 * self.log_s)
-        m = self.mean(a)
-        d = m.shape[-1]
-        eta = torch.cat([m / s2, (-0.5 / s2).expand(*a.shape, 1)], -1)
-        psi = m.square().sum(-1) / (2 * s2) + d * self.log_s + 0.5 * d * math.log(2 * math.pi)
-        return eta, psi
+        return isotropic_normal_exponential_family(self.mean(a), self.log_s)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         """S(x) = (x, ‖x‖²) [n, 257]."""
-        return torch.cat([x, x.square().sum(-1, keepdim=True)], -1)
+        return isotropic_normal_statistics(x)
 
 
 def gabor(data_dim: int = SIZE * SIZE) -> GaborModel:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
 
 T = 30
 PIXELS = 20
@@ -184,16 +185,11 @@ class LimitCycleModel(nn.Module):
 
     def exponential_family(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """η(z) = (g(z)/σ_y², −1/(2σ_y²)) [n, D + 1] and Ψ(z) [n] (module docstring)."""
-        s2 = torch.exp(2 * self.log_sy)
-        m = self.mean(z)
-        d = m.shape[-1]
-        eta = torch.cat([m / s2, (-0.5 / s2).expand(*m.shape[:-1], 1)], -1)
-        psi = m.square().sum(-1) / (2 * s2) + d * self.log_sy + 0.5 * d * math.log(2 * math.pi)
-        return eta, psi
+        return isotropic_normal_exponential_family(self.mean(z), self.log_sy)
 
     def sufficient_statistics(self, x: Tensor) -> Tensor:
         """S(x) = (x, ‖x‖²) [n, D + 1]."""
-        return torch.cat([x, x.square().sum(-1, keepdim=True)], -1)
+        return isotropic_normal_statistics(x)
 
 
 def limit_cycle(data_dim: int = T * PIXELS) -> LimitCycleModel:

@@ -450,3 +450,17 @@ def test_compare_and_diagnose_take_a_users_model(tmp_path, monkeypatch):
         ]
     )
     assert code == 0 and (tmp_path / "diag" / "diagnostics-gmm-mixture.csv").is_file()
+
+
+def test_isotropic_normal_exponential_family_is_the_normal_density():
+    """η·S(x) − Ψ from the shared helper equals Σ_d log N(x_d; μ_d, σ²) (h = 1), for a scalar σ and a σ per row."""
+    from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
+
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    for log_scale in (torch.tensor(-0.3, dtype=torch.float64), torch.linspace(-1, 1, 6, dtype=torch.float64)[:, None]):
+        eta, psi = isotropic_normal_exponential_family(mean, log_scale)
+        assert eta.shape == (6, 6) and psi.shape == (6,)
+        exact = torch.distributions.Normal(mean, log_scale.exp()).log_prob(x).sum(-1)
+        torch.testing.assert_close((eta * isotropic_normal_statistics(x)).sum(-1) - psi, exact, rtol=0, atol=1e-12)

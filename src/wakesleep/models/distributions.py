@@ -17,6 +17,7 @@ the proposal as functions that return distributions, and gets a model that meets
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -332,3 +333,34 @@ def from_distributions(
         TypeError: an argument that is not a function or module.
     """
     return DistributionsModel(prior, likelihood, proposal, generative, recognition, validate_args)
+
+
+def isotropic_normal_exponential_family(mean: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The exponential-family view of x ~ N(mean, σ² I) with one σ for every coordinate, for ALWS's
+    exponential-family target (Wenliang et al. 2020, Algorithm 1; ALGORITHMS.md §4):
+    log p(x | z) = η·S(x) − Ψ with S(x) = (x, ‖x‖²), h(x) = 1,
+
+        η = (μ/σ², −1/(2σ²)),   Ψ = ‖μ‖²/(2σ²) + D log σ + (D/2) log 2π.
+
+    A user's model returns this from ``exponential_family(z)`` with its decoder's mean, and
+    :func:`isotropic_normal_statistics` from ``sufficient_statistics(x)``.
+
+    Args:
+        mean: μ(z) [*batch, D].
+        log_scale: log σ, a scalar tensor (or one broadcastable to [*batch, 1]).
+
+    Returns:
+        ``(eta [*batch, D + 1], psi [*batch])``, nats.
+    """
+    log_scale = torch.as_tensor(log_scale, dtype=mean.dtype, device=mean.device)
+    prec = torch.exp(-2.0 * log_scale)
+    d = mean.shape[-1]
+    eta = torch.cat([mean * prec, (-0.5 * prec).expand(*mean.shape[:-1], 1)], -1)
+    psi = 0.5 * mean.square().sum(-1) * prec.squeeze(-1) + d * log_scale.squeeze(-1) + 0.5 * d * math.log(2 * math.pi)
+    return eta, psi
+
+
+def isotropic_normal_statistics(x: Tensor) -> Tensor:
+    """S(x) = (x, ‖x‖²) [*batch, D + 1] for x [*batch, D]: the sufficient statistics that go with
+    :func:`isotropic_normal_exponential_family`."""
+    return torch.cat([x, x.square().sum(-1, keepdim=True)], -1)
