@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 import wakesleep as ws
 from wakesleep.estimators.base import Estimator, EstimatorOutput
+from wakesleep.importance import log_mean_exp
 from wakesleep.kernels import GaussianKernel, KernelRidge
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
@@ -289,41 +290,43 @@ def predictive_log_likelihood(log_lik_target: Tensor, log_lik_context: Tensor | 
             f"need [K, B] log-likelihoods of the same shape, got {tuple(log_lik_target.shape)} and {None if log_lik_context is None else tuple(log_lik_context.shape)}"
         )
     if log_lik_context is None:
-        return torch.logsumexp(log_lik_target, 0) - math.log(log_lik_target.shape[0])
+        return log_mean_exp(log_lik_target)
     return torch.logsumexp(log_lik_context + log_lik_target, 0) - torch.logsumexp(log_lik_context, 0)
 
 
 def model_predictive(model: NeuralProcess, data: Tensor, context: int, k: int, chunk: int = 100) -> Tensor:
     """log p̂(y_T | x_T, C) / |T| [F] for observation sets data [F, 2n] with the first ``context``
     points as C and the rest as T: K particles z ~ q_φ(z | C) (:func:`predictive_log_likelihood`)."""
+
+    def score(xs: Tensor, ys: Tensor) -> Tensor:
+        z = model.encode(xs[:, :context], ys[:, :context]).sample((k,))
+        return predictive_log_likelihood(model.point_log_likelihood(xs[:, context:], ys[:, context:], z).sum(-1))
+
+    return _per_target_point(data, context, chunk, score)
+
+
+def _per_target_point(data: Tensor, context: int, chunk: int, score) -> Tensor:
+    """``score(xs, ys)`` -> log p̂(y_T | x_T, C) [F_c] over chunks of ``chunk`` functions, without gradient,
+    divided by |T| = n − context: [F], nats per target point.  Raises ValueError: context outside [1, n − 1]."""
     x, y = split(data)
     if not 1 <= context < x.shape[-1]:
         raise ValueError(f"context must be in [1, n - 1] = [1, {x.shape[-1] - 1}], got {context}")
-    out = []
     with torch.no_grad():
-        for s in range(0, x.shape[0], chunk):
-            xs, ys = x[s : s + chunk], y[s : s + chunk]
-            z = model.encode(xs[:, :context], ys[:, :context]).sample((k,))
-            ll_t = model.point_log_likelihood(xs[:, context:], ys[:, context:], z).sum(-1)
-            out.append(predictive_log_likelihood(ll_t) / (x.shape[-1] - context))
-    return torch.cat(out)
+        out = [score(x[s : s + chunk], y[s : s + chunk]) for s in range(0, x.shape[0], chunk)]
+    return torch.cat(out) / (x.shape[-1] - context)
 
 
 def prior_predictive(model: NeuralProcess, data: Tensor, context: int, k: int, chunk: int = 10) -> Tensor:
     """The model's Bayesian log p(y_T | x_T, C) / |T| [F] (first ``context`` points as C) by
     self-normalised importance sampling with K prior draws z ~ p_θ(z) (consistent, bias O(1/K);
     :func:`predictive_log_likelihood` with the context's log-likelihood): no proposal involved."""
-    x, y = split(data)
-    if not 1 <= context < x.shape[-1]:
-        raise ValueError(f"context must be in [1, n - 1] = [1, {x.shape[-1] - 1}], got {context}")
-    out = []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], chunk):
-            xs, ys = x[s : s + chunk], y[s : s + chunk]
-            z = model.prior().sample((k, 1))  # [K, 1, d], shared across the chunk's functions
-            lp = model.point_log_likelihood(xs, ys, z)  # [K, B, n]
-            out.append(predictive_log_likelihood(lp[..., context:].sum(-1), lp[..., :context].sum(-1)) / (x.shape[-1] - context))
-    return torch.cat(out)
+
+    def score(xs: Tensor, ys: Tensor) -> Tensor:
+        z = model.prior().sample((k, 1))  # [K, 1, d], shared across the chunk's functions
+        lp = model.point_log_likelihood(xs, ys, z)  # [K, B, n]
+        return predictive_log_likelihood(lp[..., context:].sum(-1), lp[..., :context].sum(-1))
+
+    return _per_target_point(data, context, chunk, score)
 
 
 def oracle_predictive(data: Tensor, context: int, k: int = 20000, seed: int = 0) -> Tensor:
