@@ -26,9 +26,16 @@ Subnormal floats are flushed to zero for both sides (see ``main``).
 Ends with the key lines (:func:`print_key_lines`): ``rws_step_share_of_matmul`` and
 ``rws_step_vs_pyro`` (SBN 784-200, RWS) and ``iwae_step_share_of_matmul`` (Gaussian IWAE), of the
 compiled step where ``--compile`` is given, else of the eager step; a comment line says which.
+With ``--profile`` the script also times **the step's matrix products alone** (recorded from one
+step, replayed back to back on operands of the same shapes and layouts): their rate over the big
+``torch.mm``'s is the highest share any step doing them can reach (key lines
+``rws_step_products_alone_share``, ``iwae_step_products_alone_share``), and it prints each side's
+per-op profile (``torch.profiler``), grouped into products, random numbers, the optimiser,
+compiled kernels and the rest.
 
     PYTHONPATH=src python benchmarks/rws_step.py                 # all three models
     PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 --compile
+    PYTHONPATH=src python benchmarks/rws_step.py --models sbn1 gauss --compile --no-pyro --profile
     PYTHONPATH=src python benchmarks/rws_step.py --device cuda --clock wall
 """
 
@@ -104,6 +111,81 @@ def our_step(model, estimator, x, compiled: bool = False):
     return step
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+RANDOM_OPS = ("aten::uniform_", "aten::normal_", "aten::bernoulli_", "aten::random_")
+
+
+def record_products(step) -> list:
+    """The matrix products one call of ``step`` runs, as (op, [(shape, stride) of each tensor
+    argument], other arguments), recorded by a ``TorchDispatchMode`` (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    wanted = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in wanted:
+                seen.append((func, [(tuple(t.shape), tuple(t.stride())) if torch.is_tensor(t) else t for t in args], kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        step()
+    return seen
+
+
+def replay_products(products, device):
+    """A function that runs the recorded products alone, back to back, on fresh operands with the
+    same shapes and memory layouts (transposed operands stay transposed): what the step's matrix
+    products cost at their own shapes, with nothing else around them."""
+    calls = []
+    for func, args, kwargs in products:
+        operands = [
+            torch.empty_strided(a[0], a[1], device=device).normal_() if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], tuple) else a
+            for a in args
+        ]
+        calls.append((func, operands, kwargs))
+    return lambda: [func(*operands, **kwargs) for func, operands, kwargs in calls]
+
+
+def op_profile(step, steps: int) -> list[tuple[str, float]]:
+    """(op, CPU ms per step of its own time) for every op ``torch.profiler`` sees over ``steps``
+    calls of ``step``, largest first; compiled regions appear as their ``CompiledFxGraph`` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    rows = [(e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def print_profile(label: str, rows: list[tuple[str, float]], step_ms: float, top: int = 12) -> None:
+    """The per-op profile of one side: the top ops, then the step grouped into matrix products,
+    random numbers, the optimiser, compiled kernels and the rest (ms per step, share of the step)."""
+    total = sum(ms for _, ms in rows)
+    groups = {"matrix products": 0.0, "random numbers": 0.0, "optimiser (Adam)": 0.0, "compiled kernels (Inductor)": 0.0, "everything else": 0.0}
+    for name, ms in rows:
+        if name in MATMUL_OPS:
+            groups["matrix products"] += ms
+        elif name in RANDOM_OPS:
+            groups["random numbers"] += ms
+        elif "adam" in name.lower() or "zero_grad" in name.lower():
+            groups["optimiser (Adam)"] += ms
+        elif "CompiledFxGraph" in name:
+            groups["compiled kernels (Inductor)"] += ms
+        else:
+            groups["everything else"] += ms
+    print(f"\nper-op profile, {label} (torch.profiler; {total:.2f} ms per step under the profiler, {step_ms:.2f} ms without):")
+    print("| op | ms per step | share |")
+    print("|---|---|---|")
+    for name, ms in rows[:top]:
+        print(f"| {name[:60]} | {ms:.3f} | {ms / total:.2f} |")
+    print("| **grouped** | | |")
+    for name, ms in groups.items():
+        print(f"| {name} | {ms:.3f} | {ms / total:.2f} |")
+
+
 def matmul_flops(step) -> int:
     """FLOPs of every matrix product in one call of ``step`` (forward and backward)."""
     with FlopCounterMode(display=False) as counter:
@@ -145,6 +227,11 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="also time our step as TrainConfig(compile=True) runs it (torch.compile)")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print each side's per-op profile and the step's matrix products timed alone (what bounds the share)",
+    )
     a = p.parse_args(argv)
     if a.clock == "cpu" and a.threads != 1:
         p.error("--clock cpu measures one thread; use --threads 1 or --clock wall")
@@ -158,7 +245,7 @@ def main(argv=None) -> None:
     mm = big_mm(device)
     mm()  # warm-up
     mm_times = []
-    rows = []
+    rows, profiles = [], []
     for name in a.models:
         build, make_est, algorithm = MODELS[name]
         torch.manual_seed(a.seed)
@@ -167,6 +254,8 @@ def main(argv=None) -> None:
         x = (torch.rand(B, 784, device=device) < 0.3).float()
         sides = {"ours": our_step(model, estimator, x)}
         flops = matmul_flops(sides["ours"])
+        if a.profile:
+            sides["products alone"] = replay_products(record_products(sides["ours"]), device)
         if a.compile:
             sides["ours, compiled"] = our_step(model, estimator, x, compiled=True)
         if not a.no_pyro and algorithm is not None:
@@ -182,6 +271,8 @@ def main(argv=None) -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         pyro_flops = matmul_flops(sides["pyro"]) if "pyro" in sides else None
         rows.append((name, flops, pyro_flops, med))
+        if a.profile:
+            profiles.append((name, {k: op_profile(fn, 50) for k, fn in sides.items() if k in ("ours", "ours, compiled")}))
 
     rate = 2 * MM_N**3 / statistics.median(mm_times)
     print(f"torch {torch.__version__}, device {device}, {a.threads} thread(s), clock={a.clock}")
@@ -210,7 +301,34 @@ def main(argv=None) -> None:
             c = med["ours, compiled"]
             cells.append(f"{c * 1e3:.2f} ({flops / c / rate:.2f} of machine" + (f", {pyro / c:.1f}x Pyro)" if pyro else ")"))
         print("| " + " | ".join(cells) + " |")
+    if a.profile:
+        print_bound(rows, profiles, rate)
     print_key_lines(rows, rate, a.compile)
+
+
+def print_bound(rows, profiles, rate: float) -> None:
+    """What bounds the step's share of the machine's matmul rate: the step's own products, timed
+    alone at their shapes, reach only ``alone`` of the big ``torch.mm``'s rate, so no step doing them
+    can exceed that share; the per-op profiles say where the rest of the step goes."""
+    print("\nthe bound: the step's matrix products alone, at their own shapes and layouts, back to back")
+    print("| model, estimator | products alone, ms | alone / machine (the share's ceiling) | ours, ms | compiled, ms | not products, compiled, ms |")
+    print("|---|---|---|---|---|---|")
+    for name, flops, _, med in rows:
+        alone = med["products alone"]
+        comp = med.get("ours, compiled")
+        cells = [
+            LABELS[name],
+            f"{alone * 1e3:.2f}",
+            f"{flops / alone / rate:.2f}",
+            f"{med['ours'] * 1e3:.2f}",
+            f"{comp * 1e3:.2f}" if comp else "n/a",
+            f"{(comp - alone) * 1e3:.2f}" if comp else "n/a",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    by_name = {name: med for name, _, _, med in rows}
+    for name, sides in profiles:
+        for side, ops in sides.items():
+            print_profile(f"{LABELS[name]}, {side}", ops, by_name[name][side] * 1e3)
 
 
 def print_key_lines(rows, rate: float, compiled: bool) -> None:
@@ -228,6 +346,8 @@ def print_key_lines(rows, rate: float, compiled: bool) -> None:
     if "sbn1" in by_name:
         flops, med = by_name["sbn1"]
         print(f"rws_step_share_of_matmul: {flops / med[side] / rate:.3f}")
+        if "products alone" in med:
+            print(f"rws_step_products_alone_share: {flops / med['products alone'] / rate:.3f}")
         if "pyro" in med:
             print(f"rws_step_vs_pyro: {med['pyro'] / med[side]:.3f}")
         else:
@@ -237,6 +357,8 @@ def print_key_lines(rows, rate: float, compiled: bool) -> None:
     if "gauss" in by_name:
         flops, med = by_name["gauss"]
         print(f"iwae_step_share_of_matmul: {flops / med[side] / rate:.3f}")
+        if "products alone" in med:
+            print(f"iwae_step_products_alone_share: {flops / med['products alone'] / rate:.3f}")
     else:
         missing.append("iwae_step_share_of_matmul (model gauss not run)")
     if missing:

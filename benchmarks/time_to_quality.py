@@ -46,10 +46,14 @@ above it; the crossing lies between that evaluation and the one before), then, l
     time_to_quality_vs_pyro: VALUE          Pyro's time to the level / ours
     time_to_quality_vs_plain_torch: VALUE   the plain loop's time / ours
 
+``--levels L1 L2 ...`` adds a table of every trainer's time to each of those levels, read off the
+same curves (a run stops at ``--level``, so levels above it are all on its curve).
+
 A baseline that did not reach the level within its budget gives a lower bound, printed as
 ``>= VALUE`` (its budget / our time), with a line saying so; if ours did not reach the level the
 ratios are ``nan``.  ``--plot PATH`` draws the three curves (validation log-likelihood against CPU
-seconds); ``--json PATH`` writes the curves and settings.
+seconds); ``--json PATH`` writes the curves and settings, rewritten after every evaluation (a long
+run stopped early keeps its curves so far).
 
     PYTHONPATH=src python benchmarks/time_to_quality.py --budget 1200 --plot docs/figures/time-to-quality.png
     PYTHONPATH=src python benchmarks/time_to_quality.py --budget 1200 --compile
@@ -251,8 +255,9 @@ def batches(data: torch.Tensor, batch: int, seed: int):
         epoch += 1
 
 
-def run_trainer(name, trainer: Trainer, data, evaluate: Evaluator, a, budget: float) -> Curve:
-    """Step ``trainer`` on the common minibatches until the level is reached or ``budget`` CPU seconds are spent."""
+def run_trainer(name, trainer: Trainer, data, evaluate: Evaluator, a, budget: float, on_eval=None) -> Curve:
+    """Step ``trainer`` on the common minibatches until the level is reached or ``budget`` CPU seconds are spent;
+    ``on_eval(curve)`` after each evaluation (so that an interrupted long run keeps its curve so far)."""
     curve = Curve(name, budget)
     torch.manual_seed(a.seed)  # the same random stream for every trainer
     spent, next_eval, steps = 0.0, 0.0, 0
@@ -265,6 +270,8 @@ def run_trainer(name, trainer: Trainer, data, evaluate: Evaluator, a, budget: fl
             curve.values.append(ll)
             curve.steps.append(steps)
             bar.set_postfix(valid=f"{ll:.1f}", steps=steps)
+            if on_eval is not None:
+                on_eval(curve)
             if curve.reached is None and ll >= a.level:
                 curve.reached = spent
                 curve.reached_after = curve.times[-2] if len(curve.times) > 1 else 0.0
@@ -281,6 +288,40 @@ def run_trainer(name, trainer: Trainer, data, evaluate: Evaluator, a, budget: fl
         bar.update(min(dt, max(0.0, budget - bar.n)))
     bar.close()
     return curve
+
+
+def first_reached(c: Curve, level: float) -> tuple[float | None, float | None]:
+    """(CPU time of c's first evaluation at or above ``level``, the evaluation time before it), or (None, None)."""
+    for i, v in enumerate(c.values):
+        if v >= level:
+            return c.times[i], (c.times[i - 1] if i else 0.0)
+    return None, None
+
+
+def at_level(c: Curve, level: float) -> Curve:
+    """``c`` with ``reached`` set for ``level`` instead of the run's own level (same curve)."""
+    reached, after = first_reached(c, level)
+    return Curve(c.name, c.budget, c.times, c.values, c.steps, reached, after)
+
+
+def levels_table(curves: dict[str, Curve], levels: list[float]) -> list[str]:
+    """A markdown table: for each level, each trainer's CPU seconds to reach it (or that it did not
+    within its curve) and each baseline's time over ours (a lower bound, >=, where it did not)."""
+    names = [n for n in TRAINERS if n in curves]
+    head = "| level, nats | " + " | ".join(f"{LABELS[n]}, CPU s" for n in names)
+    bases = [n for n in names if n != "ours"] if "ours" in curves else []
+    head += "".join(f" | {LABELS[n]} / ours" for n in bases) + " |"
+    out = [head, "|---" * (1 + len(names) + len(bases)) + "|"]
+    for level in levels:
+        cells = [f"{level:g}"]
+        for n in names:
+            reached, after = first_reached(curves[n], level)
+            cells.append(f"{reached:.0f} ({after:.0f}–{reached:.0f})" if reached is not None else f"not within {curves[n].times[-1]:.0f}")
+        ours = at_level(curves["ours"], level) if bases else None
+        for n in bases:
+            cells.append(ratio(at_level(curves[n], level), ours)[0])
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def ratio(base: Curve | None, ours: Curve) -> tuple[str, str | None]:
@@ -371,6 +412,14 @@ def main(argv=None) -> int:
         help="take these trainers' curves from earlier --json files instead of running them (same settings required): "
         "e.g. run --trainers pyro and --trainers ours plain as two processes with --json, then combine with --curves-from A B",
     )
+    p.add_argument(
+        "--levels",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="NATS",
+        help="also print a table of every trainer's time to each of these levels (read off the same curves) and the ratios",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.budget <= 0 or a.eval_every <= 0:
@@ -399,6 +448,13 @@ def main(argv=None) -> int:
         flush=True,
     )
     curves = load_curves(a.curves_from, a, p)  # these trainers are not run again
+
+    def save_json(done: dict[str, Curve]) -> None:
+        """The settings and the curves so far (rewritten after every evaluation: a long run stopped early keeps them)."""
+        if a.json:
+            settings = vars(a) | {"baseline_budget": baseline_budget}
+            atomic_write_text(Path(a.json), json.dumps({"settings": settings, "curves": [vars(c) for c in done.values()]}, indent=2))
+
     for name, c in curves.items():
         print(
             f"{LABELS[name]}: from --curves-from; "
@@ -416,7 +472,9 @@ def main(argv=None) -> int:
         # method's; the trainer itself starts afresh (compiling, under --compile, stays on the clock).
         make_trainer(name, model, a.k, a.lr, False).step(train[: a.batch_size])
         trainer = make_trainer(name, model, a.k, a.lr, a.compile and name == "ours")
-        curves[name] = run_trainer(name, trainer, train, evaluate, a, a.budget if name == "ours" else baseline_budget)
+        curves[name] = run_trainer(
+            name, trainer, train, evaluate, a, a.budget if name == "ours" else baseline_budget, lambda c, n=name: save_json({**curves, n: c})
+        )
         c = curves[name]
         where = (
             f"reached {a.level:g} at {c.reached:.1f} CPU s (between {c.reached_after:.1f} and {c.reached:.1f})"
@@ -435,11 +493,12 @@ def main(argv=None) -> int:
             + ("; ours compiled" if a.compile else ""),
         )
         print(f"figure: {a.plot}")
-    if a.json:
-        atomic_write_text(
-            Path(a.json),
-            json.dumps({"settings": vars(a) | {"baseline_budget": baseline_budget}, "curves": [vars(c) for c in curves.values()]}, indent=2),
-        )
+    save_json(curves)
+
+    if a.levels and curves:
+        print()
+        print("time to each level (CPU s of training; the crossing lies in the bracket; a ratio '>= R' is a lower bound):")
+        print("\n".join(levels_table(curves, a.levels)))
 
     print()
     print(f"# key lines: time to {a.level:g} nats of the baseline over ours ({'compiled' if a.compile else 'eager'}), CPU seconds of one thread")

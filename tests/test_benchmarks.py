@@ -114,9 +114,43 @@ def test_time_to_quality_prints_its_key_lines_and_figure(tmp_path):
 
 
 def test_rws_step_prints_its_key_lines():
-    keys = key_lines(script("rws_step.py", "--models", "sbn1", "gauss", "--warmup", "1", "--repeats", "10"))
-    for key in ("rws_step_share_of_matmul", "rws_step_vs_pyro", "iwae_step_share_of_matmul"):
+    out = script("rws_step.py", "--models", "sbn1", "gauss", "--warmup", "1", "--repeats", "10", "--profile")
+    keys = key_lines(out)
+    for key in ("rws_step_share_of_matmul", "rws_step_vs_pyro", "iwae_step_share_of_matmul", "rws_step_products_alone_share"):
         assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
+    # The step does its products and more, so the products alone run at a higher share (by about 2x here).
+    assert float(keys["rws_step_products_alone_share"]) > float(keys["rws_step_share_of_matmul"]), keys
+    assert float(keys["iwae_step_products_alone_share"]) > float(keys["iwae_step_share_of_matmul"]), keys
+    assert "| matrix products |" in out and "per-op profile, SBN 784-200, RWS, ours" in out
+
+
+def test_replayed_products_are_the_steps_products():
+    """rws_step --profile times the step's matrix products alone: the replay must do exactly the
+    products of the step (same FLOPs, same shapes), forward and backward."""
+    import rws_step
+
+    torch.manual_seed(0)
+    model = ws.HelmholtzMachine.sbn([784, 200])
+    x = (torch.rand(100, 784) < 0.3).float()
+    step = rws_step.our_step(model, ws.RWS(k=5), x)
+    products = rws_step.record_products(step)
+    shapes = sorted(tuple(a[0] for a in args if isinstance(a, tuple)) for _, args, _ in products)
+    assert ((784,), (500, 200), (200, 784)) in shapes  # the decoder (addmm: bias, z, Wᵀ) on the K·B particles
+    # 2·(K·B)·200·784 for the decoder's forward and its weight gradient, 2·B·784·200 for each of
+    # five [B]-row products: wake encoder forward and weight gradient, sleep decoder, sleep encoder
+    # forward and weight gradient.
+    expected = 2 * (2 * 500 * 200 * 784) + 5 * (2 * 100 * 784 * 200)
+    assert rws_step.matmul_flops(rws_step.replay_products(products, torch.device("cpu"))) == rws_step.matmul_flops(step) == expected
+
+
+def test_levels_table_reads_each_level_off_the_curves():
+    ours = ttq.Curve("ours", 100, [0, 10, 20, 30], [-300, -130, -121, -118], [0, 1, 2, 3])
+    pyro = ttq.Curve("pyro", 1000, [0, 10, 40, 80, 120], [-300, -150, -125, -121, -120.5], [0, 1, 2, 3, 4])
+    rows = ttq.levels_table({"ours": ours, "pyro": pyro}, [-125, -121, -119])
+    assert rows[2] == "| -125 | 20 (10–20) | 40 (10–40) | 2.00 |"
+    assert rows[3] == "| -121 | 20 (10–20) | 80 (40–80) | 4.00 |"
+    # Pyro never reached -119 within its 120 s: a lower bound against ours' 30 s.
+    assert rows[4] == "| -119 | 30 (20–30) | not within 120 | >= 4.00 |"
 
 
 @pytest.mark.slow  # ~12 s of CPU (two processes)
