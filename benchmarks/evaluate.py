@@ -21,6 +21,7 @@ actual CPU time (1 would be pure matrix products at the machine's rate).
     PYTHONPATH=src python benchmarks/evaluate.py --n 500                   # 500 test images, extrapolated
     PYTHONPATH=src python benchmarks/evaluate.py --max-memory-mib 64
     PYTHONPATH=src python benchmarks/evaluate.py --n 500 --compile        # with compiled kernels
+    PYTHONPATH=src python benchmarks/evaluate.py --n 500 --compile --profile   # and where the time goes, per op
 
 Without ``--run`` the model is an untrained one-layer SBN-200 (timing and memory do not depend
 on training; the log-likelihood then means nothing).  Data: ``wakesleep.data.binarized_mnist()``
@@ -100,6 +101,22 @@ def child(a: argparse.Namespace) -> None:
         model = HelmholtzMachine.sbn([784, 200]) if a.model == "sbn" else HelmholtzMachine.gaussian([784, 50])
     model.eval()
     flops = evaluation_matmul_flops(model, x, a.k, a.max_memory_mib)  # before the compiled kernels are switched on
+    alone = None
+    if a.profile:  # the first BATCH images' products, recorded (eager) and replayed alone, back to back
+        from rws_step import record_products, replay_products  # benchmarks/rws_step.py (this script's directory is on sys.path)
+
+        with torch.random.fork_rng(devices=[]):
+            replay = replay_products(
+                record_products(lambda: log_likelihood(model, x[:BATCH], k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib, seed=0)),
+                torch.device("cpu"),
+            )
+        replay()
+        times = []
+        for _ in range(3):
+            t0 = time.process_time()
+            replay()
+            times.append(time.process_time() - t0)
+        alone = statistics.median(times) * x.shape[0] / min(BATCH, x.shape[0])
     if a.compile:
         from wakesleep.fused import use_compiled_kernels
 
@@ -130,6 +147,12 @@ def child(a: argparse.Namespace) -> None:
     mm += mm_times(MM_REPEATS)
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
     b, kc = chunk_sizes(particle_width(model, x), x.shape[0], a.k, BATCH, a.max_memory_mib, x.element_size())
+    profile = None
+    if a.profile:  # after the timed evaluation, off its clock: the first BATCH images once more under torch.profiler
+        from rws_step import op_profile  # benchmarks/rws_step.py (this script's directory is on sys.path)
+
+        profile = op_profile(lambda: log_likelihood(model, x[:BATCH], k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib, seed=0), 1)
+        profile = [(name, ms / BATCH) for name, ms in profile]
     print(
         json.dumps(
             {
@@ -145,6 +168,8 @@ def child(a: argparse.Namespace) -> None:
                 "chunk": [b, kc],
                 "matmul_flops": flops,
                 "mm_rate": 2 * MM_N**3 / statistics.median(mm),
+                "profile": profile,
+                "products_alone_s": alone,
             }
         )
     )
@@ -162,6 +187,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--compile", action="store_true", help="with compiled kernels (wakesleep evaluate --compile)")
+    p.add_argument("--profile", action="store_true", help="also print the per-op profile (ms per image) of the first 100 images' evaluation")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -194,6 +220,7 @@ def main(argv=None) -> None:
         cmd += ["--run", a.run] if a.run else ["--model", a.model]
         cmd += ["--progress"] if a.progress else []
         cmd += ["--compile"] if a.compile else []
+        cmd += ["--profile"] if a.profile else []
         r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
     res = json.loads(r.stdout.strip().splitlines()[-1])
     n_all = test.shape[0]
@@ -216,8 +243,26 @@ def main(argv=None) -> None:
         f"matmul bound: {res['matmul_flops'] / 1e12:.2f} TFLOP of matrix products at the machine's {res['mm_rate'] / 1e9:.1f} GFLOP/s "
         f"(torch.mm {MM_N}x{MM_N}, one thread, median of {2 * MM_REPEATS} around the evaluation) = {bound:.1f} CPU s"
     )
+    if res["profile"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from rws_step import print_profile
+
+        print_profile(
+            f"the evaluation of {BATCH} images{', compiled kernels' if a.compile else ''}",
+            [tuple(r) for r in res["profile"]],
+            res["cpu_s"] / res["n"] * 1e3,
+            unit="image",
+        )
+        print(
+            f"the products at the machine's rate: {bound / res['n'] * 1e3:.2f} ms per image; the same products timed alone "
+            f"(recorded from the first {BATCH} images, replayed back to back at their own shapes): {res['products_alone_s'] / res['n'] * 1e3:.2f} ms per image, "
+            f"so no evaluation doing them can pass {bound / res['products_alone_s']:.2f} of the bound"
+        )
     print()
-    print("# key line: the matmul bound's time over the evaluation's CPU time (1: nothing but matrix products at the machine's rate)")
+    print("# key lines: the matmul bound's time over the evaluation's CPU time (1: nothing but matrix products at the machine's rate)")
+    if res["products_alone_s"]:
+        print("# and (--profile) over the time of the evaluation's own products alone: the most the first can reach")
+        print(f"evaluate_products_alone_share: {bound / res['products_alone_s']:.3f}")
     print(f"evaluate_share_of_matmul_bound: {bound / res['cpu_s']:.3f}")
 
 

@@ -160,9 +160,9 @@ def op_profile(step, steps: int) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
-def print_profile(label: str, rows: list[tuple[str, float]], step_ms: float, top: int = 12) -> None:
+def print_profile(label: str, rows: list[tuple[str, float]], step_ms: float, top: int = 12, unit: str = "step") -> None:
     """The per-op profile of one side: the top ops, then the step grouped into matrix products,
-    random numbers, the optimiser, compiled kernels and the rest (ms per step, share of the step)."""
+    random numbers, the optimiser, compiled kernels and the rest (ms per ``unit``, share)."""
     total = sum(ms for _, ms in rows)
     groups = {"matrix products": 0.0, "random numbers": 0.0, "optimiser (Adam)": 0.0, "compiled kernels (Inductor)": 0.0, "everything else": 0.0}
     for name, ms in rows:
@@ -176,8 +176,8 @@ def print_profile(label: str, rows: list[tuple[str, float]], step_ms: float, top
             groups["compiled kernels (Inductor)"] += ms
         else:
             groups["everything else"] += ms
-    print(f"\nper-op profile, {label} (torch.profiler; {total:.2f} ms per step under the profiler, {step_ms:.2f} ms without):")
-    print("| op | ms per step | share |")
+    print(f"\nper-op profile, {label} (torch.profiler; {total:.2f} ms per {unit} under the profiler, {step_ms:.2f} ms without):")
+    print(f"| op | ms per {unit} | share |")
     print("|---|---|---|")
     for name, ms in rows[:top]:
         print(f"| {name[:60]} | {ms:.3f} | {ms / total:.2f} |")

@@ -156,9 +156,12 @@ def test_levels_table_reads_each_level_off_the_curves():
 @pytest.mark.slow  # ~12 s of CPU (two processes)
 @needs_mnist
 def test_evaluate_prints_its_matmul_bound():
-    keys = key_lines(script("evaluate.py", "--n", "100", "--k", "20"))
+    out = script("evaluate.py", "--n", "100", "--k", "20", "--profile")
+    keys = key_lines(out)
     share = float(keys["evaluate_share_of_matmul_bound"])
     assert math.isfinite(share) and share > 0  # a share of the machine's rate; a tiny run's timing is too noisy to bound it above
+    assert float(keys["evaluate_products_alone_share"]) > 0 and "| matrix products |" in out
+    assert out.rstrip().splitlines()[-1].startswith("evaluate_share_of_matmul_bound: ")
 
 
 @pytest.mark.slow  # ~9 s of CPU
