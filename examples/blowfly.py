@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Gamma
 
 import wakesleep as ws
+from wakesleep.io import atomic_save_figure
 
 MAX_DELAY = 20
 START = {"P": 2.0, "N0": 0.5, "delta": 0.3, "sigma_p": 0.5, "sigma_d": 0.5, "sigma_o": 0.3}
@@ -211,8 +212,7 @@ def plot(counts: np.ndarray, scale: float, sims_start: Tensor, sims: Tensor, pro
     ax.set_ylabel("probability")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    atomic_save_figure(fig, path, dpi=80)  # whole or not at all: an interrupted run leaves no half-written PNG
     plt.close(fig)
     return path
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.io import atomic_save_figure
 from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
 
 SIZE = 16
@@ -256,8 +257,7 @@ def plot(model: GaborModel, path: Path, fit: dict, cols: int = 12) -> Path:
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"residual after best rotation+reflection: RMS {fit['rms_deg']:.2f}°, max {fit['max_deg']:.2f}°", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    atomic_save_figure(fig, path, dpi=80)  # whole or not at all: an interrupted run leaves no half-written PNG
     plt.close(fig)
     return path
 

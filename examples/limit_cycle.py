@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.io import atomic_save_figure
 from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
 
 T = 30
@@ -240,8 +241,7 @@ def plot(y_data: Tensor, y_model: Tensor, y_true_long: Tensor, path: Path) -> Pa
         ax.set_ylabel("pixel")
     axes[2].set_xlabel("time step")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    atomic_save_figure(fig, path, dpi=80)  # whole or not at all: an interrupted run leaves no half-written PNG
     plt.close(fig)
     return path
 
