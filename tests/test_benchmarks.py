@@ -179,3 +179,12 @@ def test_scaling_prints_the_two_process_efficiency():
     out = script("scaling.py", "--train-n", "1000", "--epochs", "2", "--test-n", "50", "--test-k", "5")
     keys = key_lines(out)
     assert 0 < float(keys["torchrun_2_process_efficiency"]) < 2
+
+
+@pytest.mark.slow  # ~60 s of CPU: two child processes each compile a step
+def test_bernoulli_kernel_prints_its_key_lines():
+    out = script("bernoulli_kernel.py", "--rounds", "1", "--repeats", "1")
+    keys = key_lines(out)
+    for key in ("kernel_speedup_step_shape", "kernel_speedup_evaluation_shape", "compiled_rws_step_speedup", "compiled_iwae_step_speedup"):
+        assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
+    assert out.rstrip().splitlines()[-1].startswith("compiled_iwae_step_speedup: ")

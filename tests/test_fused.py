@@ -168,3 +168,30 @@ def test_compiled_step_draws_the_same_particles_and_computes_the_same_loss_and_g
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-4)
     for g_c, g_e in zip(grads_c, grads_e):
         torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-4 * g_e.abs().max().item() + 1e-6)
+
+
+@pytest.mark.parametrize("d", [1, 10, 127, 200, 784, 1000])
+def test_lanes_split_the_width_into_products_that_cannot_overflow(d):
+    factors, lanes = fused._lanes(d)
+    assert factors * lanes == d and factors <= fused._MAX_FACTORS
+    assert 2.0**fused._MAX_FACTORS < torch.finfo(torch.float32).max  # each factor 1 + e^{-|l|} is at most 2
+    if d in (200, 784, 1000):
+        assert lanes % 8 == 0  # one vector lane per product
+
+
+@pytest.mark.parametrize("d", [10, 127, 784])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_form_is_the_log_density_within_its_rounding_bound(d, dtype):
+    """The compiled forward's expression (run eagerly here) takes Σ log(1 + e^{-|l|}) as logs of
+    products over lanes: against float64 softplus, its error is within the rounding bound of the
+    products (d·eps/2, a relative eps/2 per multiplication) plus that of the d-term sums."""
+    torch.manual_seed(d)
+    logits = torch.randn(7, 30, d, dtype=dtype) * 4
+    logits[0, 0, : min(d, 4)] = torch.tensor([30.0, -30.0, 90.0, -90.0], dtype=dtype)[: min(d, 4)]
+    value = (torch.rand(30, d, dtype=dtype) < 0.4).to(dtype)
+    out = fused._log_prob_kernel(logits, value)
+    l64, v64 = logits.double(), value.double()
+    exact = (v64 * l64 - torch.nn.functional.softplus(l64)).sum(-1)
+    eps = torch.finfo(dtype).eps
+    tol = d * eps / 2 + 8 * eps * (v64 * l64).abs().add(torch.nn.functional.softplus(l64)).sum(-1)
+    assert ((out.double() - exact).abs() <= tol).all()
