@@ -6,7 +6,8 @@ tiny warm-up evaluation, then records its resident set size (RSS) as the baselin
 during the evaluation is the larger of ``getrusage(RUSAGE_SELF).ru_maxrss`` (when it rose during
 the evaluation) and an RSS sampled every millisecond by a thread; the script reports peak −
 baseline, the memory the evaluation itself took, against the cap it was given
-(``max_memory_mib``).  Times are the child's wall time and CPU time with one intra-op thread.
+(``max_memory_mib``).  Times are the child's wall time and CPU time with one intra-op thread; the
+CPU time is the process's less the RSS sampler thread's own (it wakes every millisecond).
 
 The matmul bound: the FLOPs of every matrix product of the evaluation (``mm``/``addmm``/``bmm``,
 counted by ``torch.utils.flop_counter`` on the first batch of ``BATCH`` images with the eager
@@ -131,10 +132,14 @@ def child(a: argparse.Namespace) -> None:
     sampled = [baseline]
     stop = threading.Event()
 
+    sampler_cpu = [0.0]
+
     def sample():
+        t0 = time.thread_time()
         while not stop.is_set():
             sampled[0] = max(sampled[0], rss_mib())
             time.sleep(0.001)
+        sampler_cpu[0] = time.thread_time() - t0  # not the evaluation's: taken off its CPU time below
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -143,6 +148,7 @@ def child(a: argparse.Namespace) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     thread.join()
+    cpu -= sampler_cpu[0]  # the RSS sampler's own CPU time (it wakes 1000 times a second)
     peak_after = max_rss_mib()
     mm += mm_times(MM_REPEATS)
     peak = max(sampled[0], peak_after if peak_after > peak_before else 0.0)
