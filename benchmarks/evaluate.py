@@ -158,7 +158,7 @@ def child(a: argparse.Namespace) -> None:
         from rws_step import op_profile  # benchmarks/rws_step.py (this script's directory is on sys.path)
 
         profile = op_profile(lambda: log_likelihood(model, x[:BATCH], k=a.k, batch_size=BATCH, max_memory_mib=a.max_memory_mib, seed=0), 1)
-        profile = [(name, ms / BATCH) for name, ms in profile]
+        profile = [(name, ms / min(BATCH, x.shape[0])) for name, ms in profile]  # ms per image
     print(
         json.dumps(
             {

@@ -47,6 +47,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -115,9 +116,16 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 RANDOM_OPS = ("aten::uniform_", "aten::normal_", "aten::bernoulli_", "aten::random_")
 
 
+class Operand(NamedTuple):
+    """A recorded tensor argument of a matrix product: its shape and strides (elements)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
 def record_products(step) -> list:
-    """The matrix products one call of ``step`` runs, as (op, [(shape, stride) of each tensor
-    argument], other arguments), recorded by a ``TorchDispatchMode`` (forward and backward)."""
+    """The matrix products one call of ``step`` runs, as (op, arguments with each tensor replaced
+    by its :class:`Operand`, keyword arguments), recorded by a ``TorchDispatchMode`` (forward and backward)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     wanted = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
@@ -126,7 +134,7 @@ def record_products(step) -> list:
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in wanted:
-                seen.append((func, [(tuple(t.shape), tuple(t.stride())) if torch.is_tensor(t) else t for t in args], kwargs or {}))
+                seen.append((func, [Operand(tuple(t.shape), tuple(t.stride())) if torch.is_tensor(t) else t for t in args], kwargs or {}))
             return func(*args, **(kwargs or {}))
 
     with Record():
@@ -140,10 +148,7 @@ def replay_products(products, device):
     products cost at their own shapes, with nothing else around them."""
     calls = []
     for func, args, kwargs in products:
-        operands = [
-            torch.empty_strided(a[0], a[1], device=device).normal_() if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], tuple) else a
-            for a in args
-        ]
+        operands = [torch.empty_strided(a.shape, a.stride, device=device).normal_() if isinstance(a, Operand) else a for a in args]
         calls.append((func, operands, kwargs))
     return lambda: [func(*operands, **kwargs) for func, operands, kwargs in calls]
 

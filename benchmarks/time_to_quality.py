@@ -272,9 +272,8 @@ def run_trainer(name, trainer: Trainer, data, evaluate: Evaluator, a, budget: fl
             bar.set_postfix(valid=f"{ll:.1f}", steps=steps)
             if on_eval is not None:
                 on_eval(curve)
-            if curve.reached is None and ll >= a.level:
-                curve.reached = spent
-                curve.reached_after = curve.times[-2] if len(curve.times) > 1 else 0.0
+            if curve.reached is None:
+                curve.reached, curve.reached_after = first_reached(curve, a.level)
             if (curve.reached is not None and not a.full_curves) or spent >= budget:
                 break
             while next_eval <= spent:

@@ -50,6 +50,7 @@ from torch.distributions import Categorical, Gamma
 
 import wakesleep as ws
 from wakesleep.io import atomic_save_figure
+from wakesleep.lab.tables import key_lines
 
 MAX_DELAY = 20
 START = {"P": 2.0, "N0": 0.5, "delta": 0.3, "sigma_p": 0.5, "sigma_d": 0.5, "sigma_o": 0.3}
@@ -274,8 +275,7 @@ def main(argv=None) -> dict:
     out["cpu_seconds"] = time.process_time() - t0
     figure = plot(counts, scale, sims_start, sims, probs, abc, Path(a.out) / "blowfly.png")
     print(f"figure: {figure}")
-    for k, v in out.items():
-        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    print(key_lines(out))
     return out
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.lab.tables import key_lines
 from wakesleep.layers import CirclePrior
 
 #: Default number of quadrature angles.
@@ -294,8 +295,7 @@ def main(argv=None) -> dict:
         "exact_log_likelihood_stderr": ws.exact_log_likelihood(model, x_test).stderr,
         "seconds": time.perf_counter() - start_time,
     }
-    for key, value in out.items():
-        print(f"{key}: {value:.6g}")
+    print(key_lines(out))
     return out
 
 

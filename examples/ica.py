@@ -49,6 +49,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 import wakesleep as ws
+from wakesleep.lab.tables import key_lines
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as gmm_pyro.py: loaded by path too (--model FILE.py:ica)
 from circle import add_schedule_options, train_in_two_stages  # noqa: E402  the ALWS examples' two-stage schedule
@@ -300,8 +301,7 @@ def main(argv=None) -> dict:
         "fastica_cpu_seconds": fastica_seconds,
         "cpu_seconds": alws_seconds + fastica_seconds,
     }
-    for key, value in out.items():
-        print(f"{key}: {value:.6g}")
+    print(key_lines(out))
     print(f"figure: {figure}")
     return out
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 import wakesleep as ws
 from wakesleep.io import atomic_save_figure
+from wakesleep.lab.tables import key_lines
 from wakesleep.models.distributions import isotropic_normal_exponential_family, isotropic_normal_statistics
 
 T = 30
@@ -297,8 +298,7 @@ def main(argv=None) -> dict:
     out["cpu_seconds"] = time.process_time() - t0
     figure = plot(y, ym, yt, Path(a.out) / "limit_cycle.png")
     print(f"figure: {figure}")
-    for k, v in out.items():
-        print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
+    print(key_lines(out))
     return out
 
 

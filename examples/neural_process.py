@@ -68,6 +68,7 @@ import wakesleep as ws
 from wakesleep.estimators.base import Estimator, EstimatorOutput
 from wakesleep.importance import log_mean_exp
 from wakesleep.kernels import GaussianKernel, KernelRidge
+from wakesleep.lab.tables import key_lines
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 #: Ranges of the sine task: a ~ U(A_RANGE), b ~ U(B_RANGE), x ~ U(X_RANGE), noise s.d. NOISE.
@@ -442,8 +443,7 @@ def main(argv=None) -> dict:
     out["elbo_noise_sd"] = elbo_model.noise.item()
     out["alws_noise_sd"] = alws_model.noise.item()
     figure = plot_predictions(models, test, test_params, min(a.contexts), Path(a.out) / "neural_process.png")
-    for key, value in out.items():
-        print(f"{key}: {value:.6g}")
+    print(key_lines(out))
     print(f"figure: {figure}")
     return out
 

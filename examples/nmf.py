@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 
 import wakesleep as ws
 from wakesleep.estimators.base import Estimator, EstimatorOutput
+from wakesleep.lab.tables import key_lines
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # as ica.py: loaded by path too (--model FILE.py:nmf)
 from circle import add_schedule_options, train_in_two_stages  # noqa: E402  the ALWS examples' two-stage schedule
@@ -425,8 +426,7 @@ def main(argv=None) -> dict:
     }
     figure = plot_digits(rows, Path(a.out) / "nmf.png")
     factors = plot_factors(models, Path(a.out) / "nmf_factors.png")
-    for key, value in out.items():
-        print(f"{key}: {value:.6g}")
+    print(key_lines(out))
     print(f"figure: {figure}")
     print(f"figure_factors: {factors}")
     return out

@@ -100,3 +100,15 @@ def test_evaluate_and_sample_open_a_compare_run(tmp_path, capsys):
     (run / "run.json").write_text("{")
     with pytest.raises(CheckpointError, match="run.json is damaged"):
         load_run(run)
+
+
+def test_key_lines_write_numbers_to_six_digits_and_the_rest_as_written():
+    import numpy as np
+    import torch
+
+    from wakesleep.lab.tables import key_lines
+
+    values = {"ll": -109.4712345, "steps": 1234567, "kind": "binary", "ok": True, "se": np.float32(0.25), "t": torch.tensor(1 / 3)}
+    assert key_lines(values).splitlines() == ["ll: -109.471", "steps: 1234567", "kind: binary", "ok: True", "se: 0.25", "t: 0.333333"]
+    with pytest.raises(TypeError):
+        key_lines({"x": [1.0]})

@@ -20,6 +20,7 @@ import torch
 from wakesleep.cli.options import UsageError, _add_device, _positive_int, _seed, resolve_device
 from wakesleep.io import atomic_write_text
 from wakesleep.lab import quality
+from wakesleep.lab.tables import key_lines
 
 WHAT = ("auto", "draws", "means")
 
@@ -126,8 +127,7 @@ def cmd_fid(a: argparse.Namespace) -> int:
     report = quality.score(images, clf, reference, n=a.n, bootstrap=a.bootstrap, blocks=a.blocks, seed=a.seed)
     out = {"kind": kind, **report.as_dict()}
     print(f"classifier: LeNet ({kind}), held-out accuracy {clf.accuracy:.4f}, cached at {clf.path}")
-    for key, value in out.items():
-        print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+    print(key_lines(out))
     if a.out:
         try:
             atomic_write_text(Path(a.out), json.dumps(out, indent=2))

@@ -1,10 +1,10 @@
-"""What the lab tools share: tables (CSV, markdown) and the torch thread count while they time things."""
+"""What the lab tools share: tables (CSV, markdown), ``key: value`` lines, and the torch thread count while they time things."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +18,21 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def key_lines(values: Mapping[str, object]) -> str:
+    """``values`` as ``key: value`` lines, one per entry in order (the form scripts here end with,
+    for other scripts to read): integers, booleans and strings as written, every other number
+    (float, numpy scalar, 0-d tensor) to 6 significant digits.
+
+    Raises:
+        TypeError: a value that is none of these (``format(value, ".6g")`` fails).
+    """
+
+    def text(v: object) -> str:
+        return str(v) if isinstance(v, (int, str)) else format(v, ".6g")
+
+    return "\n".join(f"{key}: {text(value)}" for key, value in values.items())
 
 
 @contextmanager
