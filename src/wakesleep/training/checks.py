@@ -40,7 +40,8 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
         valid = None
     needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None and contract.has_proposal(model) else ())
     settings = ", ".join(f"{k}={v!r}" for k, v in estimator.settings().items() if v is not None and k != "data_dim")
-    contract.check_model(model, needs, f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}")
+    purpose = f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}"
+    contract.check_model(model, needs, purpose, estimator.member_hints())
     contract.check_shapes(model, train_data, needs)
     estimator.check_model(model)
     return valid
