@@ -26,6 +26,7 @@ directory, prints, checkpoints and evaluates; every rank trains on its shard.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -87,6 +88,9 @@ def _resource_error(e: BaseException) -> str | None:
         and any(m in str(e) for m in ("can't allocate memory", "not enough memory", "out of memory"))
     ):
         return f"out of memory ({fused.first_line(e)}); use a smaller model, --batch-size or --k"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f"write {e.filename}" if e.filename else "write"
+        return f"no space left on the device to {where}; free some space there, or write elsewhere (files written before are kept whole)"
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         return f"cannot use{where}: {e.strerror or e}; check the path, its permissions and the free space"

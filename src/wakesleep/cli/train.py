@@ -19,25 +19,26 @@ from pathlib import Path
 import torch
 
 from wakesleep import plots
-from wakesleep.cli.options import DEVICE_OPTION, UsageError, _positive_float, _positive_int, _seed, _unit_interval, resolve_device
+from wakesleep.cli.options import DEVICE_OPTION, UsageError, _positive_float, _positive_int, _seed, _unit_interval, _width, resolve_device
 from wakesleep.cli.results import draw_samples
 from wakesleep.config import (
     build_estimator,
     build_model,
+    check_same_data,
     dataset_record,
     estimator_parameters,
     read_summary,
     run_dataset,
     run_record,
 )
-from wakesleep.data import DataError, load_dataset, validate
+from wakesleep.data import DataError, fingerprint, load_dataset, validate
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import report_log_likelihood
 from wakesleep.faults import fault_point
 from wakesleep.io import atomic_write_text
 from wakesleep.models.contract import device_dtype, has_proposal
 from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS
-from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, model_from_config, resolve_spec
+from wakesleep.models.loading import ModelSpecError, check_named, is_user_spec, model_config, model_from_config, resolve_spec
 from wakesleep.runs import BEST, CHECKPOINT, CONFIG, METRICS, CheckpointError, RunDirectoryBusy, clean_temporary_files, load_checkpoint, run_lock
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
 from wakesleep.training.checkpoint import ends_at
@@ -164,11 +165,9 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
         "(called with data_dim=D if it takes it) returning a module that meets the model contract, "
         "see docs/your-own-model.md; --layers, --hidden, --q-hidden and --likelihood are then unused (default: sbn)",
     )
-    t_add("--layers", type=_positive_int, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
-    t_add(
-        "--hidden", type=_positive_int, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)"
-    )
-    t_add("--q-hidden", type=_positive_int, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
+    t_add("--layers", type=_width, nargs="+", default=[200], help="latent layer sizes, bottom to top (default: 200)")
+    t_add("--hidden", type=_width, nargs="*", default=None, help="hidden sizes inside each layer (gaussian default: 200 200; sbn default: none)")
+    t_add("--q-hidden", type=_width, nargs="*", default=None, help="sbn: hidden sizes inside recognition layers (default: none)")
     t_add(
         "--layer",
         choices=LAYER_KINDS,
@@ -186,7 +185,7 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
         metavar="sbn|nade|darn",
         help="sbn: the recognition layers' kinds, if not --layer's",
     )
-    t_add("--nade-hidden", type=_positive_int, default=None, help=f"hidden units of each nade layer (default: {DEFAULT_NADE_HIDDEN})")
+    t_add("--nade-hidden", type=_width, default=None, help=f"hidden units of each nade layer (default: {DEFAULT_NADE_HIDDEN})")
     t_add(
         "--likelihood",
         choices=["bernoulli", "gaussian"],
@@ -404,12 +403,20 @@ def _check_run_dir(run: Path) -> None:
         raise UsageError(f"--run-dir {run}: {existing} is not writable by this user: choose a --run-dir you can write, or make it writable")
 
 
-def _read_config(run: Path) -> dict:
-    """The recorded config of the run to resume, with its model checked to rebuild."""
+def _read_config(run: Path, named: str | None) -> dict:
+    """The recorded config of the run to resume, with its model checked to rebuild: a user's model
+    only when this command line names it (``named``, the ``--model`` given; see
+    :func:`wakesleep.models.loading.check_named`).
+
+    Raises:
+        CheckpointError: no or a damaged ``config.json``.
+        wakesleep.models.loading.ModelSpecError: a user's model not named, or that does not load.
+    """
     if not (run / CONFIG).is_file():
         raise CheckpointError(f"cannot resume: {run} has no {CONFIG}; start the run without --resume")
     try:
         config = json.loads((run / CONFIG).read_text())
+        check_named(config["model"], named, run / CONFIG)
         model_from_config(config["model"])
     except ModelSpecError:
         raise
@@ -555,9 +562,11 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
     """
     _check_run_dir(run)
     if a.resume:
-        config = _read_config(run)
+        named = a.model if "model" in getattr(a, "given", ()) and is_user_spec(a.model) else None
+        config = _read_config(run, named)
         changes = _resume_changes(a, config, run)
         data = run_dataset(config)
+        check_same_data(config, data, run)
         held.enter_context(run_lock(run))
         clean_temporary_files(run)
         if changes:
@@ -612,6 +621,7 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
             a.data_dir,
             train_settings,
             a.test_k,
+            fingerprint(data),
         ),
         "options": _run_options(a, data.dim, data.binary),  # what --resume compares its options with
     }
