@@ -2,12 +2,14 @@
 (and ``wakesleep diagnose``, ``wakesleep compare CONFIG``: :mod:`wakesleep.cli.lab`; ``wakesleep fid SOURCE``:
 :mod:`wakesleep.cli.quality`).
 
-One module per job: :mod:`wakesleep.cli.train` (``train``: a new run, or ``--resume``),
-:mod:`wakesleep.cli.results` (``evaluate`` and ``sample`` of a trained run), :mod:`wakesleep.cli.lab`
-(``diagnose`` and ``compare``), :mod:`wakesleep.cli.quality` (``fid``: FID and KID of images),
-:mod:`wakesleep.cli.options` (what their options share).  Each adds
-its parsers (``add_parser``/``add_parsers``) and names its commands (``COMMANDS``); a new command
-is a new module listed in :data:`JOBS`.  This module is the entry point: :func:`main`.
+One module per job: :mod:`wakesleep.cli.train` (``train``: a new run, or ``--resume``; what its
+options mean is :mod:`wakesleep.cli.run_spec`, its checks and record before the first step
+:mod:`wakesleep.cli.prepare`), :mod:`wakesleep.cli.results` (``evaluate`` and ``sample`` of a
+trained run), :mod:`wakesleep.cli.lab` (``diagnose`` and ``compare``), :mod:`wakesleep.cli.quality`
+(``fid``: FID and KID of images), :mod:`wakesleep.cli.options` (what their options share).  Each
+command module adds its parsers (``add_parser``/``add_parsers``) and names its commands
+(``COMMANDS``); a new command is a new module listed in :data:`JOBS`.  This module is the entry
+point: :func:`main`.
 
 A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
 ``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
@@ -37,7 +39,7 @@ import torch
 from wakesleep import fused
 from wakesleep.cli import lab, quality, results, train
 from wakesleep.cli.options import UsageError, _Parser, resolve_device
-from wakesleep.cli.train import estimator_settings, model_from_args  # public names of the command line
+from wakesleep.cli.run_spec import estimator_settings, model_from_args  # public names of the command line
 from wakesleep.data import DataError
 from wakesleep.models import ModelContractError
 from wakesleep.runs import CheckpointError, RunDirectoryBusy
