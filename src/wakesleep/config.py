@@ -36,6 +36,11 @@ from wakesleep.models.loading import model_from_config, user_model_config
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
+#: The most units one layer of a model table may have (``--layers``, ``--hidden``, compare's
+#: ``layers``, ...): far beyond any memory, and small enough that products of two sizes stay within
+#: torch's 64-bit sizes, so that a too-large model meets a memory error rather than an overflow
+#: inside torch.
+MAX_WIDTH = 2**30
 
 
 # ------------------------------------------------------------------ estimators

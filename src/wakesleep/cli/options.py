@@ -8,6 +8,7 @@ import textwrap
 
 import torch
 
+from wakesleep.config import MAX_WIDTH
 from wakesleep.training import MAX_SEED
 
 
@@ -46,14 +47,8 @@ def _positive_int(text: str) -> int:
     return _typed(text, int, lambda v: v >= 1, "expected an integer >= 1, got {text!r}", "expected an integer >= 1, got {v}")
 
 
-#: The most units a layer may have on the command line (``--layers``, ``--hidden``, ...): far beyond
-#: any memory, and small enough that products of sizes stay within torch's 64-bit sizes, so that a
-#: too-large model meets the memory check's message rather than an overflow inside torch.
-MAX_WIDTH = 2**30
-
-
 def _width(text: str) -> int:
-    """A layer's number of units: an integer from 1 to :data:`MAX_WIDTH`."""
+    """A layer's number of units: an integer from 1 to :data:`wakesleep.config.MAX_WIDTH`."""
     return _typed(
         text,
         int,

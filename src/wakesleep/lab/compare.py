@@ -67,7 +67,7 @@ from typing import Any
 import torch
 
 from wakesleep import plots
-from wakesleep.config import ESTIMATORS, MODEL_KINDS, build_estimator, check_same_data, run_record
+from wakesleep.config import ESTIMATORS, MAX_WIDTH, MODEL_KINDS, build_estimator, check_same_data, run_record
 from wakesleep.config import build_model as build_table_model
 from wakesleep.data import SPLITS, DataError, load_dataset
 from wakesleep.data import fingerprint as data_fingerprint
@@ -179,9 +179,17 @@ def _check_builtin_model(where: str, raw_model) -> dict:
     bad = sorted(set(model) - {"kind", "layers"} - accepted)
     if bad:
         raise _err(where, f"model.{bad[0]}", f"is not a setting of a {kind!r} model; its settings: {sorted(accepted)}")
-    layers = model["layers"]
-    if not isinstance(layers, list) or not layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers):
-        raise _err(where, "model.layers", f"must be a non-empty list of positive integers, got {layers!r}")
+
+    def widths(v) -> bool:
+        return isinstance(v, list) and all(not isinstance(w, bool) and isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in v)
+
+    if not model["layers"] or not widths(model["layers"]):
+        raise _err(where, "model.layers", f"must be a non-empty list of integers from 1 to 2**30, got {model['layers']!r}")
+    for key in ("hidden", "q_hidden", "p_hidden"):
+        if key in model and not widths(model[key]):
+            raise _err(where, f"model.{key}", f"must be a list of integers from 1 to 2**30, got {model[key]!r}")
+    if "nade_hidden" in model and not widths([model["nade_hidden"]]):
+        raise _err(where, "model.nade_hidden", f"must be an integer from 1 to 2**30, got {model['nade_hidden']!r}")
     return model
 
 
