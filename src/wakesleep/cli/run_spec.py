@@ -211,6 +211,8 @@ def recorded_options(config: dict) -> dict:
 
 
 def flag(name: str, value=None) -> str:
+    """Option ``name`` (``"lr_p"``) as the command line writes it, with ``value`` where one is
+    given and not True: ``--lr-p 0.01``, ``--layers 200 200``, ``--compile``."""
     text = "--" + name.replace("_", "-")
     if value is None or value is True:
         return text
