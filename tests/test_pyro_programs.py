@@ -348,5 +348,5 @@ def test_command_line_trains_a_program_and_resumes_it_bit_exact(tmp_path):
     for part in ("model", "estimator"):
         assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert b["estimator"]["memory_filled"].any()
-    code, out, err = run(["evaluate", str(tmp_path / "resumed"), "--k", "5"])
+    code, out, err = run(["evaluate", str(tmp_path / "resumed"), "--k", "5", "--model", spec])
     assert code == 0 and "nats" in out, err
