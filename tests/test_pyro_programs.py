@@ -283,6 +283,26 @@ def test_impossible_trees_weigh_nothing_and_dead_datapoints_are_counted():
     assert one.metrics["dead_datapoints"] > 0 and torch.isfinite(one.loss)
 
 
+def test_what_the_docs_say_of_impossible_configurations():
+    """docs/your-own-model.md: −inf particles weigh 0 in RWS and evaluation (a dead datapoint's
+    estimate is −inf), MWS never keeps one, and the ELBO-based estimators' non-finite steps are
+    refused by the trainer (or skipped)."""
+    torch.manual_seed(14)
+    model = from_pyro(HardGrammar(), Parser(), vectorize_particles=False, data_dim=LENGTH)
+    x = torch.tensor([[0.0, PAD, PAD, PAD], [0.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    per_point = ws.evaluate.importance_log_marginal(model, x.repeat(10, 1), 1)
+    assert torch.isneginf(per_point).any() and not per_point.isnan().any()
+    est = MemoisedWakeSleep(k=5, memory_size=8, q_update="wake")
+    est.prepare(model, x)
+    est(model, x, torch.arange(2))
+    held = est.memory_filled.sum(1)
+    assert (held <= 1).all()  # each sentence has exactly one tree of non-zero mass
+    with pytest.raises(ws.training.TrainingError, match="non-finite"):
+        ws.train(model, Reinforce(k=3), x.repeat(10, 1), epochs=1, batch_size=20, progress=False)
+    fit = ws.train(model, Reinforce(k=3), x.repeat(10, 1), epochs=1, batch_size=10, nan_policy="skip", progress=False)
+    assert fit.skipped_steps >= 1
+
+
 def test_training_with_each_estimator_learns_the_grammar():
     """The production probabilities move toward the truth under every estimator that needs only
     sampling and densities (10 steps of batch 20 from the true grammar)."""

@@ -12,7 +12,7 @@ Two paths, split by job:
   guide reparameterises.
 - :mod:`wakesleep.pyro.programs` (``vectorize_particles=False``): programs whose structure
   depends on their own random choices, each particle of each datapoint traced on its own; z is the
-  trace's choices as padded tensors (:mod:`wakesleep.pyro.choices`).
+  trace's choices as padded tensors (:mod:`wakesleep.models.choices`).
 
 Both weigh particles per datapoint (Le, Kosiorek, Siddharth, Teh & Wood 2019), unlike Pyro's own
 ``ReweightedWakeSleep``, which normalises once per batch (pyro-ppl/pyro#2220).  What the two share

@@ -9,7 +9,7 @@ log w[k, b] = log p_θ(x_b, z_kb) − log q_φ(z_kb | x_b), nats, summed over ev
 so that the K weights of each datapoint are normalised separately (Le, Baydin, Zinkov & Wood
 2019 and Le, Kosiorek, Siddharth, Teh & Wood 2019, *Revisiting reweighted wake-sleep for models with
 stochastic control flow*).  z is the trace's choices as padded tensors
-(:mod:`wakesleep.pyro.choices`); :meth:`ProgramModel.choices` decodes it.  The sleep phase runs the
+(:mod:`wakesleep.models.choices`); :meth:`ProgramModel.choices` decodes it.  The sleep phase runs the
 model forward with its data site released.  The cost is two program runs per particle and
 datapoint (``benchmarks/pyro_paths.py`` measures it per sample site).
 """
@@ -25,8 +25,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import discrete_escape, enum_extend, site_is_subsample
 from torch import Tensor, nn
 
+from wakesleep.models.choices import DTYPES, ChoiceCodec
 from wakesleep.models.contract import device_dtype
-from wakesleep.pyro.choices import DTYPES, ChoiceCodec
 from wakesleep.pyro.common import PyroPrograms, Release, is_latent, is_sample, trace_private
 
 INPUTS = ("auto", "datapoint", "batch")
@@ -65,7 +65,7 @@ class ProgramModel(PyroPrograms):
     model contract (build it with :func:`wakesleep.pyro.from_pyro` and ``vectorize_particles=False``).
 
     z is a dict of padded tensors {``address``, ``value``, ``kind``}, each [*S, B, L]
-    (:mod:`wakesleep.pyro.choices`), L = ``max_choices``; x is [B, D]; log-densities in nats.  The
+    (:mod:`wakesleep.models.choices`), L = ``max_choices``; x is [B, D]; log-densities in nats.  The
     programs take one datapoint: x_b [D] (``program_input="datapoint"``), or a batch of one,
     x[b:b+1] [1, D], for a program written over a batch with a data plate (``"batch"``: a
     sequential ``for i in pyro.plate("data", len(x))`` or a vectorised one); ``"auto"`` tells them
