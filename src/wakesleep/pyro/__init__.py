@@ -38,6 +38,7 @@ def from_pyro(
     vectorize_particles: bool = True,
     max_choices: int = 64,
     program_input: str = "auto",
+    max_traces: int = 1000,
 ) -> PyroModel | ProgramModel:
     """A model that meets the contract from a Pyro model and guide.
 
@@ -70,6 +71,8 @@ def from_pyro(
         max_choices: per particle: L, the most scalar choices one trace may hold (z's last dim).
         program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (x[b:b+1] [1, D]) or
             ``"auto"`` (``"batch"`` when a run on two datapoints, or on one, has a plate of that size around every site).
+        max_traces: per particle: ``enumerate_latents`` (exact evaluation, exact references) lists
+            at most this many traces; a program with more (a recursion without bound) has none.
 
     Returns:
         :class:`PyroModel` or :class:`ProgramModel`: ``sample``, ``log_joint``, ``log_prior``,
@@ -85,4 +88,4 @@ def from_pyro(
     """
     if vectorize_particles:
         return PyroModel(model, guide, data_dim)
-    return ProgramModel(model, guide, data_dim, max_choices=max_choices, program_input=program_input)
+    return ProgramModel(model, guide, data_dim, max_choices=max_choices, program_input=program_input, max_traces=max_traces)

@@ -78,13 +78,38 @@ class ProgramModel(PyroPrograms):
 
     reparameterizable = False
 
-    def __init__(self, model: nn.Module, guide: nn.Module, data_dim: int | None = None, max_choices: int = 64, program_input: str = "auto"):
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        data_dim: int | None = None,
+        max_choices: int = 64,
+        program_input: str = "auto",
+        max_traces: int = 1000,
+    ):
         super().__init__(model, guide, data_dim)
         if program_input not in INPUTS:
             raise ValueError(f"program_input must be one of {INPUTS}, got {program_input!r}")
+        if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces < 0:
+            raise ValueError(f"max_traces must be an integer >= 0, got {max_traces!r}")
         self.codec = ChoiceCodec(max_choices)
         self.program_input = program_input
+        self.max_traces = max_traces
         self._inputs: dict[str, str] = {}
+        self._enumerable: bool | None = None
+
+    @property
+    def has_exact_log_marginal(self) -> bool:
+        """Whether :meth:`enumerate_latents` lists the model's traces: every latent discrete and at
+        most ``max_traces`` traces (found once, by listing them; a recursion without bound stops
+        there).  False makes exact evaluation refuse the model rather than search without end."""
+        if self._enumerable is None:
+            try:
+                self.enumerate_latents()
+                self._enumerable = True
+            except ValueError:
+                self._enumerable = False
+        return self._enumerable
 
     # ------------------------------------------------------------ running the programs
     def _what(self, program) -> str:
@@ -255,14 +280,15 @@ class ProgramModel(PyroPrograms):
         with torch.no_grad():
             return self._draw(self.generative, x, k)
 
-    def enumerate_latents(self, max_states: int = 100_000) -> dict:
+    def enumerate_latents(self) -> dict:
         """Every trace of the model's latents once, for a program whose every latent is discrete
-        and whose traces are finite in number (a grammar with bounded depth): choices [S, L],
-        found by Pyro's exhaustive search over discrete sites (``poutine.queue``).
+        and whose traces are at most ``max_traces`` (a grammar with bounded depth): choices
+        [S, L], found by Pyro's exhaustive search over discrete sites (``poutine.queue``).
 
         Raises:
-            ValueError: a latent without ``enumerate_support``, or more than ``max_states`` traces.
+            ValueError: a latent without ``enumerate_support``, or more than ``max_traces`` traces.
         """
+        max_states = self.max_traces
         x0 = self._x0()
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
         queue = LifoQueue()
@@ -273,7 +299,10 @@ class ProgramModel(PyroPrograms):
         with torch.no_grad(), torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
             while not queue.empty():
                 if len(rows) >= max_states:
-                    raise ValueError(f"the model has more than {max_states} traces: its latents cannot be enumerated (an unbounded recursion?)")
+                    raise ValueError(
+                        f"the model has more than max_traces={max_states} traces: its latents are not enumerated (an unbounded "
+                        "recursion?); pass a larger max_traces= to from_pyro for a finite program"
+                    )
                 trace = trace_private(fn, inp)
                 latents = self._latents(trace)
                 for name, _ in latents:
