@@ -111,7 +111,7 @@ def test_a_program_written_over_a_batch_with_a_sequential_plate_gives_the_same_s
     class BatchGrammar(Grammar):
         def forward(self, x):
             for i in pyro.plate("data", len(x)):
-                pyro.sample("x", noisy_yield(self.expand("S")), obs=x[i].long())
+                pyro.sample("x", noisy_yield(self.expand("S"), x.device), obs=x[i].long())
 
     class BatchParser(Parser):
         def forward(self, x):
