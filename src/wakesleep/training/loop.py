@@ -37,7 +37,7 @@ from wakesleep.models import contract
 from wakesleep.runs import CHECKPOINT, clean_temporary_files, run_lock
 from wakesleep.training import distributed
 from wakesleep.training.checkpoint import TrainState, restore_best, resume_from, save_best, save_checkpoint
-from wakesleep.training.checks import check_model_for_training, data_on_device
+from wakesleep.training.checks import check_gradient_flow, check_model_for_training, data_on_device
 from wakesleep.training.metrics import MetricsLog, epoch_means, validation_metrics
 from wakesleep.training.settings import FitResult, TrainConfig
 from wakesleep.training.step import build_optimizer, compile_estimator, refuse_nonfinite, train_step
@@ -116,6 +116,7 @@ def train(
     valid = check_model_for_training(model, estimator, train_data, valid)
     if hasattr(estimator, "prepare"):
         estimator.prepare(model, train_data)  # per-datapoint state, before a checkpoint is loaded into it
+    check_gradient_flow(model, estimator, train_data)
     run = Path(run_dir) if run_dir is not None else None
     if resume and run is None:
         raise ValueError("resume needs a run_dir")
@@ -180,7 +181,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
                 distributed.broadcast_state([model, estimator])
             if bad is not None:  # a non-finite loss or gradient: no step was taken
                 if cfg.nan_policy != "skip":
-                    raise refuse_nonfinite(bad, step, epoch, estimator, run)
+                    raise refuse_nonfinite(bad, step, epoch, estimator, run, model, train_data[index])
                 st.result.skipped_steps += 1
                 bar.update(1)
                 continue
