@@ -5,6 +5,7 @@ end and within a block) are bit-exact against an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -99,3 +100,72 @@ def test_streams_are_refused_where_they_cannot_work(tmp_path):
         fit(lambda n, g: torch.zeros(10), None, epochs=1)
     with pytest.raises(ValueError, match="values outside"):
         fit(lambda n, g: torch.full((n, D), 0.5), None, epochs=1)
+
+
+SIMULATOR_FILE = """
+import torch
+
+P = torch.linspace(0.1, 0.9, 12)
+
+
+def make():
+    def sample(n, generator):
+        return (torch.rand(n, 12, generator=generator) < P).float()
+
+    return sample
+"""
+
+
+def test_the_command_line_streams_from_a_factory_and_resumes_bit_exact(tmp_path):
+    from cli_helpers import rejected, run
+
+    (tmp_path / "sim.py").write_text(SIMULATOR_FILE)
+    spec = f"{tmp_path / 'sim.py'}:make"
+    base = [
+        "train",
+        "--data-from",
+        spec,
+        "--layers",
+        "4",
+        "--steps-per-epoch",
+        "4",
+        "--batch-size",
+        "20",
+        "--valid-k",
+        "5",
+        "--test-k",
+        "5",
+        "--no-progress",
+    ]
+    code, out, err = run([*base, "--epochs", "3", "--run-dir", str(tmp_path / "whole")])
+    assert code == 0, err
+    assert "streamed train, 1000 valid, 1000 test, D=12" in out
+    assert run([*base, "--epochs", "1", "--run-dir", str(tmp_path / "cut")])[0] == 0
+    code, _, err = run(["train", "--resume", "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")])
+    assert code == 0, err
+    whole, cut = (torch.load(tmp_path / r / CHECKPOINT, weights_only=True)["model"] for r in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    rejected(
+        ["train", "--steps-per-epoch", "4", "--dataset", "digits", "--run-dir", str(tmp_path / "x")], "--steps-per-epoch is for data that streams"
+    )
+
+
+def test_compare_streams_from_its_toml(tmp_path):
+    from wakesleep.lab.compare import ConfigError, parse_config, run_compare
+
+    (tmp_path / "sim.py").write_text(SIMULATOR_FILE)
+    raw = {
+        "name": "stream",
+        "seeds": [0],
+        "data": {"data_from": f"{tmp_path / 'sim.py'}:make"},
+        "model": {"kind": "sbn", "layers": [3]},
+        "train": {"epochs": 2, "batch_size": 20, "steps_per_epoch": 3, "valid_k": 3},
+        "evaluate": {"test_k": 3, "test_n": 50, "valid_n": 50},
+        "estimators": [{"label": "RWS", "algorithm": "rws", "settings": {"k": 3}}],
+    }
+    records, _, out = run_compare(parse_config(raw), tmp_path / "out", progress=False)
+    assert records[0]["epochs"] == 2 and math.isfinite(records[0]["test_log_likelihood"])
+    config = json.loads((out / "RWS" / "seed0" / "config.json").read_text())
+    assert config["data"]["data_from"].endswith("sim.py:make")
+    with pytest.raises(ConfigError, match="give one of dataset"):
+        parse_config({**raw, "data": {"dataset": "digits", "data_from": raw["data"]["data_from"]}})

@@ -33,6 +33,7 @@ from wakesleep.data import load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.loading import model_from_config, user_model_config
+from wakesleep.training.stream import stream_dataset
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
@@ -166,22 +167,27 @@ def dataset_record(dataset: str) -> str:
     return str(Path(dataset).resolve()) if Path(str(dataset)).is_file() else str(dataset)
 
 
-def run_record(model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int) -> dict:
-    """A run directory's ``config.json``: the model's record, the estimator, the data, the trainer's
-    settings (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
+def run_record(
+    model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int, data_from: str | None = None
+) -> dict:
+    """A run directory's ``config.json``: the model's record, the estimator, the data (a data set, or
+    ``data_from``, the factory of a stream), the trainer's settings
+    (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
     return {
         "model": model,
         "algorithm": algorithm,
         "estimator": settings,
-        "data": {"dataset": dataset_record(dataset), "data_dir": data_dir},
+        "data": {"dataset": dataset_record(dataset), "data_dir": data_dir, **({"data_from": data_from} if data_from else {})},
         "train": train,
         "test_k": test_k,
     }
 
 
 def run_dataset(config: dict):
-    """The data set a run's record names."""
+    """The data set a run's record names, or its stream (:func:`wakesleep.training.stream.stream_dataset`)."""
     d = config["data"]
+    if d.get("data_from"):
+        return stream_dataset(d["data_from"], config["train"]["seed"])
     return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
 
 

@@ -42,12 +42,14 @@ from wakesleep.runs import BEST, CHECKPOINT, CONFIG, METRICS, CheckpointError, R
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
 from wakesleep.training.checkpoint import ends_at
 from wakesleep.training.checks import check_memory, check_model_for_training
+from wakesleep.training.stream import HELD_OUT, stream_dataset
 
 SUMMARY, SAMPLES, CURVES = "summary.json", "samples.png", "curves.png"
 
 # `train` options that define a run (model, estimator, data, data order, what validation means):
 # --resume refuses them where they differ from what the run recorded.
 RUN_OPTIONS = (
+    "data_from",
     "model",
     "layers",
     "hidden",
@@ -194,6 +196,19 @@ def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
         help="p(x | z): bernoulli for binary data (default), gaussian for grey levels",
     )
     t_add("--dataset", default="digits", help="digits (embedded), binarized-mnist, mnist-gray, or a .npz path (default: digits)")
+    t_add(
+        "--data-from",
+        default=None,
+        metavar="FILE.py:FACTORY",
+        help="train on data that streams: FACTORY() returns sample(n, generator) -> x [n, D] (a simulator: fresh data every step) "
+        f"or an iterable of batches (a DataLoader); validation and test sets of {HELD_OUT} are drawn from it once. Replaces --dataset",
+    )
+    t_add(
+        "--steps-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="with --data-from: steps between records, validations and checkpoints (an epoch of a stream; default: 100)",
+    )
     t_add("--data-dir", default=None, help="directory with data files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
     t_add("--epochs", type=_positive_int, default=100, help="passes over the training data (default: 100; with --resume, more extend the run)")
     t_add("--batch-size", type=_positive_int, default=100, help="datapoints per step (default: 100)")
@@ -424,6 +439,7 @@ def _run_options(a: argparse.Namespace, data_dim: int | None = None, binary: boo
     o = {name: getattr(a, name, None) for name in RUN_OPTIONS}
     o["layers"] = list(a.layers)
     o["dataset"] = dataset_record(a.dataset)
+    o["data_from"] = resolve_spec(a.data_from) if getattr(a, "data_from", None) else None
     for name in ("layer", "q_layer", "nade_hidden"):  # recorded where given, so that runs without them keep their record
         if getattr(a, name, None) is None:
             o.pop(name)
@@ -444,7 +460,7 @@ def _recorded_options(config: dict) -> dict:
     """The ``RUN_OPTIONS`` a run was started with: recorded in config.json ("options"), or, for a
     run written before they were, read back from its model, estimator, data and trainer records."""
     if "options" in config:
-        return {"layer": None, "q_layer": None, "nade_hidden": None, **config["options"]}
+        return {"layer": None, "q_layer": None, "nade_hidden": None, "data_from": None, **config["options"]}
     m, t = config["model"], config["train"]
     o = {
         "algorithm": config["algorithm"],
@@ -455,6 +471,7 @@ def _recorded_options(config: dict) -> dict:
         "layer": None,  # such runs predate the layer kinds: their SBNs are factorial
         "q_layer": None,
         "nade_hidden": None,
+        "data_from": None,
     }
     if m.get("kind") == "user":
         o.update(model=m["spec"], hidden=None, q_hidden=None, likelihood=None)
@@ -539,7 +556,7 @@ def _build_checked(a: argparse.Namespace, data, device: torch.device):
     estimator = build_estimator(a.algorithm, settings)
     if is_user_spec(a.model):  # the user's factory has run: its parameters exist; check one step
         check_memory(model, estimator, a.batch_size, device, "a smaller model, --batch-size or --k")
-    train_x = torch.as_tensor(data.train).to(dtype=device_dtype(model)[1])
+    train_x = torch.as_tensor(getattr(data, "probe", data.train)).to(dtype=device_dtype(model)[1])
     check_model_for_training(model, estimator, train_x, None)
     return model, settings
 
@@ -586,7 +603,9 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
                 f"train; give a larger {_flag(option)} to go on. Evaluating it again"
             )
         return config, True, data, None, None
-    data = load_dataset(a.dataset, data_dir=a.data_dir)
+    data = stream_dataset(a.data_from, a.seed) if a.data_from else load_dataset(a.dataset, data_dir=a.data_dir)
+    if a.steps_per_epoch is not None and not a.data_from:
+        raise UsageError("--steps-per-epoch is for data that streams (--data-from); with --dataset an epoch is one pass over it")
     model, settings = _build_checked(a, data, device)
     train_settings = {
         "epochs": a.epochs,
@@ -602,6 +621,7 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
         "checkpoint_every": a.checkpoint_every,
         "nan_policy": "skip" if a.skip_nonfinite else "error",
         "compile": a.compile,
+        **({"steps_per_epoch": a.steps_per_epoch} if a.data_from else {}),
     }
     config = {
         **run_record(
@@ -612,6 +632,7 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
             a.data_dir,
             train_settings,
             a.test_k,
+            resolve_spec(a.data_from) if a.data_from else None,
         ),
         "options": _run_options(a, data.dim, data.binary),  # what --resume compares its options with
     }
@@ -631,7 +652,8 @@ def _prepare_run(a: argparse.Namespace, run: Path, device: torch.device, held: c
 
 
 def _train(a: argparse.Namespace, device: torch.device) -> int:
-    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
+    source = a.data_from.rpartition(":")[2] if getattr(a, "data_from", None) else Path(str(a.dataset)).stem
+    run = Path(a.run_dir or f"runs/{source}-{a.algorithm}")
     main = distributed.is_main()
     with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the end
         data = model = settings = None
@@ -661,7 +683,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
             where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
             print(
                 f"training {config['algorithm']} {config['estimator']} on {data.name} "
-                f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
+                f"({'streamed' if hasattr(data, 'probe') else data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
             )
         fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
         # Every rank leaves the process group together now: the rest (evaluation, pictures) is rank
@@ -688,7 +710,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         if earlier:  # results of `wakesleep evaluate` on this run are kept
             summary["evaluations"] = earlier
         atomic_write_text(run / SUMMARY, json.dumps(summary, indent=2))
-        samples, curves = write_pictures(run, model, data.image_shape, data=data.train)
+        samples, curves = write_pictures(run, model, data.image_shape, data=getattr(data, "probe", data.train))
         print(f"test log-likelihood: {ll}")
         print(f"samples: {samples}")
         if curves:

@@ -22,14 +22,19 @@ checkpoints after each block.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from wakesleep.models.loading import load_factory
+
 #: Seeds of the stream's generator are derived from (seed, rank) apart from the data order's.
 _STREAM_SALT = 7919
+#: Datapoints of the validation and test sets a command-line stream draws once (``--data-from``).
+HELD_OUT = 1000
 
 
 def is_stream(data) -> bool:
@@ -139,3 +144,67 @@ def _batch(x) -> Tensor:
     if isinstance(x, (list, tuple)):
         x = x[0]
     return torch.as_tensor(x)
+
+
+@dataclass
+class StreamData:
+    """The data of a run that streams (``--data-from FILE.py:FACTORY``, compare's ``data_from``), shaped
+    like :class:`wakesleep.data.Dataset`: ``train`` is the source (a callable or an iterable),
+    ``valid`` and ``test`` fixed [N, D] float32 sets drawn from it once, ``probe`` a few
+    datapoints for checks and pictures."""
+
+    name: str
+    train: Any
+    valid: Tensor
+    test: Tensor
+    probe: Tensor
+    image_shape: tuple[int, int] | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.valid.shape[1]
+
+    @property
+    def binary(self) -> bool:
+        return bool(((self.valid == 0) | (self.valid == 1)).all())
+
+
+def stream_dataset(spec: str, seed: int, held_out: int = HELD_OUT) -> StreamData:
+    """The source named by ``spec`` (``FILE.py:FACTORY`` or ``package.module:FACTORY``; ``FACTORY()``
+    returns a callable ``sample(n, generator)`` or an iterable of batches), with validation and test
+    sets of ``held_out`` datapoints each: drawn by the callable with generators seeded from ``seed``
+    (apart from the training stream's), or the first rows of one pass of the iterable (which, for a
+    loader over a fixed set, the training batches then also visit).
+
+    Raises:
+        wakesleep.models.loading.ModelSpecError: a factory that does not load.
+        ValueError: a factory that returns no source, or a source whose draws are not [n, D].
+    """
+    fn = load_factory(spec)
+    try:
+        data = fn()
+    except Exception as e:
+        raise ValueError(f"--data-from {spec!r}: the factory raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if not is_stream(data):
+        raise ValueError(
+            f"--data-from {spec!r}: the factory returned a {type(data).__name__}; return a function sample(n, generator) -> x [n, D] or an iterable of batches"
+        )
+    name = spec.rpartition(":")[2]
+    if callable(data) and not isinstance(data, Iterable):
+        draw = Source(data, seed, 0, lambda x: x.to(torch.float32))._call
+        held = [draw(held_out, torch.Generator().manual_seed(seed * 1_000_003 + salt)).to(torch.float32) for salt in (1, 2)]
+        return StreamData(name, data, held[0], held[1], held[0][:8])
+    rows, gen = [], getattr(data, "generator", None)
+    state = gen.get_state() if gen is not None else None
+    with torch.random.fork_rng(devices=[]):
+        for x in data:
+            rows.append(_batch(x).to(torch.float32))
+            if sum(r.shape[0] for r in rows) >= 2 * held_out:
+                break
+    if state is not None:
+        gen.set_state(state)
+    if not rows:
+        raise ValueError(f"--data-from {spec!r}: the iterable yielded no batches")
+    both = torch.cat(rows)[: 2 * held_out]
+    half = max(1, both.shape[0] // 2)
+    return StreamData(name, data, both[:half], both[half:] if both.shape[0] > 1 else both, both[:8])
