@@ -130,11 +130,18 @@ class DistributionsModel(nn.Module):
     #: Where :attr:`data_dim` comes from, for the data check's message.
     data_dim_source = "the width of x drawn from your likelihood= function"
 
-    @_validated
     def _info(self) -> dict:
         """What one draw from the model shows (cached): the prior's event rank, the likelihood's
         family and event rank, the data width, whether the proposal can be reparameterised."""
         if self._probe is None:
+            self._find_info()
+        return self._probe
+
+    @_validated
+    def _find_info(self) -> None:
+        """Fill :meth:`_info`'s cache from one draw (with the model's ``validate_args``); nothing is
+        cached when the user's functions fail."""
+        try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 prior = user.call("prior", self.prior_fn)
                 user.check_prior(prior)
@@ -160,8 +167,10 @@ class DistributionsModel(nn.Module):
                         info["reparameterizable"] = bool(user.call("proposal", self.proposal_fn, x=x).has_rsample)
                     except ModelCheckError as e:
                         info["reparameterizable"] = e
-            self._probe = info
-        return self._probe
+        except BaseException:
+            self._probe = None
+            raise
+        self._probe = info
 
     @property
     def data_dim(self) -> int:
