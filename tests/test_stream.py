@@ -141,7 +141,12 @@ def test_the_command_line_streams_from_a_factory_and_resumes_bit_exact(tmp_path)
     assert code == 0, err
     assert "streamed train, 1000 valid, 1000 test, D=12" in out
     assert run([*base, "--epochs", "1", "--run-dir", str(tmp_path / "cut")])[0] == 0
-    code, _, err = run(["train", "--resume", "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")])
+    rejected(
+        ["train", "--resume", "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")],
+        "opening a run runs no code it names",
+        "--data-from",
+    )
+    code, _, err = run(["train", "--resume", "--data-from", spec, "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")])
     assert code == 0, err
     whole, cut = (torch.load(tmp_path / r / CHECKPOINT, weights_only=True)["model"] for r in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)

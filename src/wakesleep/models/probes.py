@@ -133,16 +133,20 @@ class _Probe:
         return ModelCheckError(f"{self.name}.{text}")
 
     # ------------------------------------------------------------ checks
-    def dtype_device(self, member: str, v: Tensor, what: str, x=None, z=None) -> None:
+    def device(self, member: str, v: Tensor, what: str, x=None, z=None) -> None:
         x0 = self.x
-        if not isinstance(v, Tensor):
-            return
-        if v.device != x0.device:
+        if isinstance(v, Tensor) and v.device != x0.device:
             src = self.source(member, x, z, lambda t: t.device != x0.device)
             raise self.fail(
                 f"{member} returned {what} on {v.device} but the data are on {x0.device}{src}: create the tensors it makes on "
                 "x's device (torch.zeros(..., device=x.device)) and keep every parameter in a registered module (model.to(device) moves them)"
             )
+
+    def dtype_device(self, member: str, v: Tensor, what: str, x=None, z=None) -> None:
+        x0 = self.x
+        if not isinstance(v, Tensor):
+            return
+        self.device(member, v, what, x, z)
         if v.is_floating_point() and v.dtype != x0.dtype:
             src = self.source(member, x, z, lambda t: t.is_floating_point() and t.dtype != x0.dtype)
             raise self.fail(
@@ -158,7 +162,7 @@ class _Probe:
             if bad is None or not bool(bad.any()):
                 continue
             where = bad.nonzero()[0].tolist()
-            at = f" for datapoint {where[-1]}" if v.ndim >= 1 and what != "z" else ""
+            at = f" for datapoint {where[0] if what == 'x' else where[-1]}" if v.ndim >= 1 else ""  # x [n, D]; log-densities [*S, B]
             src = self.source(
                 member, x, z, lambda t, label=label: bool({"NaN": torch.isnan, "+inf": torch.isposinf, "−inf": torch.isneginf}[label](t).any())
             )
@@ -279,9 +283,8 @@ def check_learning(model, x: Tensor, members: Iterable[str], k: int = PROBE_K, r
     with quiet_probe(model, x.device), torch.enable_grad():
         if "propose" in members:
             z, log_q = model.propose(xb, k)
-            for leaf in leaves(z):
-                p.dtype_device("propose", leaf, "z")
-                p.finite("propose", leaf, "z")
+            for leaf in leaves(z):  # z is opaque (any encoding, e.g. a trace's choices as float64): its device alone
+                p.device("propose", leaf, "z")
             p.dtype_device("propose", log_q, "log_q", xb, z)
             p.finite("propose", log_q, "log_q", xb, z, allow_neg_inf=False)
             if "q_parameters" in members:
@@ -298,8 +301,7 @@ def check_learning(model, x: Tensor, members: Iterable[str], k: int = PROBE_K, r
             p.dtype_device("sample", xs, "x")
             p.finite("sample", xs, "x")
             for leaf in leaves(zs):
-                p.dtype_device("sample", leaf, "z")
-                p.finite("sample", leaf, "z")
+                p.device("sample", leaf, "z")
             if "log_joint" in members:
                 _log_joint(p, xs, zs, 0, "p_parameters" in members and "propose" not in members, proposed=False)
             if "log_proposal" in members:

@@ -150,8 +150,8 @@ def _batch(x) -> Tensor:
 class StreamData:
     """The data of a run that streams (``--data-from FILE.py:FACTORY``, compare's ``data_from``), shaped
     like :class:`wakesleep.data.Dataset`: ``train`` is the source (a callable or an iterable),
-    ``valid`` and ``test`` fixed [N, D] float32 sets drawn from it once, ``probe`` a few
-    datapoints for checks and pictures."""
+    ``valid`` and ``test`` fixed [N, D] float32 sets drawn from it once, ``probe`` the training
+    stream's first few datapoints (for checks, pictures and the data's fingerprint)."""
 
     name: str
     train: Any
@@ -191,9 +191,9 @@ def stream_dataset(spec: str, seed: int, held_out: int = HELD_OUT) -> StreamData
         )
     name = spec.rpartition(":")[2]
     if callable(data) and not isinstance(data, Iterable):
-        draw = Source(data, seed, 0, lambda x: x.to(torch.float32))._call
-        held = [draw(held_out, torch.Generator().manual_seed(seed * 1_000_003 + salt)).to(torch.float32) for salt in (1, 2)]
-        return StreamData(name, data, held[0], held[1], held[0][:8])
+        source = Source(data, seed, 0, lambda x: x.to(torch.float32))
+        held = [source._call(held_out, torch.Generator().manual_seed(seed * 1_000_003 + salt)).to(torch.float32) for salt in (1, 2)]
+        return StreamData(name, data, held[0], held[1], source.probe(8))
     rows, gen = [], getattr(data, "generator", None)
     state = gen.get_state() if gen is not None else None
     with torch.random.fork_rng(devices=[]):
