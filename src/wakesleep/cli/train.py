@@ -44,6 +44,7 @@ from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS
 from wakesleep.models.loading import model_from_config
 from wakesleep.runs import CURVES, METRICS, SAMPLES, SUMMARY, CheckpointError, RunDirectoryBusy
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
+from wakesleep.training.stream import HELD_OUT
 
 
 def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
@@ -158,6 +159,19 @@ def _add_model_options(t_add) -> None:
 def _add_run_options(t_add) -> None:
     """``train``'s data, trainer and run-directory options, through ``t_add``."""
     t_add("--dataset", default="digits", help="digits (embedded), binarized-mnist, mnist-gray, or a .npz path (default: digits)")
+    t_add(
+        "--data-from",
+        default=None,
+        metavar="FILE.py:FACTORY",
+        help="train on data that streams: FACTORY() returns sample(n, generator) -> x [n, D] (a simulator: fresh data every step) "
+        f"or an iterable of batches (a DataLoader); validation and test sets of {HELD_OUT} are drawn from it once. Replaces --dataset",
+    )
+    t_add(
+        "--steps-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="with --data-from: steps between records, validations and checkpoints (an epoch of a stream; default: 100)",
+    )
     t_add("--data-dir", default=None, help="directory with data files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
     t_add("--epochs", type=_positive_int, default=100, help="passes over the training data (default: 100; with --resume, more extend the run)")
     t_add("--batch-size", type=_positive_int, default=100, help="datapoints per step (default: 100)")
@@ -248,7 +262,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace, device: torch.device) -> int:
-    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
+    source = a.data_from.rpartition(":")[2] if getattr(a, "data_from", None) else Path(str(a.dataset)).stem
+    run = Path(a.run_dir or f"runs/{source}-{a.algorithm}")
     main = distributed.is_main()
     with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the end
         data = model = settings = None
@@ -278,7 +293,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
             where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
             print(
                 f"training {config['algorithm']} {config['estimator']} on {data.name} "
-                f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
+                f"({'streamed' if hasattr(data, 'probe') else data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
             )
         fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
         # Every rank leaves the process group together now: the rest (evaluation, pictures) is rank
@@ -305,7 +320,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         if earlier:  # results of `wakesleep evaluate` on this run are kept
             summary["evaluations"] = earlier
         atomic_write_text(run / SUMMARY, json.dumps(summary, indent=2))
-        samples, curves = write_pictures(run, model, data.image_shape, data=data.train)
+        samples, curves = write_pictures(run, model, data.image_shape, data=getattr(data, "probe", data.train))
         print(f"test log-likelihood: {ll}")
         print(f"samples: {samples}")
         if curves:
