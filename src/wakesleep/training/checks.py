@@ -92,11 +92,20 @@ def check_gradient_flow(model, estimator, train_data: Tensor) -> None:
                 problem = "receives a gradient that is exactly zero from its loss"
             else:
                 continue
+            if "non-finite" in problem:
+                fix = (
+                    "A log-density is ±inf or NaN at some particle: log_joint = −inf (an impossible configuration) is allowed, "
+                    "but estimators whose signals use every log-weight (VIMCO, REINFORCE, NVIL, TVO) then have none; use RWS, "
+                    "WS or MWS, which weigh such particles 0, or a likelihood with an ABC tolerance (docs/your-own-model.md)"
+                )
+            else:
+                fix = (
+                    "Check that those members compute their values from these parameters with gradient (no .detach(), .item() "
+                    "or torch.no_grad) and that p_parameters()/q_parameters() return the parameters the members use"
+                )
             raise probes.ModelCheckError(
                 f"{label} {problem} on three training datapoints before the first step, so {name} would not train them: "
-                f"the gradient reaches them{via}. Check that those members compute their values from these parameters "
-                "with gradient (no .detach(), .item() or torch.no_grad) and that p_parameters()/q_parameters() return the "
-                "parameters the members use"
+                f"the gradient reaches them{via}. {fix}"
             )
 
 
