@@ -83,7 +83,13 @@ class RELAX(ParticleEstimator):
             self._build(self.latent_dim, self.data_dim)
 
     def settings(self) -> dict:
-        return {**super().settings(), "temperature": self.temperature, "control_hidden": self.control_hidden, "data_dim": self.data_dim}
+        return {
+            **super().settings(),
+            "temperature": self.temperature,
+            "control_hidden": self.control_hidden,
+            "latent_dim": self.latent_dim,
+            "data_dim": self.data_dim,
+        }
 
     def requires(self, model) -> tuple[str, ...]:
         """``proposal_distribution``, ``prior_distribution``, ``log_likelihood`` and both parameter groups."""
