@@ -228,3 +228,11 @@ def test_a_tiny_command_line_run_trains(tmp_path, argv):
     code, out, err = run(["train", *argv, *TINY, "--run-dir", str(tmp_path / "run")])
     assert code == 0, err
     assert "test log-likelihood" in out and math.isfinite(float(out.split("test log-likelihood: ")[1].split()[0]))
+
+
+def test_a_wrong_log_likelihood_shape_is_named_before_the_first_step():
+    model, x = case("mixture")
+    good = model.log_likelihood
+    model.log_likelihood = lambda x, z: good(x, z).sum(0)  # [B], not [K, B]
+    with pytest.raises(ws.models.ModelShapeError, match="log_likelihood"):
+        ws.train(model, RELAX(k=1), x.float().repeat(5, 1), None, epochs=1, progress=False)

@@ -381,6 +381,8 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                         tuple(eta.shape),
                         f"for x of sample({b}) (η has shape {list(eta.shape)})",
                     )
+        if "proposal_distribution" in members:
+            _check_relaxation(model, xb, k)
     for member in ("p_parameters", "q_parameters"):
         if member in members:
             params = _call(model, member)
@@ -390,6 +392,21 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 raise ModelShapeError(f"{name}.{member}() returned {_describe(params)}; it must return an iterable of parameters") from None
             if not all(isinstance(p, Tensor) for p in params):
                 raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
+
+
+def _check_relaxation(model, xb: Tensor, k: int) -> None:
+    """The relaxation's members on a tiny batch xb [b, D]: a proposal distribution with batch [b, …]
+    and a log-likelihood [k, b] at k of its draws (``check_shapes``'s part for Concrete and RELAX)."""
+    name, b = type(model).__name__, xb.shape[0]
+    q = _call(model, "proposal_distribution", xb)
+    if not isinstance(q, torch.distributions.Distribution) or tuple(q.batch_shape[:1]) != (b,):
+        raise ModelShapeError(
+            f"{name}.proposal_distribution(x) returned {_describe(q)} for x of shape {list(xb.shape)}; it must return a "
+            f"torch.distributions Bernoulli or OneHotCategorical whose batch shape leads with {b} (the contract: {MEMBERS['proposal_distribution']})"
+        )
+    _call(model, "prior_distribution")
+    z = q.sample((k,))
+    _expect(model, "log_likelihood", _call(model, "log_likelihood", xb, z), (k, b), f"for x [{b}, D] and z of {k} draws of proposal_distribution(x)")
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
