@@ -51,9 +51,10 @@ class RELAX(ParticleEstimator):
         k: draws per datapoint (≥ 1), averaged.
         temperature: λ's starting value (> 0).
         control_hidden: hidden units of r_ρ (0: REBAR's control variate η f_λ alone).
-        latent_dim, data_dim: r_ρ's input widths (the latent's elements, x's width); when either is
-            ``None`` the network is built by :meth:`prepare` (the trainer calls it before the first
-            step) or at the first call, from the model.
+        latent_dim: r_ρ's input width from the latent (its number of elements); when it or
+            data_dim is ``None`` the network is built by :meth:`prepare` (the trainer calls it
+            before the first step) or at the first call, from the model and the data.
+        data_dim: r_ρ's input width from x (D).
 
     Raises:
         ValueError: for k < 1, temperature ≤ 0, control_hidden < 0; on use, a model without one
