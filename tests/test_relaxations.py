@@ -75,18 +75,17 @@ def test_training_the_control_variate_lowers_the_variance_and_keeps_relax_unbias
     torch.manual_seed(22)
     est = RELAX(k=1, control_hidden=16).double()
     est.prepare(model, x)
-    reinforce = estimates(model, x, Reinforce(k=1), 40, 100)[1].var(0).sum().item()
-    before = estimates(model, x, est, 40, 100)[1].var(0).sum().item()
+    variance = lambda e: estimates(model, x, e, 200, 20)[1].var(0).sum().item() * 20  # noqa: E731 - tr Cov of one estimate
+    reinforce, before = variance(Reinforce(k=1)), variance(est)
     opt = torch.optim.Adam(est.parameters(), lr=1e-2)
-    for _ in range(150):  # ψ alone, by the estimator's own loss
+    for _ in range(300):  # ψ alone, by the estimator's own loss
         opt.zero_grad()
         est(model, x.repeat(25, 1)).loss.backward()
         opt.step()
     model.zero_grad()
-    _, p = estimates(model, x, est, 40, 100)
-    after = p.var(0).sum().item()
-    assert after < 0.8 * before < 0.5 * reinforce, (reinforce, before, after)
-    assert_unbiased(p, g_p, "phi after training psi")
+    after = variance(est)  # seeds 1, 2, 3, 22: after / before 0.66, 0.61, 0.75, 0.74; before / reinforce 0.08-0.09
+    assert after < 0.85 * before < 0.2 * reinforce, (reinforce, before, after)
+    assert_unbiased(estimates(model, x, est, 60, 100)[1], g_p, "phi after training psi")
 
 
 def test_relax_loss_gives_each_group_its_gradient_only():
