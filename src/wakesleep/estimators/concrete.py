@@ -33,6 +33,11 @@ from wakesleep.importance import log_mean_exp
 from wakesleep.models.contract import RELAXATION
 
 DENSITIES = ("concrete", "discrete")
+#: What a model without the relaxation's members can do (``member_hints`` of Concrete and RELAX).
+HINTS = {
+    "proposal_distribution": "Concrete and RELAX relax one layer of factorial binary or categorical latents: a Helmholtz machine "
+    "has these members with one latent layer (--layers with one size) of factorial (sbn) units; use rws, vimco or nvil otherwise"
+}
 _TINY = 1e-12
 
 
@@ -192,6 +197,9 @@ class Concrete(ParticleEstimator):
     def requires(self, model) -> tuple[str, ...]:
         """``proposal_distribution``, ``prior_distribution``, ``log_likelihood`` and both parameter groups."""
         return RELAXATION
+
+    def member_hints(self) -> dict[str, str]:
+        return HINTS
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:
         kind, q_logits, p_logits = discrete_latent(model, x)

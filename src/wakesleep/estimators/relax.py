@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_int
-from wakesleep.estimators.concrete import conditional_noise, discrete_latent, hard, log_mass, probs, relax, sample_noise
+from wakesleep.estimators.concrete import HINTS, conditional_noise, discrete_latent, hard, log_mass, probs, relax, sample_noise
 from wakesleep.models.contract import RELAXATION, device_dtype
 
 
@@ -95,6 +95,9 @@ class RELAX(ParticleEstimator):
     def requires(self, model) -> tuple[str, ...]:
         """``proposal_distribution``, ``prior_distribution``, ``log_likelihood`` and both parameter groups."""
         return RELAXATION
+
+    def member_hints(self) -> dict[str, str]:
+        return HINTS
 
     def _build(self, latent_dim: int, data_dim: int, device=None, dtype=None) -> None:
         h = self.control_hidden
