@@ -153,12 +153,13 @@ class Concrete(ParticleEstimator):
     - ``"concrete"`` (Maddison et al. 2017, §3.3 and App. C): the Concrete densities of the prior's and
       the proposal's logits at temperature τ, scored in log-space coordinates (log-odds, or logs of the
       simplex point) for stability.  With one τ for both, their ratio does not depend on τ: the
-      relaxed KL is KL(Logistic(l) ‖ Logistic(a)) (binary), larger than the discrete KL, so the
+      relaxed KL is KL(Logistic(l) ‖ Logistic(a)) (binary), at least the discrete KL, so the
       gradient's bias for ∇ ELBO does *not* vanish as τ → 0.
     - ``"discrete"``: the discrete mass functions at the relaxed point, Σ z̃·log π (their multilinear
-      extension; Jang et al. 2017 keep the discrete KL, Tucker et al. 2017 call this the relaxed f).
+      extension; Jang et al. 2017 pair the relaxed input with the discrete KL, and Tucker et al. 2017
+      call this the relaxed f).
       log w̃ → log w of the discrete state as τ → 0, and the bias for ∇ ELBO shrinks with τ while the
-      variance grows (as 1/τ).
+      variance grows as τ falls.
 
     Either way the estimator is biased for the gradient of the discrete model's bound; its bias is
     measured in ``tests/test_relaxations.py`` and ``wakesleep diagnose``.

@@ -144,6 +144,6 @@ class RELAX(ParticleEstimator):
         own = [p for p in self.parameters() if p.requires_grad]
         g_psi = torch.autograd.grad(variance, own, allow_unused=True)
         loss = -log_p.mean() - (g.detach() * (q_logits - q_logits.detach())).sum() / x.shape[0]
-        loss = loss + sum(((gp * (p - p.detach())).sum() for gp, p in zip(g_psi, own) if gp is not None), torch.zeros((), dtype=loss.dtype))
+        loss = loss + sum(((gp * (p - p.detach())).sum() for gp, p in zip(g_psi, own) if gp is not None), loss.new_zeros(()))
         metrics.update(gradient_variance=variance.detach(), temperature=self.log_temperature.detach().exp(), eta=self.eta.detach())
         return EstimatorOutput(loss, metrics)
