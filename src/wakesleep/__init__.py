@@ -11,7 +11,7 @@ estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (
 """
 
 from wakesleep import data, estimators, evaluate, models
-from wakesleep.estimators import ALWS, IWAE, NVIL, RWS, TVO, VAE, VIMCO, MemoisedWakeSleep, Reinforce, WakeSleep
+from wakesleep.estimators import ALWS, IWAE, NVIL, RELAX, RWS, TVO, VAE, VIMCO, Concrete, MemoisedWakeSleep, Reinforce, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.training import FitResult, TrainConfig, distributed, train
@@ -23,9 +23,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALWS",
+    "Concrete",
     "IWAE",
     "MemoisedWakeSleep",
     "NVIL",
+    "RELAX",
     "RWS",
     "Reinforce",
     "TVO",

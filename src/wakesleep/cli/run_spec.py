@@ -34,6 +34,9 @@ RUN_OPTIONS = (
     "defensive",
     "memory_size",
     "samples",
+    "temperature",
+    "density",
+    "control_hidden",
     "sleep_samples",
     "kernel",
     "krr",
@@ -68,6 +71,7 @@ ADJUSTABLE = {
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
 ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features")  # ALWS's
 ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size")  # the particle estimators'
+ESTIMATOR_OPTIONS += ("temperature", "density", "control_hidden")  # the relaxations'
 
 
 def _nonbinary(data) -> str:

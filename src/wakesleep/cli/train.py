@@ -24,6 +24,7 @@ from wakesleep import plots
 from wakesleep.cli.options import (
     DEVICE_OPTION,
     UsageError,
+    _nonnegative_int,
     _positive_float,
     _positive_int,
     _seed,
@@ -81,7 +82,7 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         "--k",
         type=_positive_int,
         default=5,
-        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo, proposals per step for mws (default: 5; vimco needs >= 2)",
+        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo/concrete/relax, proposals per step for mws (default: 5; vimco needs >= 2)",
     )
     t_add(
         "--q-update",
@@ -99,6 +100,25 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         help="rws: defensive importance sampling, particles from (1 - d) q + d uniform (Le et al. 2019 use 0.2; default: 0, off)",
     )
     t_add("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
+    t_add(
+        "--temperature",
+        type=_positive_float,
+        default=0.5,
+        help="concrete: the relaxation's temperature; relax: its learned temperature's start (default: 0.5)",
+    )
+    t_add(
+        "--density",
+        choices=["concrete", "discrete"],
+        default="concrete",
+        help="concrete: score the relaxed sample by the Concrete densities (Maddison et al. 2017) or by the discrete "
+        "mass functions at the relaxed point (bias vanishing as the temperature goes to 0) (default: concrete)",
+    )
+    t_add(
+        "--control-hidden",
+        type=_nonnegative_int,
+        default=50,
+        help="relax: hidden units of the control variate's network of the relaxed sample and x (0: REBAR's term alone; default: 50)",
+    )
     alws = t.add_argument_group(
         "alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)"
     )
@@ -113,7 +133,10 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
     alws_add("--lam", type=_positive_float, default=1e-3, help="initial ridge lambda, learned (default: 1e-3)")
     alws_add("--features", choices=["identity", "mlp"], default="identity", help="kernel features: x itself or a learned MLP (default: identity)")
     alws_add(
-        "--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)"
+        "--lr-kernel",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate for the estimator's own parameters: the kernel's bandwidth, lambda and features; nvil's baseline; relax's control variate (default: 1e-3)",
     )
 
 

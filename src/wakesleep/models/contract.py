@@ -42,14 +42,28 @@ importance-sampled evaluation:
   ``enumerate_latents`` where the states can be listed).
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
+- ``proposal_distribution(x)``, ``prior_distribution()`` and ``log_likelihood(x, z)``: one layer
+  of discrete latents offered for continuous relaxation (Concrete and RELAX,
+  :mod:`wakesleep.estimators.concrete`).  The two distributions are ``torch.distributions``
+  objects of the same kind and event shape, factorial over the latent's elements:
+  ``Bernoulli(logits=[B, d])`` (binary units, z in {0, 1}^d) or ``OneHotCategorical(logits=[B, n,
+  C])`` (n categorical variables, z one-hot), either wrapped in ``Independent``; the proposal's
+  logits are differentiable in φ, the prior's in θ (its batch shape broadcasts against the
+  proposal's).  ``log_likelihood(x, z) -> [*S, B]`` is log p_θ(x | z) for z in that one-hot/binary
+  form, leaves [*S, B, …], and must accept *relaxed* z (points of [0, 1]^d or of the simplex) and
+  be differentiable in z there: the relaxed sample goes into the likelihood as its input
+  (Maddison et al. 2017).  Together they must agree with ``log_joint``: log p_θ(x, z) =
+  prior.log_prob(z) + log_likelihood(x, z) at the discrete states.  A Helmholtz machine with one
+  factorial discrete latent layer has them (``has_relaxation``).
 - ``metrics(x) -> dict[str, float]``: the model's own measurements on held-out x [M, D] (e.g. a
   parameter's error against a known truth, a proposal's distance to the exact posterior),
   called without gradient at each validation and recorded as ``valid_NAME`` in ``metrics.jsonl``
   (:func:`wakesleep.training.metrics.validation_metrics`).
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
-- ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``: False when a model
-  class that has those members was built without the part (a Helmholtz machine without
-  recognition layers, with a likelihood outside the exponential families, with Gaussian latents).
+- ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``, ``has_relaxation``:
+  False when a model class that has those members was built without the part (a Helmholtz machine
+  without recognition layers, with a likelihood outside the exponential families, with Gaussian
+  latents, with more than one latent layer).
 
 Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
 the data width — the library derives.  :func:`check_model` lists every missing member at once (a
@@ -86,6 +100,10 @@ MEMBERS: dict[str, str] = {
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
     "metrics": "metrics(x) -> dict[str, float]: the model's own measurements on held-out x, recorded at each validation",
     "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
+    "proposal_distribution": "proposal_distribution(x) -> Bernoulli(logits [B, d]) or OneHotCategorical(logits [B, n, C]): "
+    "q_φ(z | x) of one factorial discrete latent layer, for its continuous relaxation",
+    "prior_distribution": "prior_distribution() -> Bernoulli or OneHotCategorical of the proposal's kind: p_θ(z), factorial",
+    "log_likelihood": "log_likelihood(x, z) -> [*S, B]: log p_θ(x | z), nats, also at relaxed z (in [0, 1]^d or the simplex), differentiable in z",
 }
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")
@@ -95,6 +113,8 @@ TRAINING_WITH_PROPOSAL = PROPOSAL + ("p_parameters",)
 #: What importance-sampled validation and evaluation need.
 EVALUATION = ("propose", "log_joint")
 EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
+#: What the relaxation estimators (Concrete, RELAX) call: one discrete latent layer and its likelihood.
+RELAXATION = ("proposal_distribution", "prior_distribution", "log_likelihood", "p_parameters", "q_parameters")
 
 
 class ModelContractError(TypeError):
@@ -164,8 +184,9 @@ def tree_map(fn: Callable[..., Tensor], z: Any, *rest: Any) -> Any:
 def has_member(model, name: str) -> bool:
     """Whether ``model`` offers member ``name``: ``reparameterizable`` must be true; the proposal's
     members count as absent where ``has_proposal`` is False, the exponential-family ones where
-    ``has_exponential_family`` is False, the exact ones where ``has_exact_log_marginal`` is False
-    (a class that has the methods, built without the part)."""
+    ``has_exponential_family`` is False, the exact ones where ``has_exact_log_marginal`` is False,
+    the relaxation's where ``has_relaxation`` is False (a class that has the methods, built without
+    the part)."""
     if name == "reparameterizable":
         return bool(getattr(model, "reparameterizable", False))
     if name in ("propose", "log_proposal") and getattr(model, "has_proposal", True) is False:
@@ -173,6 +194,8 @@ def has_member(model, name: str) -> bool:
     if name in ("exponential_family", "sufficient_statistics") and getattr(model, "has_exponential_family", True) is False:
         return False
     if name in ("exact_log_marginal", "enumerate_latents") and getattr(model, "has_exact_log_marginal", True) is False:
+        return False
+    if name in RELAXATION[:3] and getattr(model, "has_relaxation", True) is False:
         return False
     return callable(getattr(model, name, None))
 
@@ -358,6 +381,8 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                         tuple(eta.shape),
                         f"for x of sample({b}) (η has shape {list(eta.shape)})",
                     )
+        if "proposal_distribution" in members:
+            _check_relaxation(model, xb, k)
     for member in ("p_parameters", "q_parameters"):
         if member in members:
             params = _call(model, member)
@@ -367,6 +392,21 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 raise ModelShapeError(f"{name}.{member}() returned {_describe(params)}; it must return an iterable of parameters") from None
             if not all(isinstance(p, Tensor) for p in params):
                 raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
+
+
+def _check_relaxation(model, xb: Tensor, k: int) -> None:
+    """The relaxation's members on a tiny batch xb [b, D]: a proposal distribution with batch [b, …]
+    and a log-likelihood [k, b] at k of its draws (``check_shapes``'s part for Concrete and RELAX)."""
+    name, b = type(model).__name__, xb.shape[0]
+    q = _call(model, "proposal_distribution", xb)
+    if not isinstance(q, torch.distributions.Distribution) or tuple(q.batch_shape[:1]) != (b,):
+        raise ModelShapeError(
+            f"{name}.proposal_distribution(x) returned {_describe(q)} for x of shape {list(xb.shape)}; it must return a "
+            f"torch.distributions Bernoulli or OneHotCategorical whose batch shape leads with {b} (the contract: {MEMBERS['proposal_distribution']})"
+        )
+    _call(model, "prior_distribution")
+    z = q.sample((k,))
+    _expect(model, "log_likelihood", _call(model, "log_likelihood", xb, z), (k, b), f"for x [{b}, D] and z of {k} draws of proposal_distribution(x)")
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
