@@ -49,7 +49,7 @@ def from_pyro(
     vectorised fails with a message that names ``vectorize_particles=False``.
 
     Per particle (``vectorize_particles=False``; :class:`ProgramModel`): the programs take one
-    datapoint, x_b [D], or a batch of one, x[b:b+1] [1, D], for a program written over a batch
+    datapoint, x_b [D], or a batch of one, ``x[b:b+1]`` ([1, D]), for a program written over a batch
     with a data plate (sequential ``for i in pyro.plate("data", len(x))`` or vectorised); they may
     recurse, loop on sampled values, draw a random number of sites and name sites after earlier
     choices.  The guide must draw the same latent sites as the model along the same path; the model
@@ -69,7 +69,7 @@ def from_pyro(
             has been seen; otherwise the width of the last batch.
         vectorize_particles: False to trace each (particle, datapoint) pair on its own.
         max_choices: per particle: L, the most scalar choices one trace may hold (z's last dim).
-        program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (x[b:b+1] [1, D]) or
+        program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (``x[b:b+1]`` ([1, D])) or
             ``"auto"`` (``"batch"`` when a run on two datapoints, or on one, has a plate of that size around every site).
         max_traces: per particle: ``enumerate_latents`` (exact evaluation, exact references) lists
             at most this many traces; a program with more (a recursion without bound) has none.

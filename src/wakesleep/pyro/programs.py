@@ -67,7 +67,7 @@ class ProgramModel(PyroPrograms):
     z is a dict of padded tensors {``address``, ``value``, ``kind``}, each [*S, B, L]
     (:mod:`wakesleep.models.choices`), L = ``max_choices``; x is [B, D]; log-densities in nats.  The
     programs take one datapoint: x_b [D] (``program_input="datapoint"``), or a batch of one,
-    x[b:b+1] [1, D], for a program written over a batch with a data plate (``"batch"``: a
+    ``x[b:b+1]`` ([1, D]), for a program written over a batch with a data plate (``"batch"``: a
     sequential ``for i in pyro.plate("data", len(x))`` or a vectorised one); ``"auto"`` tells them
     apart by running each program on two datapoints, then on one (a plate of that size around every
     site means ``"batch"``).
