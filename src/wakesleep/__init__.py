@@ -3,7 +3,7 @@
 Classical wake-sleep (Hinton et al. 1995), reweighted wake-sleep (Bornschein & Bengio 2015) and
 amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as baselines; every
 estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (``ws.VIMCO``,
-``ws.NVIL``, ``ws.TVO``, ``ws.MemoisedWakeSleep``, ...; ``ws.WS`` is ``ws.WakeSleep``).
+``ws.NVIL``, ``ws.TVO``, ``ws.MemoisedWakeSleep``, ``ws.HybridMemoisedWakeSleep``, ...; ``ws.WS`` is ``ws.WakeSleep``).
 
 >>> import wakesleep as ws
 >>> model = ws.models.HelmholtzMachine.sbn([64, 20])
@@ -11,7 +11,7 @@ estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (
 """
 
 from wakesleep import data, estimators, evaluate, models
-from wakesleep.estimators import ALWS, IWAE, NVIL, RWS, TVO, VAE, VIMCO, MemoisedWakeSleep, Reinforce, WakeSleep
+from wakesleep.estimators import ALWS, IWAE, NVIL, RWS, TVO, VAE, VIMCO, HybridMemoisedWakeSleep, MemoisedWakeSleep, Reinforce, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.training import FitResult, TrainConfig, distributed, train
@@ -25,6 +25,7 @@ __all__ = [
     "ALWS",
     "IWAE",
     "MemoisedWakeSleep",
+    "HybridMemoisedWakeSleep",
     "NVIL",
     "RWS",
     "Reinforce",

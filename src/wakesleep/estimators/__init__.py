@@ -2,6 +2,7 @@
 
 from wakesleep.estimators.alws import ALWS, build_kernel_ridge, train_proposal
 from wakesleep.estimators.base import Estimator, EstimatorOutput
+from wakesleep.estimators.hmws import HybridMemoisedWakeSleep
 from wakesleep.estimators.iwae import IWAE
 from wakesleep.estimators.mws import MemoisedWakeSleep
 from wakesleep.estimators.reinforce import NVIL, Reinforce
@@ -22,6 +23,7 @@ ESTIMATORS = {
     "nvil": NVIL,
     "tvo": TVO,
     "mws": MemoisedWakeSleep,
+    "hmws": HybridMemoisedWakeSleep,
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "ESTIMATORS",
     "Estimator",
     "EstimatorOutput",
+    "HybridMemoisedWakeSleep",
     "IWAE",
     "MemoisedWakeSleep",
     "NVIL",

@@ -47,6 +47,25 @@ importance-sampled evaluation:
   called without gradient at each validation and recorded as ``valid_NAME`` in ``metrics.jsonl``
   (:func:`wakesleep.training.metrics.validation_metrics`).
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
+
+**Discrete and continuous latents** (optional, :data:`HYBRID`; hybrid memoised wake-sleep, HMWS,
+needs them): a model whose latents split into a discrete part d (categories, structures: what a
+memory can hold and tell apart by equality) and a continuous part c says so by taking z as the
+pair ``(d, c)`` — two pytrees, d's leaves [*S, B, …] of any dtype, c's [*S, B, …] floating — in
+``log_joint(x, (d, c))`` (and, where it has them, in ``propose``, ``log_proposal`` and ``sample``,
+so that every other estimator sees the same pair) and by offering the proposal in two factors,
+q_φ(d, c | x) = q_φ(d | x) q_φ(c | d, x):
+
+- ``propose_discrete(x, k) -> (d, log_q_d)``: K discrete values d ~ q_φ(d | x) per datapoint, d
+  detached (leaves [K, B, …]), ``log_q_d`` [K, B] differentiable in φ.
+- ``log_proposal_discrete(x, d) -> [*S, B]``: log q_φ(d | x) for d leaves [*S, B, …], with ∇φ.
+- ``propose_continuous(x, d, k) -> (c, log_q_c)``: for d with leaves [*S, B, …], K continuous
+  values c ~ q_φ(c | d, x) for each, c detached (leaves [K, *S, B, …]), ``log_q_c`` [K, *S, B]
+  differentiable in φ.  HMWS then calls ``log_joint(x, (d', c))`` with d' = d expanded to
+  [K, *S, B, …] (a view: the model must not write into it).
+
+:func:`check_shapes` calls the three on a tiny batch and checks their shapes, and ``log_joint``'s
+on the pair they make; ``examples/regression_mixture.py`` is a worked example.
 - ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``: False when a model
   class that has those members was built without the part (a Helmholtz machine without
   recognition layers, with a likelihood outside the exponential families, with Gaussian latents).
@@ -86,6 +105,9 @@ MEMBERS: dict[str, str] = {
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
     "metrics": "metrics(x) -> dict[str, float]: the model's own measurements on held-out x, recorded at each validation",
     "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
+    "propose_discrete": "propose_discrete(x, k) -> (d, log_q_d [K, B]): K discrete values d ~ q_φ(d | x), d detached; z is the pair (d, c)",
+    "log_proposal_discrete": "log_proposal_discrete(x, d) -> [*S, B]: log q_φ(d | x) of the discrete part, nats",
+    "propose_continuous": "propose_continuous(x, d, k) -> (c, log_q_c [K, *S, B]): K continuous values c ~ q_φ(c | d, x) for each d [*S, B, …], c detached",
 }
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")
@@ -95,6 +117,8 @@ TRAINING_WITH_PROPOSAL = PROPOSAL + ("p_parameters",)
 #: What importance-sampled validation and evaluation need.
 EVALUATION = ("propose", "log_joint")
 EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
+#: What a model with discrete and continuous latents z = (d, c) offers hybrid memoised wake-sleep.
+HYBRID = ("propose_discrete", "log_proposal_discrete", "propose_continuous")
 
 
 class ModelContractError(TypeError):
@@ -181,6 +205,12 @@ def has_proposal(model) -> bool:
     """Whether ``model`` can propose particles: it has ``propose`` and does not say
     ``has_proposal = False`` (a Helmholtz machine built with ``recognition=None``)."""
     return has_member(model, "propose")
+
+
+def has_hybrid_proposal(model) -> bool:
+    """Whether ``model`` declares discrete and continuous latents z = (d, c) with a factored
+    proposal q(d | x) q(c | d, x): every member of :data:`HYBRID`."""
+    return all(has_member(model, m) for m in HYBRID)
 
 
 def has_exact_form(model) -> bool:
@@ -327,6 +357,8 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 _expect(model, "log_joint", _call(model, "log_joint", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
             if "log_proposal" in members:
                 _expect(model, "log_proposal", _call(model, "log_proposal", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
+        if "propose_discrete" in members:
+            _check_hybrid_shapes(model, xb, members, k)
         if "sample" in members:
             out = _call(model, "sample", b)
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -367,6 +399,34 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 raise ModelShapeError(f"{name}.{member}() returned {_describe(params)}; it must return an iterable of parameters") from None
             if not all(isinstance(p, Tensor) for p in params):
                 raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
+
+
+def _check_hybrid_shapes(model, xb: Tensor, members: set, k: int) -> None:
+    """The shapes of the hybrid members (:data:`HYBRID`) on the batch xb [B, D]: K discrete values,
+    two continuous ones for each, and ``log_joint`` on the pair (d, c) they make."""
+    name, b, kc = type(model).__name__, xb.shape[0], 2
+    out = _call(model, "propose_discrete", xb, k)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ModelShapeError(f"{name}.propose_discrete(x, k) returned {_describe(out)}; it must return a pair (d, log_q_d)")
+    d, log_q_d = out
+    ctx = f"for x of shape {list(xb.shape)} and k={k}"
+    _expect_leading(model, "propose_discrete", d, (k, b), ctx)
+    _expect(model, "propose_discrete (its log_q_d)", log_q_d, (k, b), ctx)
+    if "log_proposal_discrete" in members:
+        ctx = f"for x [{b}, D] and d from propose_discrete(x, k={k})"
+        _expect(model, "log_proposal_discrete", _call(model, "log_proposal_discrete", xb, d), (k, b), ctx)
+    if "propose_continuous" in members:
+        out = _call(model, "propose_continuous", xb, d, kc)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ModelShapeError(f"{name}.propose_continuous(x, d, k) returned {_describe(out)}; it must return a pair (c, log_q_c)")
+        c, log_q_c = out
+        ctx = f"for d of shape [{k}, {b}, …] (S = [{k}]) and k={kc}"
+        _expect_leading(model, "propose_continuous", c, (kc, k, b), ctx)
+        _expect(model, "propose_continuous (its log_q_c)", log_q_c, (kc, k, b), ctx)
+        if "log_joint" in members:
+            dk = tree_map(lambda v: v.expand(kc, *v.shape), d)
+            lp = _call(model, "log_joint", xb, (dk, c))
+            _expect(model, "log_joint", lp, (kc, k, b), f"for z = (d, c), d and c with leaves [{kc}, {k}, {b}, …] (propose_continuous's)")
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:
