@@ -162,6 +162,35 @@ def test_theta_bias_from_an_inexact_continuous_proposal_falls_to_the_noise_as_k_
     assert bias_small_k > 5 * noise_small_k and bands[1000][0] < 3 * bands[1000][1], bands  # O(1/K): 5.8 at K = 1, 0.06 at K = 100
 
 
+def continuous_params(model):
+    return [model.q_maps, model.q_shifts, model.q_scales]
+
+
+def test_the_continuous_proposal_update_reaches_the_memory_average_of_exact_cross_entropy_gradients():
+    """Every discrete value held, q(c | d, x) not exact: q(c | d, x)'s update, RWS's wake-φ for each
+    held d averaged over the memory, reaches (1/M) Σ_{d∈memory} ∇φ E_{p(c | d, x)} log q(c | d, x)
+    (a Gaussian cross-entropy in closed form) as K grows."""
+    model, x = case(exact_q=False)
+    xr = x.repeat(10, 1)
+    exact = rm.RegressionMixture(seed=1).double()
+    exact.load_state_dict(model.state_dict())
+    exact.use_exact_continuous_proposal()
+    d = torch.arange(D)[:, None].expand(D, xr.shape[0])
+    with torch.no_grad():
+        post = exact._continuous(xr, d)  # p(c | d, x), batch [D, B]
+    q = model._continuous(xr, d)
+    prec = torch.cholesky_inverse(q.scale_tril)  # Σ_q⁻¹
+    diff = (post.loc - q.loc)[..., None]
+    cross = -0.5 * ((prec * post.covariance_matrix).sum((-1, -2)) + (diff.transpose(-1, -2) @ prec @ diff)[..., 0, 0])
+    cross = cross - q.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # E_p log q up to a constant, [D, B]
+    target = grads(continuous_params(model), cross.mean(0).mean())
+    est, index = with_memory(model, xr, k=D, continuous_k=1000, memory_size=D, q_update="wake")
+    torch.manual_seed(11)
+    fill(model, xr, est, index)
+    phis = torch.stack([grads(continuous_params(model), -est(model, xr, index=index).loss) for _ in range(60)])
+    assert_unbiased(phis, target, "q(c | d, x)")
+
+
 # ------------------------------------------------------------------ training, resume, command line
 
 
