@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from exactness import assert_unbiased, bias_norm_band, grads, max_z
 
 from wakesleep.cli import main
@@ -243,6 +245,33 @@ def test_command_line_trains_the_example_and_resumes(tmp_path, capsys):
     assert [r["epoch"] for r in read_jsonl(run / METRICS)] == [1, 2]
     assert main(["train", "--algorithm", "hmws", "--continuous-k", "9", "--epochs", "3", "--resume", *common]) == 2  # defines the run
     assert "continuous-k" in capsys.readouterr().err
+
+
+def _distributed_worker(rank: int, store: str, run_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        data = rm.make_data(60, seed=4).double()
+        torch.manual_seed(0)
+        est = HybridMemoisedWakeSleep(k=2, continuous_k=3, memory_size=2)
+        model = rm.RegressionMixture(seed=0).double()
+        train(model, est, data[:51], data[51:], run_dir=run_dir, epochs=2, batch_size=10, valid_k=3, progress=False)
+        torch.save({k: v.clone() for k, v in est.state_dict().items()}, f"{out}{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_share_one_memory_and_rank_0_saves_it(tmp_path):
+    """As MWS's (the same code): each rank updates its minibatch's rows, the ranks exchange them, both
+    hold the same memory of discrete values and the checkpoint has it; 51 rows, shards padded to 26."""
+    mp.start_processes(
+        _distributed_worker, args=(str(tmp_path / "store"), str(tmp_path / "run"), str(tmp_path / "memory")), nprocs=2, start_method="fork"
+    )
+    ranks = [torch.load(tmp_path / f"memory{r}.pt", weights_only=True) for r in range(2)]
+    saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["estimator"]
+    assert ranks[0]["memory_filled"].any(1).all() and set(saved) == {"memory_filled", "memory_z0"}
+    for key in saved:
+        assert torch.equal(ranks[0][key], ranks[1][key]) and torch.equal(ranks[0][key], saved[key]), key
 
 
 # ------------------------------------------------------------------ settings and the contract
