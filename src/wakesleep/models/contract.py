@@ -346,13 +346,9 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
     # The probe must not move the caller's random stream (a seeded run stays the same run).
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         if "propose" in members:
-            out = _call(model, "propose", xb, k)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise ModelShapeError(f"{name}.propose(x, k) returned {_describe(out)}; it must return a pair (z, log_q)")
-            z, log_q = out
-            ctx = f"for x of shape {list(xb.shape)} and k={k}"
-            _expect_leading(model, "propose", z, (k, b), ctx)
-            _expect(model, "propose (its log_q)", log_q, (k, b), ctx)
+            z = _proposal(
+                model, "propose(x, k)", ("z", "log_q"), _call(model, "propose", xb, k), (k, b), f"for x of shape {list(xb.shape)} and k={k}"
+            )
             if "log_joint" in members:
                 _expect(model, "log_joint", _call(model, "log_joint", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
             if "log_proposal" in members:
@@ -401,28 +397,29 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
 
 
+def _proposal(model, call: str, names: tuple[str, str], out, shape: Sequence[int], context: str):
+    """Check that a proposing member's value ``out`` is a pair (latent, log-density) whose latent's
+    leaves lead with ``shape`` and whose log-density is ``shape``; return the latent."""
+    member = call.split("(")[0]
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ModelShapeError(f"{type(model).__name__}.{call} returned {_describe(out)}; it must return a pair ({', '.join(names)})")
+    _expect_leading(model, member, out[0], shape, context)
+    _expect(model, f"{member} (its {names[1]})", out[1], shape, context)
+    return out[0]
+
+
 def _check_hybrid_shapes(model, xb: Tensor, members: set, k: int) -> None:
     """The shapes of the hybrid members (:data:`HYBRID`) on the batch xb [B, D]: K discrete values,
     two continuous ones for each, and ``log_joint`` on the pair (d, c) they make."""
-    name, b, kc = type(model).__name__, xb.shape[0], 2
+    b, kc = xb.shape[0], 2
     out = _call(model, "propose_discrete", xb, k)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ModelShapeError(f"{name}.propose_discrete(x, k) returned {_describe(out)}; it must return a pair (d, log_q_d)")
-    d, log_q_d = out
-    ctx = f"for x of shape {list(xb.shape)} and k={k}"
-    _expect_leading(model, "propose_discrete", d, (k, b), ctx)
-    _expect(model, "propose_discrete (its log_q_d)", log_q_d, (k, b), ctx)
+    d = _proposal(model, "propose_discrete(x, k)", ("d", "log_q_d"), out, (k, b), f"for x of shape {list(xb.shape)} and k={k}")
     if "log_proposal_discrete" in members:
         ctx = f"for x [{b}, D] and d from propose_discrete(x, k={k})"
         _expect(model, "log_proposal_discrete", _call(model, "log_proposal_discrete", xb, d), (k, b), ctx)
     if "propose_continuous" in members:
         out = _call(model, "propose_continuous", xb, d, kc)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ModelShapeError(f"{name}.propose_continuous(x, d, k) returned {_describe(out)}; it must return a pair (c, log_q_c)")
-        c, log_q_c = out
-        ctx = f"for d of shape [{k}, {b}, …] (S = [{k}]) and k={kc}"
-        _expect_leading(model, "propose_continuous", c, (kc, k, b), ctx)
-        _expect(model, "propose_continuous (its log_q_c)", log_q_c, (kc, k, b), ctx)
+        c = _proposal(model, "propose_continuous(x, d, k)", ("c", "log_q_c"), out, (kc, k, b), f"for d of shape [{k}, {b}, …] (S = [{k}]) and k={kc}")
         if "log_joint" in members:
             dk = tree_map(lambda v: v.expand(kc, *v.shape), d)
             lp = _call(model, "log_joint", xb, (dk, c))
