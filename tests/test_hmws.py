@@ -306,3 +306,14 @@ def test_the_contract_names_the_missing_or_misshapen_hybrid_member():
 
     with pytest.raises(ModelShapeError, match="propose_continuous"):
         check_shapes(Flat().double(), x, HYBRID + ("log_joint",))
+
+
+def test_the_kernel_timeseries_sketch_meets_the_contract_and_prints_its_key_lines(capsys):
+    import kernel_timeseries as kt
+
+    model, (x, _) = kt.kernels(), kt.make_data(6, seed=0)
+    check_shapes(model, x, HybridMemoisedWakeSleep().requires(model) + ("propose",))
+    out = kt.main(["--n", "20", "--epochs", "1"])
+    assert set(out) >= {"hmws_test_log_likelihood", "rws_test_log_likelihood", "hmws_memory_best_is_true_expression"}
+    assert all(np.isfinite(v) for v in out.values()) and 0.0 <= out["hmws_memory_best_is_true_expression"] <= 1.0
+    assert "hmws_memory_best_is_true_expression: " in capsys.readouterr().out
