@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
         floor.append(statistics.median(cpu_seconds(plain_torch(s, k, b)) for _ in range(args.rounds)) / (k * b) * 1e6)
     for s, a, f in zip(args.sites, ours, floor):
         print(f"sites {s:3d}: per particle {a:8.0f} us (plain torch {f:7.0f} us)")
-    (per_site, per_run), (floor_site, _floor_run) = slope(args.sites, ours), slope(args.sites, floor)
+    (per_site, per_run), (floor_site, _) = slope(args.sites, ours), slope(args.sites, floor)
     out.update(
         {
             "per_particle_us_per_site": per_site,
