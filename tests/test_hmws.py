@@ -294,8 +294,9 @@ def test_settings_are_checked_and_registered():
 
 def test_the_contract_names_the_missing_or_misshapen_hybrid_member():
     assert has_hybrid_proposal(case(exact_q=True)[0]) and not has_hybrid_proposal(gmm.HandWrittenMixture())
-    with pytest.raises(ModelContractError, match="propose_discrete.*propose_continuous"):
-        check_model(gmm.HandWrittenMixture(), HybridMemoisedWakeSleep().requires(None), "HMWS")
+    est = HybridMemoisedWakeSleep()
+    with pytest.raises(ModelContractError, match=r"propose_discrete.*propose_continuous.*--algorithm mws"):
+        check_model(gmm.HandWrittenMixture(), est.requires(None), "HMWS", est.member_hints())
     model, x = case(exact_q=True)
     check_shapes(model, x, HYBRID + ("log_joint",))
 

@@ -100,10 +100,13 @@ class HybridMemoisedWakeSleep(LatentMemory):
         return HYBRID + ("log_joint", "p_parameters", "q_parameters") + (() if self.q_update == "wake" else ("sample", "log_proposal"))
 
     def member_hints(self) -> dict[str, str]:
-        if self.q_update == "wake":
-            return {}
-        hint = "HybridMemoisedWakeSleep(q_update='wake') (--q-update wake) would not need it: its φ-update uses the memory alone"
-        return {"sample": hint, "log_proposal": hint}
+        """A model without the hybrid members: MWS for latents that are all discrete; ``sample`` and
+        ``log_proposal`` are the sleep phase's alone."""
+        hints = {"propose_discrete": "For latents without a continuous part, memoised wake-sleep (--algorithm mws) needs only propose"}
+        if self.q_update != "wake":
+            hint = "HybridMemoisedWakeSleep(q_update='wake') (--q-update wake) would not need it: its φ-update uses the memory alone"
+            hints.update(sample=hint, log_proposal=hint)
+        return hints
 
     def memory_probe(self, model, x: Tensor):
         """One discrete proposal of ``model`` for x [1, D]: HMWS remembers d alone."""
