@@ -318,3 +318,20 @@ def test_the_kernel_timeseries_sketch_meets_the_contract_and_prints_its_key_line
     assert set(out) >= {"hmws_test_log_likelihood", "rws_test_log_likelihood", "hmws_memory_best_is_true_expression"}
     assert all(np.isfinite(v) for v in out.values()) and 0.0 <= out["hmws_memory_best_is_true_expression"] <= 1.0
     assert "hmws_memory_best_is_true_expression: " in capsys.readouterr().out
+
+
+def test_compare_runs_hmws_and_rws_on_the_example_from_its_toml(tmp_path):
+    from wakesleep.lab.compare import load_config, run_compare
+
+    npz = tmp_path / "data.npz"
+    np.savez(npz, train=rm.make_data(100, 0).numpy(), valid=rm.make_data(20, 1).numpy(), test=rm.make_data(20, 2).numpy())
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'name = "hmws"\nseeds = [0]\nthreads = 1\n[data]\ndataset = "{npz}"\n[model]\nspec = "{EXAMPLES / "regression_mixture.py"}:mixture"\n'
+        '[train]\nepochs = 1\nbatch_size = 50\nvalid_k = 5\nclock = "process"\n[evaluate]\ntest_k = 10\ntest_n = 20\nvalid_n = 20\n'
+        '[[estimators]]\nlabel = "HMWS"\nalgorithm = "hmws"\nsettings = { k = 3, continuous_k = 4, memory_size = 2 }\n'
+        '[[estimators]]\nlabel = "RWS"\nalgorithm = "rws"\nsettings = { k = 24 }\n'
+    )
+    run_compare(load_config(toml), tmp_path / "out", progress=False)
+    recorded = json.loads((tmp_path / "out" / "HMWS" / "seed0" / "config.json").read_text())
+    assert recorded["algorithm"] == "hmws" and recorded["estimator"]["continuous_k"] == 4
