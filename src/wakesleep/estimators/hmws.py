@@ -47,9 +47,13 @@ class HybridMemoisedWakeSleep(LatentMemory):
          ``q_update="both"`` averages the two (their runs use ``insomnia=0.5``, the same).
 
     Source: Le et al. (2022) and their code tuananhle7/hmws (``cmws/losses.py``, ``get_cmws_5_loss``,
-    the variant their sweeps call HMWS).  One departure, stated: their code weights log q(d_i | x) by
-    logsumexp_k v_ik, the log-sum-exp of the normalised weights rather than their sum; we use
-    ω_i = Σ_k v_ik, the memory's posterior the paper's update names.  "Distinct", the memory's
+    the variant their sweeps call HMWS).  Departures, stated: (i) their code weights log q(d_i | x)
+    by logsumexp_k v_ik, the log-sum-exp of the normalised weights rather than their sum; we use
+    ω_i = Σ_k v_ik, the memory's posterior the paper's update names; (ii) their memory starts as M
+    distinct draws from the prior p(d), ours empty, filled from q(d | x)'s proposals (as this
+    library's MWS does: a datapoint holds fewer than M values until that many distinct ones of
+    non-zero p̂ have been proposed); (iii) their sleep phase draws K·B samples a step, ours
+    ``sleep_batch`` (default B), as RWS's and MWS's here.  "Distinct", the memory's
     buffers, checkpoints, resume and torchrun's exchange are MWS's (:class:`LatentMemory`,
     :class:`~wakesleep.estimators.mws.MemoisedWakeSleep`): d is any pytree of tensors, and a d with
     p̂(d, x) = 0 is never kept.  Losses are means over the batch.  Without ``index`` (a direct call,
