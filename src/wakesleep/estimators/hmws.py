@@ -24,8 +24,8 @@ class HybridMemoisedWakeSleep(LatentMemory):
 
     The model declares the split (:data:`wakesleep.models.contract.HYBRID`): log p_θ(x, (d, c)),
     q_φ(d | x) (``propose_discrete``, ``log_proposal_discrete``) and q_φ(c | d, x)
-    (``propose_continuous``).  For datapoint x with memory Q (at most M distinct d), each step
-    (the paper's Algorithm 1):
+    (``propose_continuous``).  For datapoint x with memory Q (at most M distinct d), each step (as
+    the authors' ``get_cmws_5_loss`` does it, step by step):
 
     1. propose d'_1..d'_R ~ q_φ(d | x) (R = ``k``, detached) and merge them with Q;
     2. for every candidate d_i draw c_i1..c_iK ~ q_φ(c | d_i, x) (K = ``continuous_k``, detached),
@@ -49,16 +49,16 @@ class HybridMemoisedWakeSleep(LatentMemory):
     Source: Le et al. (2022) and their code tuananhle7/hmws (``cmws/losses.py``, ``get_cmws_5_loss``,
     the variant their sweeps call HMWS).  Departures, stated: (i) their code weights log q(d_i | x)
     by logsumexp_k v_ik, the log-sum-exp of the normalised weights rather than their sum; we use
-    ω_i = Σ_k v_ik, the memory's posterior the paper's update names; (ii) their memory starts as M
+    ω_i = Σ_k v_ik, the memory's posterior weight of d_i (their variable is named ω too); (ii) their memory starts as M
     distinct draws from the prior p(d), ours empty, filled from q(d | x)'s proposals (as this
     library's MWS does: a datapoint holds fewer than M values until that many distinct ones of
     non-zero p̂ have been proposed); (iii) their sleep phase draws K·B samples a step, ours
     ``sleep_batch`` (default B), as RWS's and MWS's here.  "Distinct", the memory's
     buffers, checkpoints, resume and torchrun's exchange are MWS's (:class:`LatentMemory`,
     :class:`~wakesleep.estimators.mws.MemoisedWakeSleep`): d is any pytree of tensors, and a d with
-    p̂(d, x) = 0 is never kept.  Losses are means over the batch.  Without ``index`` (a direct call,
-    ``wakesleep diagnose``) the memory of that call is the top M of its own R proposals, and nothing
-    is kept.
+    p̂(d, x) = 0 is never kept.  Losses are means over the batch.  Without ``index`` (a direct call)
+    the memory of that call is the top M of its own R proposals, and nothing is kept.  The paper
+    itself was not read here (only its code): the equations follow the code, with the departures above.
 
     Args:
         k: R, discrete proposals from q(d | x) per datapoint per step (≥ 1).
