@@ -82,16 +82,26 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         "--k",
         type=_positive_int,
         default=5,
-        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo/concrete/relax, proposals per step for mws (default: 5; vimco needs >= 2)",
+        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo/concrete/relax, proposals per step for mws, discrete proposals per step "
+        "for hmws (default: 5; vimco needs >= 2)",
     )
     t_add(
         "--q-update",
         choices=["wake", "sleep", "both"],
         default="both",
-        help="rws, mws: how q is trained (mws: wake = from the memory; default: both)",
+        help="rws, mws, hmws: how q is trained (mws, hmws: wake = from the memory; default: both)",
     )
     t_add(
-        "--memory-size", type=_positive_int, default=10, help="mws: latent values M kept per training datapoint, the best found so far (default: 10)"
+        "--memory-size",
+        type=_positive_int,
+        default=10,
+        help="mws: latent values M kept per training datapoint, the best found so far; hmws: discrete values (default: 10)",
+    )
+    t_add(
+        "--continuous-k",
+        type=_positive_int,
+        default=5,
+        help="hmws: continuous particles K from q(c | d, x) per discrete value, to estimate p(d, x) (default: 5)",
     )
     t_add(
         "--defensive",

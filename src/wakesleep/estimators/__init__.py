@@ -3,6 +3,7 @@
 from wakesleep.estimators.alws import ALWS, build_kernel_ridge, train_proposal
 from wakesleep.estimators.base import Estimator, EstimatorOutput
 from wakesleep.estimators.concrete import Concrete
+from wakesleep.estimators.hmws import HybridMemoisedWakeSleep
 from wakesleep.estimators.iwae import IWAE
 from wakesleep.estimators.mws import MemoisedWakeSleep
 from wakesleep.estimators.reinforce import NVIL, Reinforce
@@ -26,6 +27,7 @@ ESTIMATORS = {
     "mws": MemoisedWakeSleep,
     "concrete": Concrete,
     "relax": RELAX,
+    "hmws": HybridMemoisedWakeSleep,
 }
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "ESTIMATORS",
     "Estimator",
     "EstimatorOutput",
+    "HybridMemoisedWakeSleep",
     "IWAE",
     "MemoisedWakeSleep",
     "NVIL",

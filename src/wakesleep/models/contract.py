@@ -65,6 +65,25 @@ importance-sampled evaluation:
   without recognition layers, with a likelihood outside the exponential families, with Gaussian
   latents, with more than one latent layer).
 
+**Discrete and continuous latents** (optional, :data:`HYBRID`; hybrid memoised wake-sleep, HMWS,
+needs them): a model whose latents split into a discrete part d (categories, structures: what a
+memory can hold and tell apart by equality) and a continuous part c says so by taking z as the
+pair ``(d, c)`` — two pytrees, d's leaves [*S, B, …] of any dtype, c's [*S, B, …] floating — in
+``log_joint(x, (d, c))`` (and, where it has them, in ``propose``, ``log_proposal`` and ``sample``,
+so that every other estimator sees the same pair) and by offering the proposal in two factors,
+q_φ(d, c | x) = q_φ(d | x) q_φ(c | d, x):
+
+- ``propose_discrete(x, k) -> (d, log_q_d)``: K discrete values d ~ q_φ(d | x) per datapoint, d
+  detached (leaves [K, B, …]), ``log_q_d`` [K, B] differentiable in φ.
+- ``log_proposal_discrete(x, d) -> [*S, B]``: log q_φ(d | x) for d leaves [*S, B, …], with ∇φ.
+- ``propose_continuous(x, d, k) -> (c, log_q_c)``: for d with leaves [*S, B, …], K continuous
+  values c ~ q_φ(c | d, x) for each, c detached (leaves [K, *S, B, …]), ``log_q_c`` [K, *S, B]
+  differentiable in φ.  HMWS then calls ``log_joint(x, (d', c))`` with d' = d expanded to
+  [K, *S, B, …] (a view: the model must not write into it).
+
+:func:`check_shapes` calls the three on a tiny batch and checks their shapes, and ``log_joint``'s
+on the pair they make; ``examples/regression_mixture.py`` is a worked example.
+
 Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
 the data width — the library derives.  :func:`check_model` lists every missing member at once (a
 :class:`ModelContractError`, a ``TypeError``), and :func:`check_shapes` calls each needed member on
@@ -104,6 +123,9 @@ MEMBERS: dict[str, str] = {
     "q_φ(z | x) of one factorial discrete latent layer, for its continuous relaxation",
     "prior_distribution": "prior_distribution() -> Bernoulli or OneHotCategorical of the proposal's kind: p_θ(z), factorial",
     "log_likelihood": "log_likelihood(x, z) -> [*S, B]: log p_θ(x | z), nats, also at relaxed z (in [0, 1]^d or the simplex), differentiable in z",
+    "propose_discrete": "propose_discrete(x, k) -> (d, log_q_d [K, B]): K discrete values d ~ q_φ(d | x), d detached; z is the pair (d, c)",
+    "log_proposal_discrete": "log_proposal_discrete(x, d) -> [*S, B]: log q_φ(d | x) of the discrete part, nats",
+    "propose_continuous": "propose_continuous(x, d, k) -> (c, log_q_c [K, *S, B]): K continuous values c ~ q_φ(c | d, x) for each d [*S, B, …], c detached",
 }
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")
@@ -115,6 +137,8 @@ EVALUATION = ("propose", "log_joint")
 EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
 #: What the relaxation estimators (Concrete, RELAX) call: one discrete latent layer and its likelihood.
 RELAXATION = ("proposal_distribution", "prior_distribution", "log_likelihood", "p_parameters", "q_parameters")
+#: What a model with discrete and continuous latents z = (d, c) offers hybrid memoised wake-sleep.
+HYBRID = ("propose_discrete", "log_proposal_discrete", "propose_continuous")
 
 
 class ModelContractError(TypeError):
@@ -204,6 +228,12 @@ def has_proposal(model) -> bool:
     """Whether ``model`` can propose particles: it has ``propose`` and does not say
     ``has_proposal = False`` (a Helmholtz machine built with ``recognition=None``)."""
     return has_member(model, "propose")
+
+
+def has_hybrid_proposal(model) -> bool:
+    """Whether ``model`` declares discrete and continuous latents z = (d, c) with a factored
+    proposal q(d | x) q(c | d, x): every member of :data:`HYBRID`."""
+    return all(has_member(model, m) for m in HYBRID)
 
 
 def has_exact_form(model) -> bool:
@@ -339,17 +369,15 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
     # The probe must not move the caller's random stream (a seeded run stays the same run).
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         if "propose" in members:
-            out = _call(model, "propose", xb, k)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise ModelShapeError(f"{name}.propose(x, k) returned {_describe(out)}; it must return a pair (z, log_q)")
-            z, log_q = out
-            ctx = f"for x of shape {list(xb.shape)} and k={k}"
-            _expect_leading(model, "propose", z, (k, b), ctx)
-            _expect(model, "propose (its log_q)", log_q, (k, b), ctx)
+            z = _proposal(
+                model, "propose(x, k)", ("z", "log_q"), _call(model, "propose", xb, k), (k, b), f"for x of shape {list(xb.shape)} and k={k}"
+            )
             if "log_joint" in members:
                 _expect(model, "log_joint", _call(model, "log_joint", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
             if "log_proposal" in members:
                 _expect(model, "log_proposal", _call(model, "log_proposal", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
+        if "propose_discrete" in members:
+            _check_hybrid_shapes(model, xb, members, k)
         if "sample" in members:
             out = _call(model, "sample", b)
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -407,6 +435,35 @@ def _check_relaxation(model, xb: Tensor, k: int) -> None:
     _call(model, "prior_distribution")
     z = q.sample((k,))
     _expect(model, "log_likelihood", _call(model, "log_likelihood", xb, z), (k, b), f"for x [{b}, D] and z of {k} draws of proposal_distribution(x)")
+
+
+def _proposal(model, call: str, names: tuple[str, str], out, shape: Sequence[int], context: str):
+    """Check that a proposing member's value ``out`` is a pair (latent, log-density) whose latent's
+    leaves lead with ``shape`` and whose log-density is ``shape``; return the latent."""
+    member = call.split("(")[0]
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ModelShapeError(f"{type(model).__name__}.{call} returned {_describe(out)}; it must return a pair ({', '.join(names)})")
+    _expect_leading(model, member, out[0], shape, context)
+    _expect(model, f"{member} (its {names[1]})", out[1], shape, context)
+    return out[0]
+
+
+def _check_hybrid_shapes(model, xb: Tensor, members: set, k: int) -> None:
+    """The shapes of the hybrid members (:data:`HYBRID`) on the batch xb [B, D]: K discrete values,
+    two continuous ones for each, and ``log_joint`` on the pair (d, c) they make."""
+    b, kc = xb.shape[0], 2
+    out = _call(model, "propose_discrete", xb, k)
+    d = _proposal(model, "propose_discrete(x, k)", ("d", "log_q_d"), out, (k, b), f"for x of shape {list(xb.shape)} and k={k}")
+    if "log_proposal_discrete" in members:
+        ctx = f"for x [{b}, D] and d from propose_discrete(x, k={k})"
+        _expect(model, "log_proposal_discrete", _call(model, "log_proposal_discrete", xb, d), (k, b), ctx)
+    if "propose_continuous" in members:
+        out = _call(model, "propose_continuous", xb, d, kc)
+        c = _proposal(model, "propose_continuous(x, d, k)", ("c", "log_q_c"), out, (kc, k, b), f"for d of shape [{k}, {b}, …] (S = [{k}]) and k={kc}")
+        if "log_joint" in members:
+            dk = tree_map(lambda v: v.expand(kc, *v.shape), d)
+            lp = _call(model, "log_joint", xb, (dk, c))
+            _expect(model, "log_joint", lp, (kc, k, b), f"for z = (d, c), d and c with leaves [{kc}, {k}, {b}, …] (propose_continuous's)")
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:

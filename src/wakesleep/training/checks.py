@@ -179,8 +179,9 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     Parameters count four times (values, gradients, Adam's two moments); activations three times
     (forward value, saved for backward, its gradient) per unit per particle row, where units are
     the data width plus every weight matrix's outputs and rows are ``batch_size`` × particles
-    (``k``, ``k`` + ``memory_size`` or ``samples``) plus sleep samples; ALWS's kernel solve adds its N × N (exact), N × m
-    (Nyström) or N × F (random features) matrix, three times.
+    (``k``, ``k`` + ``memory_size``, (``k`` + ``memory_size``) · ``continuous_k`` or ``samples``) plus
+    sleep samples; ALWS's kernel solve adds its N × N (exact), N × m (Nyström) or N × F (random
+    features) matrix, three times.
 
     Returns:
         ``{"parameters": P, "parameter_bytes", "step_bytes", "total"}``.
@@ -189,7 +190,9 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     n = sum(p.numel() for p in params)
     elt = params[0].element_size() if params else 4
     settings = estimator.settings()
-    particles = max(int(settings.get("k") or 1) + int(settings.get("memory_size") or 0), int(settings.get("samples") or 1))  # MWS scores k + M
+    # MWS scores k + M latents; HMWS scores k + M discrete values with continuous_k particles each
+    scored = (int(settings.get("k") or 1) + int(settings.get("memory_size") or 0)) * int(settings.get("continuous_k") or 1)
+    particles = max(scored, int(settings.get("samples") or 1))
     sleep = int(settings.get("sleep_samples") or 0)
     rows = batch_size * particles + sleep
     units = int(getattr(model, "data_dim", None) or 0) + sum(p.shape[0] for p in model.parameters() if p.ndim == 2)
