@@ -70,7 +70,7 @@ class Parser(nn.Module):
 
 def grammar_model(**kwargs):
     """The grammar and its parser behind the contract (per particle)."""
-    return from_pyro(Grammar(), Parser(), vectorize_particles=False, data_dim=LENGTH, **kwargs)
+    return from_pyro(Grammar(), Parser(), vectorize_particles=False, data_dim=LENGTH, max_traces=100, **kwargs)
 
 
 def sentences() -> torch.Tensor:

@@ -373,9 +373,11 @@ def test_command_line_trains_a_program_and_resumes_it_bit_exact(tmp_path):
 
 
 def test_a_program_with_too_many_traces_has_no_exact_form():
-    """A recursion beyond ``max_traces`` traces is not searched to its end: exact evaluation refuses it."""
+    """A recursion beyond ``max_traces`` traces is not searched to its end, and nothing is listed
+    unless asked: exact evaluation refuses such a model."""
     model = from_pyro(Grammar(), Parser(), vectorize_particles=False, data_dim=LENGTH, max_traces=20)
     assert not model.has_exact_log_marginal and not ws.models.contract.has_exact_form(model)
+    assert not from_pyro(Grammar(), Parser(), vectorize_particles=False).has_exact_log_marginal  # listed only when asked
     with pytest.raises(TypeError, match="enumerate_latents"):
         exact_log_marginal(model, sentences()[:2])
     assert grammar_model().has_exact_log_marginal

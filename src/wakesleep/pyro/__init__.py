@@ -38,7 +38,7 @@ def from_pyro(
     vectorize_particles: bool = True,
     max_choices: int = 64,
     program_input: str = "auto",
-    max_traces: int = 1000,
+    max_traces: int = 0,
 ) -> PyroModel | ProgramModel:
     """A model that meets the contract from a Pyro model and guide.
 
@@ -71,8 +71,10 @@ def from_pyro(
         max_choices: per particle: L, the most scalar choices one trace may hold (z's last dim).
         program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (``x[b:b+1]`` ([1, D])) or
             ``"auto"`` (``"batch"`` when a run on two datapoints, or on one, has a plate of that size around every site).
-        max_traces: per particle: ``enumerate_latents`` (exact evaluation, exact references) lists
-            at most this many traces; a program with more (a recursion without bound) has none.
+        max_traces: per particle: N > 0 lets ``enumerate_latents`` (exact evaluation, exact
+            references, ``diagnose``) list up to N traces of a finite discrete program; a program with
+            more (a recursion without bound) has none.  0 (the default): not listed, since Pyro's
+            exhaustive search can run a deep recursion very many times before it gives up.
 
     Returns:
         :class:`PyroModel` or :class:`ProgramModel`: ``sample``, ``log_joint``, ``log_prior``,

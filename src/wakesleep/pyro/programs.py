@@ -85,7 +85,7 @@ class ProgramModel(PyroPrograms):
         data_dim: int | None = None,
         max_choices: int = 64,
         program_input: str = "auto",
-        max_traces: int = 1000,
+        max_traces: int = 0,
     ):
         super().__init__(model, guide, data_dim)
         if program_input not in INPUTS:
@@ -100,9 +100,13 @@ class ProgramModel(PyroPrograms):
 
     @property
     def has_exact_log_marginal(self) -> bool:
-        """Whether :meth:`enumerate_latents` lists the model's traces: every latent discrete and at
-        most ``max_traces`` traces (found once, by listing them; a recursion without bound stops
-        there).  False makes exact evaluation refuse the model rather than search without end."""
+        """Whether :meth:`enumerate_latents` lists the model's traces: ``max_traces`` > 0 (an opt-in:
+        Pyro's exhaustive search reruns the program from its start for every partial trace, which for
+        a deep recursion costs far more runs than it finds traces), every latent discrete and at most
+        ``max_traces`` traces (found once, by listing them).  False makes exact evaluation refuse the
+        model rather than search without end."""
+        if self.max_traces == 0:
+            return False
         if self._enumerable is None:
             try:
                 self.enumerate_latents()
@@ -282,13 +286,17 @@ class ProgramModel(PyroPrograms):
 
     def enumerate_latents(self) -> dict:
         """Every trace of the model's latents once, for a program whose every latent is discrete
-        and whose traces are at most ``max_traces`` (a grammar with bounded depth): choices
-        [S, L], found by Pyro's exhaustive search over discrete sites (``poutine.queue``).
+        and whose traces are at most ``max_traces`` (a grammar with bounded depth; ``from_pyro(...,
+        max_traces=N)`` opts in): choices [S, L], found by Pyro's exhaustive search over discrete
+        sites (``poutine.queue``).
 
         Raises:
-            ValueError: a latent without ``enumerate_support``, or more than ``max_traces`` traces.
+            ValueError: ``max_traces`` = 0 (not asked for), a latent without ``enumerate_support``,
+                or more than ``max_traces`` traces.
         """
         max_states = self.max_traces
+        if max_states == 0:
+            raise ValueError("the model's traces are listed only when asked: pass max_traces=N to from_pyro (the most traces to list)")
         x0 = self._x0()
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
         queue = LifoQueue()
