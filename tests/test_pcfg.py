@@ -175,3 +175,44 @@ def test_cli_trains_the_grammar(tmp_path):
 def test_cli_trains_astronomers(tmp_path):
     """The documented command, ``--model examples/pcfg.py:astronomers`` (depth 30: ~35 s)."""
     train_cli(tmp_path, f"{ROOT / 'examples' / 'pcfg.py'}:astronomers")
+
+
+def test_rrws_runner_needs_their_checkout(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import rrws_pcfg
+
+    with pytest.raises(FileNotFoundError, match="tuananhle7/rrws"):
+        rrws_pcfg.load_rrws(tmp_path)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = (rng.integers(0, 4, rng.integers(0, 8)).tolist() for _ in range(2))
+        assert rrws_pcfg._edit_distance("".join(map(str, a)), "".join(map(str, b))) == pcfg.edit_distance(a, b)
+
+
+def test_step_benchmark_without_their_code(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pcfg_step
+
+    out = pcfg_step.main(["--k", "2", "--steps", "1", "--chunk", "1"])
+    printed = capsys.readouterr().out
+    assert "their side skipped" in printed and "ours_seconds_per_step:" in printed
+    assert "pcfg_step_vs_rrws" not in out and out["ours_seconds_per_step"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("RRWS"), reason="set RRWS to a checkout of tuananhle7/rrws")
+def test_their_code_runs_and_starts_where_ours_does():
+    """With RRWS=PATH: their training runs through rrws_pcfg.py, and for one seed their initial
+    metrics are ours (same parameters, same draws)."""
+    import os
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import rrws_pcfg
+
+    rec = rrws_pcfg.run(rrws_pcfg.load_rrws(os.environ["RRWS"]), "astronomers", "ww", k=2, seed=1, iterations=2, eval_interval=1)
+    assert [r["iteration"] for r in rec["records"]] == [0, 1, 2]
+    torch.manual_seed(1)
+    np.random.seed(1)
+    ours = pcfg.astronomers().metrics()
+    for key, value in ours.items():
+        assert rec["records"][0][key] == pytest.approx(value, rel=1e-5), key
