@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     p.add_argument("--algorithm", choices=rrws_pcfg.ALGORITHMS, default="ww")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--steps", type=int, default=30, help="steps timed on each side (after --chunk warm-up steps)")
+    p.add_argument("--steps", type=int, default=20, help="steps timed on each side (after --chunk warm-up steps)")
     p.add_argument("--chunk", type=int, default=5, help="steps per side and round")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
