@@ -129,6 +129,8 @@ def test_run_directories_that_cannot_hold_a_run(tmp_path):
         (["--device", "tpu"], ["--device", "cpu, cuda"]),
         (["--seed", str(2**70)], ["--seed", "2**32 - 1"]),
         (["--layers", "1000000000"], ["needs about", "available on cpu", "would fit"]),  # refused before allocating
+        (["--layers", "3", "99999999999999999999"], ["--layers", "at most 2**30", "99999999999999999999"]),  # not an overflow inside torch
+        (["--model", "gaussian", "--hidden", "1073741825"], ["--hidden", "at most 2**30"]),
     ],
 )
 def test_bad_option_values_are_one_line(tmp_path, extra, needles):
@@ -200,3 +202,62 @@ def test_a_long_evaluation_says_how_long_it_will_take(trained, monkeypatch):
 def test_a_value_of_two_dashes_is_checked_like_any_other(option, needle):
     # argparse hands `--opt=--` to the action as an empty list; found by test_properties' fuzzing
     rejected(["train", option, "--no-progress"], needle)
+
+
+# ------------------------------------------------------------------ issue 23: files that are not what they say
+
+
+@pytest.mark.parametrize(
+    "write, needles",
+    [
+        (lambda p: np.save(p, np.zeros((3, 784))), ["plain .npy", "np.savez"]),
+        (lambda p: p.write_bytes(b""), ["is empty"]),
+        (lambda p: (np.savez(p, images=np.zeros((30, 784))), p.write_bytes(p.read_bytes()[:200])), ["truncated or not an .npz"]),
+        (lambda p: p.write_text("hello"), ["truncated or not an .npz"]),
+    ],
+    ids=["npy", "empty", "truncated", "text"],
+)
+def test_fid_names_a_file_that_is_not_an_npz_of_images(tmp_path, write, needles):
+    path = tmp_path / "images.npz"
+    write(path)
+    if not path.exists():  # np.save adds .npy to a name without it
+        (tmp_path / "images.npz.npy").rename(path)
+    rejected(["fid", str(path), "--cache-dir", str(tmp_path)], str(path), *needles)
+
+
+def test_complex_data_is_refused_not_made_real(tmp_path):
+    path = tmp_path / "waves.npz"
+    x = np.exp(1j * np.linspace(0, 6, 40)).reshape(20, 2)
+    np.savez(path, train=x[:10], valid=x[10:15], test=x[15:])
+    rejected(
+        ["train", "--dataset", str(path), "--model", "gaussian", "--run-dir", str(tmp_path / "r"), "--no-progress"], "waves.npz", "complex", "x.imag"
+    )
+    assert not (tmp_path / "r").exists()
+    import wakesleep as ws
+
+    with pytest.raises(ValueError, match="complex"):
+        ws.train(ws.HelmholtzMachine.gaussian([2, 2]), ws.RWS(k=2), torch.as_tensor(x, dtype=torch.complex64), epochs=1, progress=False)
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    import errno
+
+    import wakesleep.io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real = wakesleep.io.os.fsync
+    written = []
+
+    def full_at_the_checkpoint(fd):  # the disk fills up once the run has started: its first checkpoint
+        written.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if ".checkpoint.pt." in written[-1]:
+            full(fd)
+        real(fd)
+
+    monkeypatch.setattr(wakesleep.io.os, "fsync", full)
+    rejected(["train", *TINY, "--run-dir", str(tmp_path / "r")], "no space left", str(tmp_path / "r" / ".lock-owner.json"), "free some space")
+    monkeypatch.setattr(wakesleep.io.os, "fsync", full_at_the_checkpoint)
+    rejected(["train", *TINY, "--run-dir", str(tmp_path / "s")], "no space left on the device to write", str(tmp_path / "s" / "checkpoint.pt"))
+    assert not list((tmp_path / "s").glob(".*.tmp"))  # the temporary is removed

@@ -112,3 +112,28 @@ def test_key_lines_write_numbers_to_six_digits_and_the_rest_as_written():
     assert key_lines(values).splitlines() == ["ll: -109.471", "steps: 1234567", "kind: binary", "ok: True", "se: 0.25", "t: 0.333333"]
     with pytest.raises(TypeError):
         key_lines({"x": [1.0]})
+
+
+@pytest.mark.parametrize("key, value", [("layers", [3, 10**20]), ("hidden", [2**31]), ("nade_hidden", 0)])
+def test_absurd_layer_sizes_are_refused_by_the_config(key, value):
+    raw = tiny()
+    raw["model"] = {"kind": "gaussian" if key == "hidden" else "sbn", "layers": [3], key: value}
+    if key == "nade_hidden":
+        raw["model"]["p_layers"] = "nade"
+    with pytest.raises(ConfigError, match=rf"model\.{key}: must be .*from 1 to 2\*\*30"):  # not an overflow inside torch
+        parse_config(raw, "x.toml")
+
+
+def test_one_seed_prints_a_dash_for_the_standard_error(tmp_path):
+    from cli_helpers import run
+
+    toml = tmp_path / "one.toml"
+    toml.write_text(
+        'name = "one"\nseeds = [0]\nthreads = 1\n[data]\ndataset = "digits"\n[model]\nkind = "sbn"\nlayers = [4]\n'
+        "[train]\nepochs = 1\nvalid_k = 2\n[evaluate]\ntest_k = 5\ntest_n = 20\nvalid_n = 20\n"
+        '[[estimators]]\nlabel = "WS"\nalgorithm = "ws"\n'
+    )
+    code, out, err = run(["compare", str(toml), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("| WS "))
+    assert "nan" not in out and row.split("|")[5].strip() == "–", row

@@ -384,10 +384,13 @@ def test_the_command_line_trains_evaluates_and_refuses_a_users_model(tmp_path):
     assert ok.returncode == 0, ok.stderr
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     assert config["model"] == {"kind": "user", "spec": f"{tmp_path / 'mymodel.py'}:good", "data_dim": 1}
-    ev = _cli("evaluate", str(tmp_path / "ok"), "--k", "20", "--no-progress", cwd=ROOT)  # from another directory
+    spec = config["model"]["spec"]
+    ev = _cli("evaluate", str(tmp_path / "ok"), "--model", spec, "--k", "20", "--no-progress", cwd=ROOT)  # from another directory
     assert ev.returncode == 0 and "test log-likelihood" in ev.stdout, ev.stderr
+    unnamed = _cli("evaluate", str(tmp_path / "ok"), "--k", "20", "--no-progress", cwd=ROOT)  # the run alone names no code to run
+    assert unnamed.returncode == 2 and f"pass --model {spec}" in unnamed.stderr, unnamed.stderr
     (tmp_path / "ok" / "summary.json").unlink()
-    again = _cli("train", "--run-dir", "ok", "--resume", "--no-progress", cwd=tmp_path)  # rebuilds the model from the record
+    again = _cli("train", "--model", "mymodel.py:good", "--run-dir", "ok", "--resume", "--no-progress", cwd=tmp_path)  # the model named again
     assert again.returncode == 0 and (tmp_path / "ok" / "summary.json").is_file(), again.stderr
     assert len((tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "ok" / "samples.png").stat().st_size > 0
@@ -430,7 +433,7 @@ def test_compare_and_diagnose_take_a_users_model(tmp_path, monkeypatch):
     cfg.estimators = cfg.estimators[:1]
     records, _, out = compare.run_compare(cfg, out_dir=tmp_path / "cmp", progress=False)
     assert len(records) == 1 and math.isfinite(records[0]["test_log_likelihood"])
-    assert main(["evaluate", str(out / "RWS" / "seed0"), "--k", "10", "--no-progress"]) == 0
+    assert main(["evaluate", str(out / "RWS" / "seed0"), "--model", "examples/gmm.py:mixture", "--k", "10", "--no-progress"]) == 0
     with pytest.raises(compare.ConfigError, match="model.spec"):
         compare.parse_config({"data": {"dataset": "x"}, "model": {"spec": "nothing-here.py:f"}, "train": {}, "estimators": [{"algorithm": "rws"}]})
     code = main(

@@ -98,7 +98,8 @@ def test_train_a_user_run_and_score_it(data_dir, tmp_path, capsys):
     args += ["--epochs", "1", "--batch-size", "20", "--valid-k", "5", "--test-k", "5", "--run-dir", str(run), "--no-progress"]
     assert main(args) == 0
     capsys.readouterr()
-    fid_args = ["fid", str(run), "--n", "100", "--epochs", "1", "--bootstrap", "10", "--blocks", "5", "--no-progress"]
+    fid_args = ["fid", str(run), "--model", f"{ROOT / 'examples' / 'dcgan.py'}:grey", "--n", "100", "--epochs", "1", "--bootstrap", "10"]
+    fid_args += ["--blocks", "5", "--no-progress"]  # the run's own model, named again: the run alone runs no code
     assert main([*fid_args, "--data-dir", str(data_dir), "--cache-dir", str(tmp_path)]) == 0
     lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
     assert lines["kind"] == "grey" and int(lines["n_samples"]) == 100

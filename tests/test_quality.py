@@ -137,6 +137,10 @@ def test_classifier_trains_caches_and_reloads(data_dir, tmp_path):
     assert clf.features(x).shape == (50, quality.FEATURE_DIM)
     with pytest.raises(ValueError, match="kind"):
         quality.classifier("colour", data_dir, tmp_path)
+    clf.path.write_bytes(clf.path.read_bytes()[:1000])  # a damaged cache: trained again, with a warning naming it
+    with pytest.warns(quality.QualityWarning, match=rf"{clf.path.name} is damaged.*training it again"):
+        fresh = quality.classifier("grey", data_dir, tmp_path, progress=False, epochs=1)
+    assert fresh.accuracy > 0.85 and quality.classifier("grey", data_dir, tmp_path, progress=False, epochs=1).accuracy == fresh.accuracy
 
 
 def test_fid_command_scores_an_npz_and_reports_the_floor(data_dir, tmp_path, capsys):

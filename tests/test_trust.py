@@ -234,3 +234,101 @@ def test_a_killed_holders_stale_record_is_not_named(tmp_path):
     assert _owner(tmp_path, wait=0.1) == "a process that is just starting or stopping"
     (tmp_path / LOCK_OWNER).write_text(json.dumps({**record, "pid": os.getpid()}))
     assert _owner(tmp_path, wait=0.1).startswith(f"process {os.getpid()} on ")
+
+
+# ------------------------------------------------------------------ code runs only where the user names it (issue 23)
+
+EVIL = """
+open({marker!r}, "w").write("imported")
+
+
+def f(data_dim=None):
+    raise SystemExit("the factory ran")
+"""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "fid", "resume"])
+def test_a_run_directory_that_names_a_model_file_runs_no_code(copy, tmp_path, command):
+    marker, evil = tmp_path / "imported", tmp_path / "evil.py"
+    evil.write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((copy / "config.json").read_text())
+    config["model"] = {"kind": "user", "spec": f"{evil}:f", "data_dim": 64}  # an edited config.json
+    (copy / "config.json").write_text(json.dumps(config))
+    argv = {
+        "evaluate": ["evaluate", str(copy), "--k", "2", "--no-progress"],
+        "sample": ["sample", str(copy), "--n", "2"],
+        "fid": ["fid", str(copy), "--cache-dir", str(tmp_path)],
+        "resume": ["train", "--run-dir", str(copy), "--resume", "--epochs", "2", "--no-progress"],
+    }[command]
+    rejected(argv, "config.json", f"--model {evil}:f", "runs no code")
+    assert not marker.exists()
+
+
+def test_a_compare_run_json_that_names_a_model_file_runs_no_code(copy, tmp_path):
+    marker, evil = tmp_path / "imported", tmp_path / "evil.py"
+    evil.write_text(EVIL.format(marker=str(marker)))
+    (copy / "config.json").unlink()  # a compare run as written before compare recorded config.json
+    (copy / "best.pt").unlink()
+    ckpt = torch.load(copy / CHECKPOINT, weights_only=True)
+    torch.save({**ckpt, "model_config": None}, copy / CHECKPOINT)
+    (copy / "run.json").write_text(json.dumps({"data": ["digits", None], "model": {"spec": f"{evil}:f"}}))
+    rejected(["evaluate", str(copy), "--k", "2", "--no-progress"], "run.json", "--model")
+    assert not marker.exists()
+
+
+def test_a_run_of_a_users_model_opens_with_the_same_model_named(tmp_path):
+    import numpy as np
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = f"{root}/examples/gmm.py:mixture"
+    sys.path.insert(0, f"{root}/examples")
+    import gmm
+
+    np.savez(tmp_path / "gmm.npz", train=gmm.make_data(300).numpy(), valid=gmm.make_data(50, 1).numpy(), test=gmm.make_data(50, 2).numpy())
+    d = tmp_path / "run"
+    common = ["--dataset", str(tmp_path / "gmm.npz"), "--run-dir", str(d), "--no-progress"]
+    code, _, err = run(["train", "--model", spec, "--algorithm", "rws", "--k", "5", "--epochs", "1", "--test-k", "10", "--valid-k", "5", *common])
+    assert code == 0, err
+    code, out, err = run(["evaluate", str(d), "--model", spec, "--k", "10", "--no-progress"])
+    assert code == 0 and "exact:" in out, err  # the mixture's exact log p(x), beside the estimate
+    rejected(["evaluate", str(d), "--model", f"{root}/examples/hmm.py:hmm", "--k", "10"], "is not the model", f"--model {spec}")
+    rejected(["sample", str(d), "--n", "4"], f"--model {spec}")
+    code, _, err = run(["sample", str(d), "--model", spec, "--n", "4"])
+    assert code == 0, err
+    rejected(["train", "--run-dir", str(d), "--resume", "--epochs", "2", "--no-progress"], f"--model {spec}")
+    code, _, err = run(["train", "--model", spec, "--run-dir", str(d), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0, err
+
+
+def test_a_builtin_models_run_refuses_a_model_named_for_it(trained, tmp_path):
+    rejected(["evaluate", str(trained), "--model", "examples/gmm.py:mixture", "--k", "2"], "built-in sbn", "drop --model")
+
+
+# ------------------------------------------------------------------ a run resumes on the data it started on (issue 23)
+
+
+def test_resume_refuses_data_swapped_since_the_run_started(tmp_path):
+    import numpy as np
+
+    from wakesleep.data import digits, fingerprint
+
+    data = digits()
+    path = tmp_path / "mine.npz"
+    np.savez(path, train=data.train.numpy(), valid=data.valid.numpy(), test=data.test.numpy())
+    d = tmp_path / "run"
+    code, _, err = run(["train", *TINY[2:], "--dataset", str(path), "--run-dir", str(d)])
+    assert code == 0, err
+    recorded = json.loads((d / "config.json").read_text())["data"]["fingerprint"]
+    assert recorded == fingerprint(data)
+    swapped = data.train.numpy().copy()
+    swapped[0] = 1 - swapped[0]  # one datapoint differs: the same file name, shapes and dtype
+    np.savez(path, train=swapped, valid=data.valid.numpy(), test=data.test.numpy())
+    before = snapshot(d)
+    err = rejected(["train", "--run-dir", str(d), "--resume", "--epochs", "2", "--no-progress"], str(path), recorded, "not the data it started on")
+    from wakesleep.data import load_dataset
+
+    assert fingerprint(load_dataset(path)) in err
+    assert snapshot(d) == before
+    np.savez(path, train=data.train.numpy(), valid=data.valid.numpy(), test=data.test.numpy())  # the data restored: it resumes
+    code, _, err = run(["train", "--run-dir", str(d), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0, err

@@ -1,7 +1,9 @@
 """wakesleep: maximum-likelihood learning of latent-variable models by the wake-sleep family.
 
 Classical wake-sleep (Hinton et al. 1995), reweighted wake-sleep (Bornschein & Bengio 2015) and
-amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as baselines.
+amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as baselines; every
+estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (``ws.VIMCO``,
+``ws.NVIL``, ``ws.TVO``, ``ws.MemoisedWakeSleep``, ...; ``ws.WS`` is ``ws.WakeSleep``).
 
 >>> import wakesleep as ws
 >>> model = ws.models.HelmholtzMachine.sbn([64, 20])
@@ -9,18 +11,27 @@ amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as ba
 """
 
 from wakesleep import data, estimators, evaluate, models
-from wakesleep.estimators import ALWS, IWAE, RWS, VAE, WakeSleep
+from wakesleep.estimators import ALWS, IWAE, NVIL, RWS, TVO, VAE, VIMCO, MemoisedWakeSleep, Reinforce, WakeSleep
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.training import FitResult, TrainConfig, distributed, train
+
+#: Classical wake-sleep by its short name, as the command line's ``--algorithm ws`` calls it.
+WS = WakeSleep
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALWS",
     "IWAE",
+    "MemoisedWakeSleep",
+    "NVIL",
     "RWS",
+    "Reinforce",
+    "TVO",
     "VAE",
+    "VIMCO",
+    "WS",
     "WakeSleep",
     "HelmholtzMachine",
     "LogLikelihood",

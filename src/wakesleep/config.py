@@ -29,13 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wakesleep.data import load_dataset
+from wakesleep.data import DataError, fingerprint, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.loading import model_from_config, user_model_config
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
+#: The most units one layer of a model table may have (``--layers``, ``--hidden``, compare's
+#: ``layers``, ...): far beyond any memory, and small enough that products of two sizes stay within
+#: torch's 64-bit sizes, so that a too-large model meets a memory error rather than an overflow
+#: inside torch.
+MAX_WIDTH = 2**30
 
 
 # ------------------------------------------------------------------ estimators
@@ -166,14 +171,21 @@ def dataset_record(dataset: str) -> str:
     return str(Path(dataset).resolve()) if Path(str(dataset)).is_file() else str(dataset)
 
 
-def run_record(model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int) -> dict:
-    """A run directory's ``config.json``: the model's record, the estimator, the data, the trainer's
-    settings (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
+def run_record(
+    model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int, fingerprint: str | None = None
+) -> dict:
+    """A run directory's ``config.json``: the model's record, the estimator, the data (with its
+    ``fingerprint``, :func:`wakesleep.data.fingerprint`, where given: :func:`check_same_data`
+    holds a resumed run to it), the trainer's settings (:class:`~wakesleep.training.TrainConfig`
+    keyword arguments) and the test's particles."""
+    data = {"dataset": dataset_record(dataset), "data_dir": data_dir}
+    if fingerprint is not None:
+        data["fingerprint"] = fingerprint
     return {
         "model": model,
         "algorithm": algorithm,
         "estimator": settings,
-        "data": {"dataset": dataset_record(dataset), "data_dir": data_dir},
+        "data": data,
         "train": train,
         "test_k": test_k,
     }
@@ -183,6 +195,25 @@ def run_dataset(config: dict):
     """The data set a run's record names."""
     d = config["data"]
     return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
+
+
+def check_same_data(config: dict, data, run: str | Path) -> None:
+    """Refuse to go on with run ``run`` (its ``config``) on ``data`` (a
+    :class:`~wakesleep.data.Dataset`) other than the data it started on: the SHA-256 it recorded
+    (``config["data"]["fingerprint"]``) against ``data``'s now.  Runs recorded without one pass.
+
+    Raises:
+        wakesleep.data.DataError: another fingerprint; the message names the data source and both.
+    """
+    recorded = config.get("data", {}).get("fingerprint")
+    if recorded is None:
+        return
+    now = fingerprint(data)
+    if now != recorded:
+        raise DataError(
+            f"cannot resume {run}: its data {config['data']['dataset']} is not the data it started on "
+            f"(SHA-256 {recorded} then, {now} now); restore that data, or start a new run on this data (another run directory)"
+        )
 
 
 def read_summary(path: Path) -> dict:

@@ -21,6 +21,7 @@ else ``~/.cache/wakesleep`` (see :func:`resolve_data_dir`).
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import math
 import os
@@ -141,6 +142,18 @@ class Dataset:
         return f"Dataset(name={self.name!r}, train/valid/test={sizes}, dim={self.dim}, image_shape={self.image_shape}, binary={self.binary})"
 
 
+def fingerprint(data: Dataset) -> str:
+    """The SHA-256 (hex) of a data set's three splits: each split's name, shape and dtype, then its
+    bytes, in the order train, valid, test.  A run records it when it starts and ``--resume``
+    refuses other data (a data file replaced between the two)."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        x = getattr(data, split).contiguous()
+        h.update(f"{split}{tuple(x.shape)}{x.dtype};".encode())
+        h.update(memoryview(x.numpy()).cast("B"))
+    return h.hexdigest()
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Directory for data files: ``data_dir`` if given, else ``$WAKESLEEP_DATA_DIR`` if set and
     non-empty, else ``~/.cache/wakesleep``. ``~`` is expanded; the directory need not exist."""
@@ -170,8 +183,8 @@ def validate(
         split: ``"train"``, ``"valid"`` or ``"test"``, for the message.
 
     Raises:
-        DataError: wrong rank (not 2-D), an empty split, wrong width, NaN or inf values, or
-            non-binary values when ``binary`` is True.
+        DataError: wrong rank (not 2-D), an empty split, wrong width, non-numeric or complex
+            values, NaN or inf values, or non-binary values when ``binary`` is True.
     """
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     where = f"{source} (split {split!r})"
@@ -192,6 +205,11 @@ def validate(
         )
     if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise DataError(f"{where}: values have non-numeric dtype {a.dtype}; store numbers (e.g. float32 or uint8)")
+    if np.iscomplexobj(a):
+        raise DataError(
+            f"{where}: values are complex ({a.dtype}), and the models take real numbers (the imaginary part would be "
+            "dropped); store the real and imaginary parts as columns of their own, e.g. np.concatenate([x.real, x.imag], axis=1)"
+        )
     if np.issubdtype(a.dtype, np.inexact):
         _refuse_values(a, ~np.isfinite(a), where, "NaN or inf value(s); the first at", "remove or impute those datapoints before training")
     if binary:

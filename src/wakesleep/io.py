@@ -34,7 +34,13 @@ os.umask(_UMASK)
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: a temporary file ``.NAME.XXXX<suffix>`` beside it,
     renamed over ``path`` (with the usual permissions) when the block ends, and removed instead if
-    the block raises.  Creates ``path``'s directory if needed."""
+    the block raises.  Creates ``path``'s directory if needed.
+
+    Raises:
+        OSError: as the file system raises it, with ``filename`` set to ``path`` where the
+            system gave none (a write, flush or fsync on a full disk: ENOSPC names no file), so
+            that the message names the file that could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -45,8 +51,10 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
         raise
 
 

@@ -14,7 +14,8 @@ A run directory is what ``wakesleep train`` writes, or one run of ``wakesleep co
     .lock, .lock-owner.json the writer's lock and who holds it (:func:`run_lock`)
 
 Trust: checkpoints are loaded as data (``weights_only=True``: tensors, numbers, strings, None and
-containers), so no file in a run directory can run code when opened; one process writes a run
+containers), and a user's model file that a run records is imported only when the caller names it
+too (:func:`load_run`'s ``model_spec``), so no file in a run directory can run code when opened; one process writes a run
 directory at a time (:func:`run_lock`, an OS-level lock that goes with the process).
 :func:`read_run` reads either kind of run directory back as one record.
 """
@@ -38,7 +39,7 @@ from filelock import FileLock, Timeout
 from wakesleep import fused
 from wakesleep.data import load_dataset
 from wakesleep.io import atomic_write_text
-from wakesleep.models.loading import ModelSpecError, model_from_config, user_model_config
+from wakesleep.models.loading import ModelSpecError, check_named, model_from_config, user_model_config
 
 CONFIG, CHECKPOINT, BEST, METRICS, SUMMARY = "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "summary.json"
 SAMPLES, CURVES = "samples.png", "curves.png"
@@ -270,18 +271,23 @@ def load_model_state(module: torch.nn.Module, state: dict, source: Path | str, w
     module.load_state_dict(state)
 
 
-def load_run(run: str | Path):
+def load_run(run: str | Path, model_spec: str | None = None):
     """Rebuild (model, config) of a run directory, with the best parameters loaded.
 
     A run directory is what ``wakesleep train`` writes (``config.json``), or one run of
     ``wakesleep compare`` (``OUT/LABEL/seedS``; before it wrote ``config.json``, only ``run.json``).
+    A run of a user's own model opens only when ``model_spec`` names that model (its ``--model``
+    spec, :func:`~wakesleep.models.loading.check_named`): the run's files never choose code to run.
 
     Raises:
         CheckpointError: a missing or damaged config or checkpoint.
+        wakesleep.models.loading.ModelSpecError: a user's model that ``model_spec`` does not name, or
+            that no longer loads.
     """
     run = Path(run)
     config, cfg_path = read_run(run)
     try:
+        check_named(config["model"], model_spec, cfg_path)
         model = model_from_config(config["model"])
     except ModelSpecError:
         raise

@@ -2,12 +2,14 @@
 (and ``wakesleep diagnose``, ``wakesleep compare CONFIG``: :mod:`wakesleep.cli.lab`; ``wakesleep fid SOURCE``:
 :mod:`wakesleep.cli.quality`).
 
-One module per job: :mod:`wakesleep.cli.train` (``train``: a new run, or ``--resume``),
-:mod:`wakesleep.cli.results` (``evaluate`` and ``sample`` of a trained run), :mod:`wakesleep.cli.lab`
-(``diagnose`` and ``compare``), :mod:`wakesleep.cli.quality` (``fid``: FID and KID of images),
-:mod:`wakesleep.cli.options` (what their options share).  Each adds
-its parsers (``add_parser``/``add_parsers``) and names its commands (``COMMANDS``); a new command
-is a new module listed in :data:`JOBS`.  This module is the entry point: :func:`main`.
+One module per job: :mod:`wakesleep.cli.train` (``train``: a new run, or ``--resume``; what its
+options mean is :mod:`wakesleep.cli.run_spec`, its checks and record before the first step
+:mod:`wakesleep.cli.prepare`), :mod:`wakesleep.cli.results` (``evaluate`` and ``sample`` of a
+trained run), :mod:`wakesleep.cli.lab` (``diagnose`` and ``compare``), :mod:`wakesleep.cli.quality`
+(``fid``: FID and KID of images), :mod:`wakesleep.cli.options` (what their options share).  Each
+command module adds its parsers (``add_parser``/``add_parsers``) and names its commands
+(``COMMANDS``); a new command is a new module listed in :data:`JOBS`.  This module is the entry
+point: :func:`main`.
 
 A run directory holds ``config.json`` (everything needed to rebuild the run), ``metrics.jsonl``,
 ``checkpoint.pt`` (last epoch) and ``best.pt`` (best validation), ``summary.json`` (final test
@@ -26,6 +28,7 @@ directory, prints, checkpoints and evaluates; every rank trains on its shard.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -36,7 +39,7 @@ import torch
 from wakesleep import fused
 from wakesleep.cli import lab, quality, results, train
 from wakesleep.cli.options import UsageError, _Parser, resolve_device
-from wakesleep.cli.train import estimator_settings, model_from_args  # public names of the command line
+from wakesleep.cli.run_spec import estimator_settings, model_from_args  # public names of the command line
 from wakesleep.data import DataError
 from wakesleep.models import ModelContractError
 from wakesleep.runs import CheckpointError, RunDirectoryBusy
@@ -87,6 +90,9 @@ def _resource_error(e: BaseException) -> str | None:
         and any(m in str(e) for m in ("can't allocate memory", "not enough memory", "out of memory"))
     ):
         return f"out of memory ({fused.first_line(e)}); use a smaller model, --batch-size or --k"
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = f"write {e.filename}" if e.filename else "write"
+        return f"no space left on the device to {where}; free some space there, or write elsewhere (files written before are kept whole)"
     if isinstance(e, OSError):
         where = f" {e.filename}" if e.filename else ""
         return f"cannot use{where}: {e.strerror or e}; check the path, its permissions and the free space"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from wakesleep.cli.options import DEVICE_OPTION, resolve_device
+from wakesleep.cli.options import DEVICE_OPTION, add_command, resolve_device
 from wakesleep.cli.options import _positive_float as positive_float
 from wakesleep.cli.options import _positive_int as positive_int
 from wakesleep.lab import compare, diagnostics
@@ -28,15 +28,14 @@ from wakesleep.models.loading import build_user_model
 
 def add_parsers(sub) -> None:
     """Add the ``diagnose`` and ``compare`` parsers to ``sub`` (an argparse subparsers object)."""
-    d = sub.add_parser(
+    d = add_command(
+        sub,
         "diagnose",
-        help="measure each estimator's gradient against the exact gradient",
-        description=(
-            "Run each estimator R times on an exact reference model (factor analysis, a small SBN, or a Gaussian-latent "
-            "model integrated by quadrature) and report, against the exact gradient, the relative bias (with s.e.), "
-            "the relative variance, RMSE, cosine similarity and time per estimate, for θ and for φ where the "
-            "φ-update estimates a known quantity. Writes a CSV table and log-log plots of error against time."
-        ),
+        "measure each estimator's gradient against the exact gradient",
+        "Run each estimator R times on an exact reference model (factor analysis, a small SBN, or a Gaussian-latent "
+        "model integrated by quadrature) and report, against the exact gradient, the relative bias (with s.e.), "
+        "the relative variance, RMSE, cosine similarity and time per estimate, for θ and for φ where the "
+        "φ-update estimates a known quantity. Writes a CSV table and log-log plots of error against time.",
     )
     d.add_argument(
         "--reference",
@@ -70,14 +69,15 @@ def add_parsers(sub) -> None:
     d.add_argument("--out", default="runs/diagnostics", help="output directory (default: runs/diagnostics)")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    c = sub.add_parser(
+    c = add_command(
+        sub,
         "compare",
-        help="train several estimators like for like and compare test log-likelihood",
-        description=(
-            "Train every estimator of a TOML config on the same model, data, seeds and budget, evaluate the test "
-            "log-likelihood (K importance samples, mean ± s.e. across seeds) and write summary.csv, summary.md, "
-            "per_seed.csv and curves.png. An interrupted comparison resumes. See experiments/compare_*.toml."
-        ),
+        "train several estimators like for like and compare test log-likelihood",
+        "Train every estimator of a TOML config on the same model, data, seeds and budget, evaluate the test "
+        "log-likelihood (K importance samples, mean ± s.e. across seeds) and write summary.csv, summary.md, "
+        "per_seed.csv and curves.png. An interrupted comparison resumes. Examples: experiments/compare_*.toml; "
+        "your own model: docs/your-own-model.md.",
+        epilog="the config file (TOML), its sections and keys:\n\n" + compare.config_format(),
     )
     c.add_argument("config", help="a comparison config (TOML)")
     c.add_argument("--out", default=None, help="output directory (default: the config's out_dir, else runs/compare/<name>)")

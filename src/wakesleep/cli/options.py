@@ -1,11 +1,14 @@
-"""What every command's options share: the error a bad option raises, the argument types, and the device."""
+"""What every command's options share: the error a bad option raises, the argument types, a
+command's parser, the run directory a command opens (with ``--model``), and the device."""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import torch
 
+from wakesleep.config import MAX_WIDTH
 from wakesleep.training import MAX_SEED
 
 
@@ -42,6 +45,17 @@ def _typed(text: str, cast, ok, unreadable: str, out_of_range: str):
 
 def _positive_int(text: str) -> int:
     return _typed(text, int, lambda v: v >= 1, "expected an integer >= 1, got {text!r}", "expected an integer >= 1, got {v}")
+
+
+def _width(text: str) -> int:
+    """A layer's number of units: an integer from 1 to :data:`wakesleep.config.MAX_WIDTH`."""
+    return _typed(
+        text,
+        int,
+        lambda v: 1 <= v <= MAX_WIDTH,
+        "expected a number of units, an integer >= 1, got {text!r}",
+        "expected a number of units, an integer >= 1 and at most 2**30 = 1073741824, got {v}: give a layer size that fits in memory",
+    )
 
 
 def _unit_interval(text: str) -> float:
@@ -95,3 +109,28 @@ DEVICE_OPTION = (("--device",), {"default": "cpu", "help": "cpu, cuda (cuda:N) o
 
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument(*DEVICE_OPTION[0], **DEVICE_OPTION[1])
+
+
+def add_command(sub, name: str, summary: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """Add command ``name``'s parser to ``sub`` (an argparse subparsers object) and return it:
+    ``summary`` is its line in ``wakesleep --help``, ``description`` heads its own ``--help``, and
+    ``epilog`` (a file format, an example) ends it as written, line for line."""
+    if epilog is None:
+        return sub.add_parser(name, help=summary, description=description)
+    return sub.add_parser(
+        name, help=summary, description=textwrap.fill(description, 100), epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+#: ``--model`` of the commands that open a run (evaluate, sample, fid): a run trained on a user's
+#: model opens only when the command line names that model again (:func:`wakesleep.runs.load_run`).
+MODEL_HELP = (
+    "the model the run was trained with, when it is your own (FILE.py:FACTORY or package.module:FACTORY, as given to train): "
+    "a run directory names code but never runs it unless you name it here too"
+)
+
+
+def add_run(p: argparse.ArgumentParser, what: str = "run directory") -> None:
+    """The run a command opens: the positional ``run`` (help ``what``) and ``--model``."""
+    p.add_argument("run", help=what)
+    p.add_argument("--model", default=None, metavar="FILE.py:FACTORY", help=MODEL_HELP)

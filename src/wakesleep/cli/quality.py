@@ -11,13 +11,17 @@ fid_stderr, kid, kid_stderr, fid_floor, ..., and writes them as JSON with ``--ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from wakesleep.cli.options import UsageError, _add_device, _positive_int, _seed, resolve_device
+from wakesleep import fused
+from wakesleep.cli.options import MODEL_HELP, UsageError, _add_device, _positive_int, _seed, add_command, resolve_device
 from wakesleep.io import atomic_write_text
 from wakesleep.lab import quality
 from wakesleep.lab.tables import key_lines
@@ -27,16 +31,16 @@ WHAT = ("auto", "draws", "means")
 
 def add_parsers(sub) -> None:
     """Add the ``fid`` parser to ``sub`` (an argparse subparsers object)."""
-    f = sub.add_parser(
+    f = add_command(
+        sub,
         "fid",
-        help="FID and KID of a run's samples or an .npz of images against held-out MNIST",
-        description=(
-            "Score images by FID and KID on the penultimate features of a small LeNet trained once on labelled MNIST "
-            "(cached), against half of the held-out real images, with the real-against-real floor (the other half) at "
-            "the same size. SOURCE: a run directory or an .npz of 28x28 images in [0, 1]."
-        ),
+        "FID and KID of a run's samples or an .npz of images against held-out MNIST",
+        "Score images by FID and KID on the penultimate features of a small LeNet trained once on labelled MNIST "
+        "(cached), against half of the held-out real images, with the real-against-real floor (the other half) at "
+        "the same size. SOURCE: a run directory or an .npz of 28x28 images in [0, 1].",
     )
     f.add_argument("source", help="run directory, or .npz file of images [n, 784] / [n, 28, 28]")
+    f.add_argument("--model", default=None, metavar="FILE.py:FACTORY", help=f"a run's model: {MODEL_HELP}")
     f.add_argument("--kind", choices=["auto", *quality.KINDS], default="auto", help="classifier and reference images (default: auto)")
     f.add_argument("--key", default=None, help="array of the .npz to score (default: its only array)")
     f.add_argument(
@@ -66,10 +70,18 @@ def images_from_npz(path: Path, key: str | None) -> np.ndarray:
     """The array ``key`` of an ``.npz`` (its only array when ``key`` is None).
 
     Raises:
-        UsageError: unreadable file, missing key, or several arrays and no key.
+        UsageError: an empty, truncated or unreadable file, a plain ``.npy`` array, a missing key,
+            or several arrays and no key.
     """
+    fix = "give a run directory or an .npz file of images"
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path} is empty; {fix}")
     try:
-        with np.load(path) as z:
+        with contextlib.ExitStack() as stack:
+            z = np.load(path)  # allow_pickle=False: an object array is refused, unopened
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise UsageError(f"{path} is a plain .npy array, not an .npz; save it with np.savez(FILE.npz, images=x) and score that")
+            stack.enter_context(z)
             names = list(z.files)
             if key is None and len(names) != 1:
                 raise UsageError(f"{path} holds arrays {names}: name the one to score with --key")
@@ -77,10 +89,10 @@ def images_from_npz(path: Path, key: str | None) -> np.ndarray:
             if key not in names:
                 raise UsageError(f"{path} has no array {key!r} (has {names}); pass --key with one of them")
             return z[key]
-    except (OSError, ValueError) as e:
-        if isinstance(e, UsageError):
-            raise
-        raise UsageError(f"cannot read {path} as .npz ({e}); give a run directory or an .npz file of images") from None
+    except UsageError:
+        raise
+    except Exception as e:  # numpy and zipfile raise many types (OSError, ValueError, EOFError, BadZipFile, ...) for a damaged file
+        raise UsageError(f"cannot read {path} as .npz ({fused.first_line(e)}); it is truncated or not an .npz: {fix}") from None
 
 
 def model_images(model, n: int, what: str, seed: int) -> torch.Tensor:
@@ -108,14 +120,14 @@ def cmd_fid(a: argparse.Namespace) -> int:
     if source.is_dir():
         from wakesleep.runs import load_run
 
-        model, _ = load_run(source)
+        model, _ = load_run(source, a.model)
         model.to(device).eval()
         kind = a.kind if a.kind != "auto" else ("binary" if getattr(model, "binary_data", False) else "grey")
         reference = quality.reference_images(kind, a.data_dir)
         images = model_images(model, a.n or len(reference) // 2, a.what, a.seed)
     elif source.is_file():
-        if a.what != "auto":
-            raise UsageError("--what applies to a run's model; an .npz is scored as it is")
+        if a.what != "auto" or a.model is not None:
+            raise UsageError(f"{'--what' if a.what != 'auto' else '--model'} applies to a run's model; an .npz is scored as it is: drop it")
         images = images_from_npz(source, a.key)
         kind = a.kind
         if kind == "auto":
@@ -123,7 +135,11 @@ def cmd_fid(a: argparse.Namespace) -> int:
         reference = quality.reference_images(kind, a.data_dir)
     else:
         raise UsageError(f"{source} is neither a run directory nor a file; give a run directory or an .npz of images")
-    clf = quality.classifier(kind, a.data_dir, a.cache_dir, retrain=a.retrain, progress=not a.no_progress, device=device, epochs=a.epochs)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. a damaged cache, trained again
+        warnings.simplefilter("always", quality.QualityWarning)
+        clf = quality.classifier(kind, a.data_dir, a.cache_dir, retrain=a.retrain, progress=not a.no_progress, device=device, epochs=a.epochs)
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
     report = quality.score(images, clf, reference, n=a.n, bootstrap=a.bootstrap, blocks=a.blocks, seed=a.seed)
     out = {"kind": kind, **report.as_dict()}
     print(f"classifier: LeNet ({kind}), held-out accuracy {clf.accuracy:.4f}, cached at {clf.path}")

@@ -1,7 +1,10 @@
 """``wakesleep evaluate RUN`` and ``wakesleep sample RUN``: a trained run's log-likelihood and samples.
 
-A run is read back by :func:`wakesleep.config.load_run`, whether ``wakesleep train`` or
-``wakesleep compare`` made it.
+A run is read back by :func:`wakesleep.runs.load_run`, whether ``wakesleep train`` or
+``wakesleep compare`` made it; a run of a user's own model opens only with ``--model
+FILE.py:FACTORY`` naming that model again (a run directory never runs code by itself).
+``evaluate`` prints the exact log-likelihood beside the estimate where the model has one
+(:func:`wakesleep.models.contract.has_exact_form`), and records both in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from pathlib import Path
 import torch
 
 from wakesleep import fused, plots
-from wakesleep.cli.options import UsageError, _add_device, _positive_float, _positive_int, _seed, resolve_device
+from wakesleep.cli.options import UsageError, _add_device, _positive_float, _positive_int, _seed, add_command, add_run, resolve_device
 from wakesleep.config import read_summary, run_dataset
 from wakesleep.data import DataError
-from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, report_log_likelihood
+from wakesleep.evaluate import DEFAULT_MAX_MEMORY_MIB, exact_log_likelihood, report_log_likelihood
 from wakesleep.io import atomic_write_text
-from wakesleep.models.contract import has_proposal
+from wakesleep.models.contract import has_exact_form, has_proposal
 from wakesleep.runs import RunDirectoryBusy, load_run, run_lock
 
 SUMMARY = "summary.json"
@@ -28,12 +31,14 @@ SUMMARY = "summary.json"
 
 def add_parsers(sub) -> None:
     """Add the ``evaluate`` and ``sample`` parsers to ``sub`` (an argparse subparsers object)."""
-    e = sub.add_parser(
+    e = add_command(
+        sub,
         "evaluate",
-        help="importance-sampled log-likelihood of a trained run",
-        description="Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.).",
+        "importance-sampled log-likelihood of a trained run",
+        "Evaluate a trained run's log-likelihood with K importance samples (nats, mean ± s.e.), "
+        "and the exact log-likelihood beside it where the model has one.",
     )
-    e.add_argument("run", help="run directory")
+    add_run(e)
     e.add_argument("--k", type=_positive_int, default=5000, help="particles per datapoint (default: 5000)")
     e.add_argument("--split", choices=["test", "valid", "train"], default="test", help="(default: test)")
     e.add_argument("--batch-size", type=_positive_int, default=100, help="datapoints per evaluation batch (default: 100)")
@@ -48,12 +53,10 @@ def add_parsers(sub) -> None:
     e.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler)")
     _add_device(e)
 
-    s = sub.add_parser(
-        "sample",
-        help="draw samples from a trained run",
-        description="Draw samples from a trained run's generative model and write them as a PNG grid.",
+    s = add_command(
+        sub, "sample", "draw samples from a trained run", "Draw samples from a trained run's generative model and write them as a PNG grid."
     )
-    s.add_argument("run", help="run directory")
+    add_run(s)
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     s.add_argument("--out", default=None, help="PNG path (default: RUN/samples-N-seedS.png; training's RUN/samples.png is kept)")
     s.add_argument("--seed", type=_seed, default=0, help="(default: 0)")
@@ -73,21 +76,26 @@ def draw_samples(model, n: int, image_shape, data, path: Path) -> Path:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     run = Path(a.run)
-    model, config = load_run(run)
+    model, config = load_run(run, a.model)
     model.to(resolve_device(a.device))
     data = run_dataset(config)
     if a.compile:
         fused.use_compiled_kernels(True)
-    _say_how_long(model, getattr(data, a.split), a)
-    ll = report_log_likelihood(
-        model, getattr(data, a.split), k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib, progress=not a.no_progress, seed=a.seed
-    )
-    print(f"{a.split} log-likelihood: {ll}")
+    x = getattr(data, a.split)
+    _say_how_long(model, x, a)
+    ll = report_log_likelihood(model, x, k=a.k, batch_size=a.batch_size, max_memory_mib=a.max_memory_mib, progress=not a.no_progress, seed=a.seed)
+    record = {"split": a.split, **ll.as_dict()}
+    if ll.k and has_exact_form(model):  # an estimate, and the exact value to hold it against
+        exact = exact_log_likelihood(model, x)
+        record["exact"] = exact.mean
+        print(f"{a.split} log-likelihood: {ll}; exact: {exact.mean:.3f} nats (the estimate is {ll.mean - exact.mean:+.3f} from it)")
+    else:
+        print(f"{a.split} log-likelihood: {ll}")
     path = run / SUMMARY
     try:
         with run_lock(run, "evaluate"):  # summary.json is the run's: written by one process at a time
             summary = read_summary(path)
-            summary.setdefault("evaluations", []).append({"split": a.split, **ll.as_dict()})
+            summary.setdefault("evaluations", []).append(record)
             atomic_write_text(path, json.dumps(summary, indent=2))
     except RunDirectoryBusy as e:
         print(f"note: the result is not recorded in {path}: {run} is in use by {e.holder}; evaluate again when it has finished", file=sys.stderr)
@@ -123,7 +131,7 @@ def _say_how_long(model, x, a: argparse.Namespace) -> None:
 
 def cmd_sample(a: argparse.Namespace) -> int:
     run = Path(a.run)
-    model, config = load_run(run)
+    model, config = load_run(run, a.model)
     torch.manual_seed(a.seed)
     shape, data = None, None
     try:

@@ -49,6 +49,11 @@ class Estimator(nn.Module):
         ``model`` with its settings; the trainer checks them all before the first step."""
         return GENERATIVE
 
+    def member_hints(self) -> dict[str, str]:
+        """For members of :meth:`requires` that other settings of this estimator would not need:
+        member -> how to do without it, added to the message when the model lacks that member."""
+        return {}
+
     def check_model(self, model) -> None:
         """Raise ``ValueError`` naming the fix if this estimator cannot train ``model`` (beyond the
         members of :meth:`requires`, which :func:`wakesleep.train` checks)."""

@@ -81,6 +81,15 @@ class RWS(Estimator):
             out += ("log_proposal", "sample_uniform" if has_member(model, "sample_uniform") else "enumerate_latents")
         return out  # repeats are harmless: the check lists each missing member once
 
+    def member_hints(self) -> dict[str, str]:
+        """``log_proposal`` is the sleep phase's alone (and defensive sampling's): wake-φ needs none."""
+        if self.q_update == "wake" or self.defensive > 0:
+            return {}
+        return {
+            "log_proposal": "RWS(q_update='wake') (--q-update wake) would not need log_proposal: "
+            "its wake-φ update uses the log q that propose returns"
+        }
+
     def defensive_proposal(self, model, x: Tensor):
         """K particles from q_δ = (1 − δ) q_φ + δ u: ``(zs, log_q, log_q_delta)``, log_q = log q_φ(z_k | x)
         with ∇φ, log q_δ(z_k | x) detached, both [K, B], nats.  z is opaque, so log q_φ of the mixed

@@ -58,6 +58,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import textwrap
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -66,9 +67,10 @@ from typing import Any
 import torch
 
 from wakesleep import plots
-from wakesleep.config import ESTIMATORS, MODEL_KINDS, build_estimator, run_record
+from wakesleep.config import ESTIMATORS, MAX_WIDTH, MODEL_KINDS, build_estimator, check_same_data, run_record
 from wakesleep.config import build_model as build_table_model
-from wakesleep.data import SPLITS, load_dataset
+from wakesleep.data import SPLITS, DataError, load_dataset
+from wakesleep.data import fingerprint as data_fingerprint
 from wakesleep.estimators import SleepPhase
 from wakesleep.evaluate import log_likelihood, mean_stderr
 from wakesleep.io import atomic_write_text
@@ -83,6 +85,18 @@ from wakesleep.training.checks import check_data, check_model_for_training
 SUMMARY = "summary.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
 BUDGET_KEYS = ("epochs", "max_seconds", "clock")
+
+
+def config_format() -> str:
+    """The TOML layout of a comparison config, as this module's docstring shows it (what
+    ``wakesleep compare --help`` prints), dedented: one place that states the format."""
+    block = __doc__.split("::\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines)).strip("\n")
 
 
 class ConfigError(ValueError):
@@ -165,9 +179,17 @@ def _check_builtin_model(where: str, raw_model) -> dict:
     bad = sorted(set(model) - {"kind", "layers"} - accepted)
     if bad:
         raise _err(where, f"model.{bad[0]}", f"is not a setting of a {kind!r} model; its settings: {sorted(accepted)}")
-    layers = model["layers"]
-    if not isinstance(layers, list) or not layers or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in layers):
-        raise _err(where, "model.layers", f"must be a non-empty list of positive integers, got {layers!r}")
+
+    def widths(v) -> bool:
+        return isinstance(v, list) and all(not isinstance(w, bool) and isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in v)
+
+    if not model["layers"] or not widths(model["layers"]):
+        raise _err(where, "model.layers", f"must be a non-empty list of integers from 1 to 2**30, got {model['layers']!r}")
+    for key in ("hidden", "q_hidden", "p_hidden"):
+        if key in model and not widths(model[key]):
+            raise _err(where, f"model.{key}", f"must be a list of integers from 1 to 2**30, got {model[key]!r}")
+    if "nade_hidden" in model and not widths([model["nade_hidden"]]):
+        raise _err(where, "model.nade_hidden", f"must be an integer from 1 to 2**30, got {model['nade_hidden']!r}")
     return model
 
 
@@ -363,10 +385,14 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     model = build_model(cfg, data.dim).to(device)  # built on the CPU first: the same initial model on every device
     if not (run / CONFIG).is_file():  # the record every run directory keeps, as `wakesleep train` writes it
         train_record = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
-        record = run_record(
-            model_config(model, cfg.model.get("spec"), data.dim), spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k
-        )
+        model_record = model_config(model, cfg.model.get("spec"), data.dim)
+        record = run_record(model_record, spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k, data_fingerprint(data))
         atomic_write_text(run / CONFIG, json.dumps(record, indent=2))
+    else:  # a run resumed: on the data it started on
+        try:
+            check_same_data(json.loads((run / CONFIG).read_text()), data, run)
+        except (DataError, ValueError) as e:
+            raise ConfigError(str(e)) from None
     estimator = build_estimator(spec.algorithm, spec.settings)
     valid = subset(data.valid, cfg.valid_n)
     fit = train(model, estimator, data.train, valid, tcfg, run_dir=run, resume=(run / CHECKPOINT).is_file())

@@ -401,7 +401,7 @@ def diagnose(
 def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, reference, budget_s, p) -> list[dict]:
     est = setting.build().to(device=p.device, dtype=p.dtype)
     try:
-        check_model(model, est.requires(model), setting.label)
+        check_model(model, est.requires(model), setting.label, est.member_hints())
         est.check_model(model)
     except (ValueError, ModelContractError) as e:
         warnings.warn(f"skipping {setting.label}: {e}", stacklevel=3)

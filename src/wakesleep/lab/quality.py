@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ SETTINGS = {"epochs": 8, "batch_size": 64, "lr": 1e-3, "seed": 0, "version": 1}
 
 class QualityError(ValueError):
     """Images or features that cannot be scored (the message names the fix)."""
+
+
+class QualityWarning(UserWarning):
+    """Something was done again rather than trusted: a damaged cached classifier, retrained."""
 
 
 class LeNet(nn.Module):
@@ -329,7 +334,8 @@ def classifier(
     (module docstring: rows 0–7999 train, 8000–9999 are held out) and cached atomically as
     ``classifier-KIND-HASH.pt`` in :func:`cache_dir` (``cache``), HASH from the data and
     :data:`SETTINGS` (``epochs`` replaces its epochs: fewer for quick tests; they are cached apart).
-    Training: Adam, 8 epochs of batches of 64 (under half a CPU-minute at one thread).
+    Training: Adam, 8 epochs of batches of 64 (under half a CPU-minute at one thread).  A damaged
+    cache file (truncated, foreign) is trained again and written over, with a :class:`QualityWarning`.
 
     Raises:
         ValueError: an unknown kind, or epochs < 1.
@@ -343,16 +349,29 @@ def classifier(
     settings = {**SETTINGS, "epochs": epochs, "kind": kind, "train_rows": TRAIN_ROWS}
     key = hashlib.sha256((digest + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:16]
     path = cache_dir(cache) / f"classifier-{kind}-{key}.pt"
-    if path.is_file() and not retrain:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        net = LeNet()
-        net.load_state_dict(saved["state"])
-        accuracy = float(saved["accuracy"])
+    cached = _load_cached(path) if path.is_file() and not retrain else None
+    if cached is not None:
+        net, accuracy = cached
     else:
         net, accuracy = _train(kind, x, y, settings, progress)
         atomic_torch_save({"state": net.state_dict(), "accuracy": accuracy, "settings": settings}, path)
     net.eval()
     return Classifier(net.to(device), kind, accuracy, TRAIN_ROWS, len(x) - TRAIN_ROWS, settings, path)
+
+
+def _load_cached(path: Path) -> tuple[LeNet, float] | None:
+    """The cached classifier at ``path`` (as data: ``weights_only=True``) and its accuracy, or None,
+    with a :class:`QualityWarning` naming the file, when the file is damaged (truncated, foreign,
+    other shapes): the caller trains it again and writes it over."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        net = LeNet()
+        net.load_state_dict(saved["state"])
+        return net, float(saved["accuracy"])
+    except Exception as e:  # torch raises several types (RuntimeError, EOFError, UnpicklingError, ...) for a damaged file
+        first = str(e).splitlines()[0] if str(e) else ""
+        warnings.warn(f"the cached classifier {path} is damaged ({type(e).__name__}: {first[:200]}); training it again", QualityWarning, stacklevel=3)
+        return None
 
 
 # ------------------------------------------------------------------ scoring

@@ -35,6 +35,11 @@ def key_lines(values: Mapping[str, object]) -> str:
     return "\n".join(f"{key}: {text(value)}" for key, value in values.items())
 
 
+def _number(v: float | None, digits: int = 2) -> str:
+    """``v`` to ``digits`` decimals, or "–" where there is none (None or NaN)."""
+    return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the body with ``torch.set_num_threads(n)`` (None: leave the count as is); the previous count is restored after."""
@@ -48,7 +53,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a markdown table: test log-likelihood ± s.e. across seeds, with time and epochs."""
+    """The summary as a markdown table: test log-likelihood ± s.e. across seeds, with time and epochs;
+    "–" for the standard error of one seed (none can be estimated from one)."""
     if not summary:
         return ""
     k, n, clock = summary[0]["test_k"], summary[0]["test_n"], summary[0]["clock"]
@@ -58,7 +64,7 @@ def markdown_table(summary: list[dict]) -> str:
     ]
     for r in summary:
         lines.append(
-            f"| {r['label']} | `{r['settings']}` | {r['seeds']} | {r['test_log_likelihood']:.2f} | {r['stderr_seeds']:.2f} "
+            f"| {r['label']} | `{r['settings']}` | {r['seeds']} | {r['test_log_likelihood']:.2f} | {_number(r['stderr_seeds'])} "
             f"| {r['train_seconds']:.3g} | {r['epochs']:.1f} |"
         )
     return "\n".join(lines)

@@ -204,12 +204,14 @@ def missing_members(model, members: Iterable[str]) -> list[str]:
     return out
 
 
-def check_model(model, members: Iterable[str], purpose: str) -> None:
+def check_model(model, members: Iterable[str], purpose: str, hints: dict[str, str] | None = None) -> None:
     """Raise :class:`ModelContractError` listing every member of ``members`` that ``model`` lacks.
 
     Args:
         members: names from :data:`MEMBERS`.
         purpose: what needs them, for the message (e.g. ``"RWS(k=5, q_update='both') and validation"``).
+        hints: member -> a way to do without it (an estimator's
+            :meth:`~wakesleep.estimators.Estimator.member_hints`), added for each missing one.
 
     Raises:
         ModelContractError: one message with every missing member and what it must do.
@@ -217,8 +219,9 @@ def check_model(model, members: Iterable[str], purpose: str) -> None:
     missing = missing_members(model, members)
     if missing:
         what = "; ".join(MEMBERS.get(m, "be a torch.nn.Module (parameters, devices, checkpoints)") for m in missing)
+        instead = "".join(f" {hints[m]}." for m in missing if hints and m in hints)
         raise ModelContractError(
-            f"{type(model).__name__} cannot be used for {purpose}: it lacks {', '.join(missing)} ({what}). "
+            f"{type(model).__name__} cannot be used for {purpose}: it lacks {', '.join(missing)} ({what}).{instead} "
             "The model contract is in wakesleep.models (docs/your-own-model.md)"
         )
 

@@ -5,7 +5,8 @@ The factory is called with ``data_dim=D`` (the data's width) when it takes that 
 none, and must return a ``torch.nn.Module`` that meets the model contract
 (:mod:`wakesleep.models.contract`).  A run directory records ``{"kind": "user", "spec": …,
 "data_dim": D}`` (a file's path made absolute), so that ``evaluate``, ``sample`` and ``--resume``
-rebuild the same model.  Loading a run that names a model file runs that file, as training did.
+rebuild the same model.  They do so only when their own command line names that model again
+(:func:`check_named`): a run directory is data, and opening one never runs code it names.
 """
 
 from __future__ import annotations
@@ -138,6 +139,29 @@ def model_from_config(config: dict[str, Any]) -> nn.Module:
     if config.get("kind") == USER:
         return build_user_model(config["spec"], config["data_dim"])
     return HelmholtzMachine.from_config(config)
+
+
+def check_named(record: dict[str, Any], named: str | None, source: str | Path) -> None:
+    """Check that the model a run records (``record``, read from ``source``) may be rebuilt: a
+    user's model only when the caller names the same model (``named``, a ``--model`` spec given
+    by the user), so that opening a run never imports code that only the run names (an edited
+    ``config.json`` or ``run.json`` could name any file); a built-in model only when ``named`` is None.
+
+    Raises:
+        ModelSpecError: a user's model not named, or named otherwise than recorded; ``named`` for a
+            built-in model.
+    """
+    if not isinstance(record, dict) or record.get("kind") != USER:
+        if named is not None and isinstance(record, dict):
+            raise ModelSpecError(f"--model {named}: {source} records a built-in {record.get('kind', '')} model, not your own; drop --model")
+        return
+    spec = record.get("spec")
+    if named is None:
+        raise ModelSpecError(
+            f"{source} names your own model {spec}, and opening a run runs no code it names: pass --model {spec} to run that code (if you trust it)"
+        )
+    if resolve_spec(named) != spec:
+        raise ModelSpecError(f"--model {named} is not the model {source} was trained with ({spec}): pass --model {spec}")
 
 
 def model_config(model: nn.Module, spec: str | None, data_dim: int) -> dict[str, Any]:

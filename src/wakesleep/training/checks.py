@@ -40,7 +40,8 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
         valid = None
     needs = tuple(estimator.requires(model)) + (contract.EVALUATION if valid is not None and contract.has_proposal(model) else ())
     settings = ", ".join(f"{k}={v!r}" for k, v in estimator.settings().items() if v is not None and k != "data_dim")
-    contract.check_model(model, needs, f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}")
+    purpose = f"{type(estimator).__name__}({settings}){' with validation' if valid is not None else ''}"
+    contract.check_model(model, needs, purpose, estimator.member_hints())
     contract.check_shapes(model, train_data, needs)
     estimator.check_model(model)
     return valid
@@ -49,14 +50,19 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
 def check_data(model, x: Tensor, name: str) -> None:
     """Raise ``ValueError`` naming the fix for data the model cannot be trained on.
 
-    Checks: [N, D] with N ≥ 1, D equal to the model's data width, finite values, and values in
-    {0, 1} when the model's likelihood is Bernoulli.
+    Checks: [N, D] with N ≥ 1, D equal to the model's data width, real (not complex) finite
+    values, and values in {0, 1} when the model's likelihood is Bernoulli.
     """
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
     dim = getattr(model, "data_dim", None)
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has width {x.shape[1]} but the model expects {dim}: build the model for this data")
+    if x.is_complex():
+        raise ValueError(
+            f"{name} is complex ({x.dtype}), and the models take real numbers (the imaginary part would be dropped): "
+            "give the real and imaginary parts as columns of their own, e.g. torch.cat([x.real, x.imag], dim=1)"
+        )
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).sum().item()
         raise ValueError(f"{name} has {bad} NaN/inf values; clean the data first")

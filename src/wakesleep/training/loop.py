@@ -161,6 +161,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
         unit="step",
         dynamic_ncols=True,
     )
+    shown: dict[str, str] = {}  # the progress bar's figures
     st.start_clock(cfg.clock)
     st.result.stopped, best_state = "epochs", None  # best_state: the best parameters, in memory when there is no run directory
     save = partial(save_checkpoint, run / CHECKPOINT if run else None, model, estimator, opt, cfg, st)  # (epochs done, batch, finished)
@@ -186,6 +187,8 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
                 continue
             st.add(out.metrics)
             bar.update(1)
+            if step % 20 == 0:
+                _show_rate(bar, estimator, local_batch, shown)
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 save(epoch, b + 1, False)
         st.batch = 0
@@ -196,7 +199,8 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         record["skipped_steps"], record["time"] = st.result.skipped_steps, st.seconds()
         st.result.history.append(record)
-        bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
+        shown.update({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
+        _show_rate(bar, estimator, local_batch, shown)
         st.result.stopped = distributed.broadcast_object(_stop(cfg, valid, st, record))  # rank 0 decides for all
         finished = st.result.stopped != "epochs" or epoch + 1 == cfg.epochs
         if run is not None:
@@ -240,3 +244,15 @@ def _stop(cfg: TrainConfig, valid: Tensor | None, st: TrainState, record: dict) 
     if cfg.max_seconds is not None and record["time"] >= cfg.max_seconds:
         return "time"
     return st.result.stopped
+
+
+def _show_rate(bar, estimator, batch: int, shown: dict) -> None:
+    """Show ``shown`` (the last epoch's figures) and particles per second (steps/s × K × this rank's
+    batch) on the progress bar: the unit of work of a per-particle program model, whose step's cost
+    grows with K·B."""
+    rate = None if bar.disable else bar.format_dict.get("rate")
+    k = getattr(estimator, "k", None)
+    if rate and isinstance(k, int):
+        shown["particles/s"] = f"{rate * k * batch:.0f}"
+    if shown and not bar.disable:
+        bar.set_postfix(shown)
