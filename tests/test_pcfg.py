@@ -134,19 +134,6 @@ def test_same_start_as_their_code_for_a_seed():
         assert torch.equal(model.generative.logits[a].detach(), v)
 
 
-FACTORY = """
-import sys
-sys.path.insert(0, {examples!r})
-import pcfg
-
-
-def shallow(data_dim):
-    model = pcfg.astronomers(data_dim=data_dim, max_depth=4)
-    model.metrics_samples = 5
-    return model
-"""
-
-
 def train_cli(tmp_path, spec):
     data = tmp_path / "sentences.npz"
     sentences = short_sentences(8, seed=2).numpy()
@@ -162,18 +149,9 @@ def train_cli(tmp_path, spec):
     assert "valid_p_error" in records and "valid_q_error_to_true" in records
 
 
-@pytest.mark.slow
-def test_cli_trains_the_grammar(tmp_path):
-    """``wakesleep train --model FILE:FACTORY`` on 4 sentences, the recursion cut at depth 4 (~20 s:
-    the CLI's picture draws 2000 sleep samples, ~5 ms each through the per-particle path)."""
-    factory = tmp_path / "shallow.py"
-    factory.write_text(FACTORY.format(examples=str(ROOT / "examples")))
-    train_cli(tmp_path, f"{factory}:shallow")
-
-
-@pytest.mark.slow
 def test_cli_trains_astronomers(tmp_path):
-    """The documented command, ``--model examples/pcfg.py:astronomers`` (depth 30: ~35 s)."""
+    """The documented command, ``wakesleep train --model examples/pcfg.py:astronomers --algorithm
+    rws``, on 4 sentences (~9 s: the CLI's picture draws 2000 sleep samples)."""
     train_cli(tmp_path, f"{ROOT / 'examples' / 'pcfg.py'}:astronomers")
 
 
