@@ -194,3 +194,39 @@ def test_their_code_runs_and_starts_where_ours_does():
     ours = pcfg.astronomers().metrics()
     for key, value in ours.items():
         assert rec["records"][0][key] == pytest.approx(value, rel=1e-5), key
+
+
+def _record(source, alg, k, seed, values):
+    """A run record with the study's keys: the metrics' trajectory ``values`` every 10 iterations."""
+    recs = [{"iteration": 10 * i, "p_error": v, "q_error_to_true": 10 * v, "q_error_to_model": v} for i, v in enumerate(values)]
+    return {"source": source, "algorithm": alg, "k": k, "seed": seed, "records": recs, "seconds_per_iteration": 0.1, "cpu_seconds": 1.0}
+
+
+def test_study_summary_and_paired_verdicts():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import le2019_pcfg as study
+
+    runs = {
+        ("ours", "ww", 5): [_record("ours", "ww", 5, s, [1.0 + s, 0.5 + s, 0.4 + s, 0.3 + s]) for s in (1, 2)],
+        ("ours", "vimco", 5): [_record("ours", "vimco", 5, s, [1.0 + s, 0.9 + s, 0.8 + s, 0.7 + s + 0.01 * s]) for s in (1, 2)],
+        ("ours", "ww", 20): [_record("ours", "ww", 20, s, [1.0 + s, 0.6 + s, 0.5 + s, 0.4 + s + 0.02 * s]) for s in (1, 2)],
+    }
+    rows = study.summarise(runs)
+    ww5 = next(r for r in rows if r["algorithm"] == "ww" and r["k"] == 5)
+    assert ww5["p_error"] == pytest.approx(0.4 + 1.5) and ww5["seeds"] == 2 and ww5["iterations"] == 30
+    verdicts = {(c["claim"], c["metric"]): c for c in study.claims(runs)}
+    better = verdicts[("RWS better than vimco", "p_error")]  # the seeds differ by far more than the pairs do
+    assert better["verdict"] == "held" and better["difference"] == pytest.approx(0.4 + 0.005, abs=1e-9)
+    assert verdicts[("RWS improves from K=5 to K=20", "p_error")]["verdict"] == "contradicted"
+    assert "| ours | RWS (wake-wake) | 5 | 2 | 30 |" in study.markdown(rows)
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import le2019_pcfg as study
+
+    out = study.main(
+        ["--out", str(tmp_path), "--figure", str(tmp_path / "f.png"), "--iterations", "2", "--eval-interval", "1", "--ks", "2", "--seeds", "1"]
+    )
+    assert len(out["rows"]) == 5 and (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "summary.md").is_file()
