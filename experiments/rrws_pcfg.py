@@ -34,6 +34,10 @@ run time, nothing in their checkout is edited):
    polynomial's curve → image) is replaced by the same conversion through ``buffer_rgba()``.
 3. ``torch.tensor(t)`` of a tensor (their ``get_tree_log_prob``) warns on every call in torch 2:
    that UserWarning is silenced.
+4. Not a version issue but a crash: a polynomial tree cut at ``max_depth`` has a non-terminal leaf,
+   on which their ``util.eval_polynomial`` raises (``int('E1')``), at iteration 0 for seed 1 (a
+   tree of the randn-initialised grammar or proposal).  Such a leaf evaluates to 0 (as
+   ``examples/pcfg.py``'s does); every other tree is evaluated by their function.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ PATCHES = (
     "seaborn: stub module whose despine hides the axes' spines",
     "util.fig2rgba: matplotlib >= 3.10 has no tostring_argb; same image through buffer_rgba()",
     "warnings: torch.tensor(tensor) UserWarning silenced",
+    "util.eval_polynomial: a non-terminal leaf (a depth-cut tree) evaluates to 0 instead of raising",
 )
 
 
@@ -127,6 +132,14 @@ def load_rrws(path: str | os.PathLike, deps: str | None = None) -> types.SimpleN
     sys.path.insert(0, str(pcfg_dir))
     util = importlib.import_module("util")
     util.fig2rgba = _fig2rgba
+    evaluate = util.eval_polynomial
+
+    def eval_polynomial(tree, x):  # their recursion calls util.eval_polynomial: this one
+        if isinstance(tree, str) and tree != "x" and not tree.isdigit():
+            return __import__("torch").zeros_like(x)
+        return evaluate(tree, x)
+
+    util.eval_polynomial = eval_polynomial
     return types.SimpleNamespace(
         util=util,
         models=importlib.import_module("models"),
