@@ -7,7 +7,8 @@ wake-sleep* (ALGORITHMS.md §9), as a user's own model.
 Two ways to write it, the same model:
 
 - :func:`mixture` through :func:`wakesleep.models.from_distributions` (three short functions);
-- :class:`HandWrittenMixture`, the contract's members written out (the benchmark's baseline).
+- :class:`HandWrittenMixture`, the contract's members written out (the benchmark's baseline), with
+  the optional members for continuous relaxation (``--algorithm concrete`` / ``relax``).
 
 Both have the optional contract member ``metrics(x)`` (:func:`report`): π's L1 and L2 errors
 against the truth and q's mean distances to the exact posteriors on held-out x, which the trainer
@@ -25,7 +26,7 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical, Normal, OneHotCategorical
 
 import wakesleep as ws
 
@@ -119,6 +120,16 @@ class HandWrittenMixture(nn.Module):
 
     def enumerate_latents(self):
         return torch.arange(COMPONENTS, device=self.prior.logits.device)
+
+    # The optional members for continuous relaxation (Concrete, RELAX): c as a one-hot vector.
+    def proposal_distribution(self, x):
+        return OneHotCategorical(logits=self.proposal.net(x))  # batch [B], event [C]
+
+    def prior_distribution(self):
+        return OneHotCategorical(logits=self.prior.logits)
+
+    def log_likelihood(self, x, z):  # z [*S, B, C] one-hot, or a point of the simplex: its mean Σ_c z_c μ_c
+        return self.log_norm - 0.5 * ((x[:, 0] - z @ self.prior.means) / SIGMA) ** 2
 
     def metrics(self, x):
         return report(self, x)

@@ -20,9 +20,9 @@ A, B, PAD = 0, 1, 2
 MAX_DEPTH, LENGTH = 2, 4
 
 
-def noisy_yield(tokens: list[int]) -> dist.Distribution:
+def noisy_yield(tokens: list[int], device=None) -> dist.Distribution:
     """The channel p(x | yield): 4 tokens, each the yield's (or PAD past its end) with probability 0.8."""
-    probs = torch.full((LENGTH, 3), 0.1, dtype=torch.float64)
+    probs = torch.full((LENGTH, 3), 0.1, dtype=torch.float64, device=device)
     for i in range(LENGTH):
         probs[i, tokens[i] if i < len(tokens) else PAD] = 0.8
     return dist.Categorical(probs=probs).to_event(1)
@@ -44,7 +44,7 @@ class Grammar(nn.Module):
 
     def forward(self, x):
         tokens = self.expand("S")
-        pyro.sample("x", noisy_yield(tokens), obs=x.long())
+        pyro.sample("x", noisy_yield(tokens, x.device), obs=x.long())
 
 
 class Parser(nn.Module):
@@ -57,7 +57,8 @@ class Parser(nn.Module):
 
     def expand(self, path: str, features) -> None:
         depth = len(path) - 1
-        logits = self.net(torch.cat([features, nn.functional.one_hot(torch.tensor(depth), MAX_DEPTH + 1).double()]))
+        depth_code = nn.functional.one_hot(torch.tensor(depth, device=features.device), MAX_DEPTH + 1).double()
+        logits = self.net(torch.cat([features, depth_code]))
         rule = pyro.sample(path, dist.Categorical(logits=logits if depth < MAX_DEPTH else logits[:2]))
         if rule.item() == 2:
             self.expand(path + "0", features)

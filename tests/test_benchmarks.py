@@ -188,3 +188,20 @@ def test_bernoulli_kernel_prints_its_key_lines():
     for key in ("kernel_speedup_step_shape", "kernel_speedup_evaluation_shape", "compiled_rws_step_speedup", "compiled_iwae_step_speedup"):
         assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
     assert out.rstrip().splitlines()[-1].startswith("compiled_iwae_step_speedup: ")
+
+
+def test_pyro_paths_prints_its_key_lines():
+    pytest.importorskip("pyro")
+    out = script("pyro_paths.py", "--k", "2", "--batch", "3", "--rounds", "1", "--sites", "1", "3")
+    keys = key_lines(out)
+    for key in ("per_particle_vs_vectorised_gmm", "per_particle_us_per_site", "plain_torch_us_per_site", "pyro_and_path_overhead_us_per_site"):
+        assert re.fullmatch(NUMBER, keys[key]), (key, keys)
+    assert float(keys["per_particle_us_per_particle_gmm"]) > 0 and float(keys["vectorised_us_per_particle_gmm"]) > 0
+
+
+def test_hmws_step_prints_its_key_lines():
+    out = script("hmws_step.py", "--rounds", "1", "--steps", "1", "--batch", "4", "--k", "2", "--continuous-k", "2", "--memory-size", "2")
+    keys = key_lines(out)
+    for key in ("hmws_ms_per_step", "rws_ms_per_step", "rws_same_particles_ms_per_step", "hmws_step_vs_rws", "hmws_step_vs_rws_same_particles"):
+        assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
+    assert out.rstrip().splitlines()[-1].startswith("hmws_step_vs_rws_same_particles: ")

@@ -164,3 +164,28 @@ def test_compare_runs_on_the_device_it_is_given_and_evaluates_anywhere(tmp_path,
     run = tmp_path / "out" / "RWS-3" / "seed0"
     assert load_checkpoint(run / CHECKPOINT)["model"]["generative.0.net.weight"].device.type == "cpu"  # loaded as data
     assert main(["evaluate", str(run), "--k", "10", "--device", "cpu", "--no-progress"]) == 0
+
+
+@CUDA
+@pytest.mark.parametrize("estimator", ["rws", "mws"])
+def test_a_program_model_trains_on_cuda_and_loads_on_the_cpu(tmp_path, estimator):
+    """The per-particle Pyro path on the GPU: the choices z, the replayed values and the memory of
+    traces live on the model's device; the checkpoint opens on the CPU with the same log-joints."""
+    pytest.importorskip("pyro")
+    from grammar import grammar_model
+
+    from wakesleep.estimators import ESTIMATORS
+
+    torch.manual_seed(0)
+    model = grammar_model().to("cuda")
+    data = grammar_model().sample(40)[1].to("cuda")
+    est = ESTIMATORS[estimator](k=3)
+    fit = train(model, est, data, data[:10], epochs=2, batch_size=10, valid_k=3, run_dir=tmp_path / "run", progress=False)
+    assert len(fit.history) == 2 and all(p.is_cuda for p in model.parameters())
+    z, _ = model.propose(data[:4], 2)
+    assert z["address"].is_cuda and model.log_joint(data[:4], z).is_cuda
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cpu = grammar_model()
+    cpu.load_state_dict(state["model"])
+    zc = {k: v.cpu() for k, v in z.items()}
+    assert torch.allclose(cpu.log_joint(data[:4].cpu(), zc), model.log_joint(data[:4], z).cpu(), atol=1e-9)

@@ -111,7 +111,7 @@ def test_a_program_written_over_a_batch_with_a_sequential_plate_gives_the_same_s
     class BatchGrammar(Grammar):
         def forward(self, x):
             for i in pyro.plate("data", len(x)):
-                pyro.sample("x", noisy_yield(self.expand("S")), obs=x[i].long())
+                pyro.sample("x", noisy_yield(self.expand("S"), x.device), obs=x[i].long())
 
     class BatchParser(Parser):
         def forward(self, x):
@@ -283,6 +283,26 @@ def test_impossible_trees_weigh_nothing_and_dead_datapoints_are_counted():
     assert one.metrics["dead_datapoints"] > 0 and torch.isfinite(one.loss)
 
 
+def test_what_the_docs_say_of_impossible_configurations():
+    """docs/your-own-model.md: −inf particles weigh 0 in RWS and evaluation (a dead datapoint's
+    estimate is −inf), MWS never keeps one, and an ELBO-based estimator's non-finite gradient is
+    refused before the first step with the estimators that apply named."""
+    torch.manual_seed(14)
+    model = from_pyro(HardGrammar(), Parser(), vectorize_particles=False, data_dim=LENGTH)
+    x = torch.tensor([[0.0, PAD, PAD, PAD], [0.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    per_point = ws.evaluate.importance_log_marginal(model, x.repeat(10, 1), 1)
+    assert torch.isneginf(per_point).any() and not per_point.isnan().any()
+    est = MemoisedWakeSleep(k=5, memory_size=8, q_update="wake")
+    est.prepare(model, x)
+    est(model, x, torch.arange(2))
+    held = est.memory_filled.sum(1)
+    assert (held <= 1).all()  # each sentence has exactly one tree of non-zero mass
+    with pytest.raises(ValueError, match="non-finite gradient.*RWS, WS or MWS"):  # refused before the first step
+        ws.train(model, Reinforce(k=3), x.repeat(10, 1), epochs=1, batch_size=20, progress=False)
+    fit = ws.train(model, RWS(k=3, q_update="wake"), x.repeat(10, 1), epochs=1, batch_size=10, progress=False)
+    assert fit.history[-1]["train_dead_datapoints"] >= 0
+
+
 def test_training_with_each_estimator_learns_the_grammar():
     """The production probabilities move toward the truth under every estimator that needs only
     sampling and densities (10 steps of batch 20 from the true grammar)."""
@@ -350,3 +370,12 @@ def test_command_line_trains_a_program_and_resumes_it_bit_exact(tmp_path):
     assert b["estimator"]["memory_filled"].any()
     code, out, err = run(["evaluate", str(tmp_path / "resumed"), "--k", "5", "--model", spec])
     assert code == 0 and "nats" in out, err
+
+
+def test_a_program_with_too_many_traces_has_no_exact_form():
+    """A recursion beyond ``max_traces`` traces is not searched to its end: exact evaluation refuses it."""
+    model = from_pyro(Grammar(), Parser(), vectorize_particles=False, data_dim=LENGTH, max_traces=20)
+    assert not model.has_exact_log_marginal and not ws.models.contract.has_exact_form(model)
+    with pytest.raises(TypeError, match="enumerate_latents"):
+        exact_log_marginal(model, sentences()[:2])
+    assert grammar_model().has_exact_log_marginal

@@ -11,6 +11,7 @@ from wakesleep.data import digits
 from wakesleep.estimators import IWAE, RWS, WakeSleep
 from wakesleep.evaluate import exact_log_likelihood
 from wakesleep.models import HelmholtzMachine
+from wakesleep.models.probes import ModelCheckError
 from wakesleep.runs import BEST, CHECKPOINT, METRICS, CheckpointError
 from wakesleep.training import TrainConfig, TrainingError, train
 
@@ -108,7 +109,16 @@ def test_nonfinite_loss_stops_or_is_skipped(data):
     model = small()
     with torch.no_grad():
         model.generative[0].net.bias[0] = float("nan")
-    with pytest.raises(TrainingError, match="step 1 .*rws.*non-finite loss"):
+    with pytest.raises(ModelCheckError, match="HelmholtzMachine.log_joint returned NaN .* before any training step"):
+        train(model, RWS(k=2), data.train[:100], epochs=1, progress=False)  # refused before the first step
+
+    class NaNOnLargeBatches(type(model)):  # finite on the checks' three datapoints, NaN on a training batch
+        def log_joint(self, x, z):
+            return super().log_joint(x, z) + (float("nan") if x.shape[0] > 3 else 0.0)
+
+    model = small()
+    model.__class__ = NaNOnLargeBatches
+    with pytest.raises(TrainingError, match="step 1 .*rws.*non-finite loss.*NaNOnLargeBatches.log_joint returned non-finite"):
         train(model, RWS(k=2), data.train[:100], epochs=1, progress=False)
     fit = train(model, RWS(k=2), data.train[:100], epochs=1, progress=False, nan_policy="skip")
     assert fit.skipped_steps == 1

@@ -3,7 +3,7 @@
 Classical wake-sleep (Hinton et al. 1995), reweighted wake-sleep (Bornschein & Bengio 2015) and
 amortised learning by wake-sleep (Wenliang et al. 2020), with VAE and IWAE as baselines; every
 estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (``ws.VIMCO``,
-``ws.NVIL``, ``ws.TVO``, ``ws.MemoisedWakeSleep``, ...; ``ws.WS`` is ``ws.WakeSleep``).
+``ws.NVIL``, ``ws.TVO``, ``ws.MemoisedWakeSleep``, ``ws.HybridMemoisedWakeSleep``, ...; ``ws.WS`` is ``ws.WakeSleep``).
 
 >>> import wakesleep as ws
 >>> model = ws.models.HelmholtzMachine.sbn([64, 20])
@@ -11,7 +11,21 @@ estimator of :data:`wakesleep.estimators.ESTIMATORS` is here by its class name (
 """
 
 from wakesleep import data, estimators, evaluate, models
-from wakesleep.estimators import ALWS, IWAE, NVIL, RWS, TVO, VAE, VIMCO, MemoisedWakeSleep, Reinforce, WakeSleep
+from wakesleep.estimators import (
+    ALWS,
+    IWAE,
+    NVIL,
+    RELAX,
+    RWS,
+    TVO,
+    VAE,
+    VIMCO,
+    Concrete,
+    HybridMemoisedWakeSleep,
+    MemoisedWakeSleep,
+    Reinforce,
+    WakeSleep,
+)
 from wakesleep.evaluate import LogLikelihood, exact_log_likelihood, log_likelihood
 from wakesleep.models import HelmholtzMachine
 from wakesleep.training import FitResult, TrainConfig, distributed, train
@@ -23,9 +37,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ALWS",
+    "Concrete",
     "IWAE",
     "MemoisedWakeSleep",
+    "HybridMemoisedWakeSleep",
     "NVIL",
+    "RELAX",
     "RWS",
     "Reinforce",
     "TVO",

@@ -33,6 +33,7 @@ from wakesleep.data import DataError, fingerprint, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.loading import model_from_config, user_model_config
+from wakesleep.training.stream import stream_dataset
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
 MODEL_KINDS = {"sbn": HelmholtzMachine.sbn, "gaussian": HelmholtzMachine.gaussian}
@@ -172,15 +173,25 @@ def dataset_record(dataset: str) -> str:
 
 
 def run_record(
-    model: dict, algorithm: str, settings: dict, dataset: str, data_dir: str | None, train: dict, test_k: int, fingerprint: str | None = None
+    model: dict,
+    algorithm: str,
+    settings: dict,
+    dataset: str,
+    data_dir: str | None,
+    train: dict,
+    test_k: int,
+    fingerprint: str | None = None,
+    data_from: str | None = None,
 ) -> dict:
     """A run directory's ``config.json``: the model's record, the estimator, the data (with its
     ``fingerprint``, :func:`wakesleep.data.fingerprint`, where given: :func:`check_same_data`
-    holds a resumed run to it), the trainer's settings (:class:`~wakesleep.training.TrainConfig`
-    keyword arguments) and the test's particles."""
+    holds a resumed run to it; or ``data_from``, the factory of a stream), the trainer's settings
+    (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
     data = {"dataset": dataset_record(dataset), "data_dir": data_dir}
     if fingerprint is not None:
         data["fingerprint"] = fingerprint
+    if data_from is not None:
+        data["data_from"] = data_from
     return {
         "model": model,
         "algorithm": algorithm,
@@ -192,8 +203,10 @@ def run_record(
 
 
 def run_dataset(config: dict):
-    """The data set a run's record names."""
+    """The data set a run's record names, or its stream (:func:`wakesleep.training.stream.stream_dataset`)."""
     d = config["data"]
+    if d.get("data_from"):
+        return stream_dataset(d["data_from"], config["train"]["seed"])
     return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
 
 
@@ -211,7 +224,7 @@ def check_same_data(config: dict, data, run: str | Path) -> None:
     now = fingerprint(data)
     if now != recorded:
         raise DataError(
-            f"cannot resume {run}: its data {config['data']['dataset']} is not the data it started on "
+            f"cannot resume {run}: its data {config['data'].get('data_from') or config['data']['dataset']} is not the data it started on "
             f"(SHA-256 {recorded} then, {now} now); restore that data, or start a new run on this data (another run directory)"
         )
 

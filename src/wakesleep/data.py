@@ -144,11 +144,15 @@ class Dataset:
 
 def fingerprint(data: Dataset) -> str:
     """The SHA-256 (hex) of a data set's three splits: each split's name, shape and dtype, then its
-    bytes, in the order train, valid, test.  A run records it when it starts and ``--resume``
+    bytes, in the order train, valid, test (for data that streams, the training stream's first
+    draws, ``probe``).  A run records it when it starts and ``--resume``
     refuses other data (a data file replaced between the two)."""
     h = hashlib.sha256()
     for split in SPLITS:
-        x = getattr(data, split).contiguous()
+        x = getattr(data, split)
+        if not isinstance(x, torch.Tensor):  # a stream (wakesleep.training.stream.StreamData): its first draws
+            x = data.probe
+        x = x.contiguous()
         h.update(f"{split}{tuple(x.shape)}{x.dtype};".encode())
         h.update(memoryview(x.numpy()).cast("B"))
     return h.hexdigest()

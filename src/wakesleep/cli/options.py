@@ -47,6 +47,10 @@ def _positive_int(text: str) -> int:
     return _typed(text, int, lambda v: v >= 1, "expected an integer >= 1, got {text!r}", "expected an integer >= 1, got {v}")
 
 
+def _nonnegative_int(text: str) -> int:
+    return _typed(text, int, lambda v: v >= 0, "expected an integer >= 0, got {text!r}", "expected an integer >= 0, got {v}")
+
+
 def _width(text: str) -> int:
     """A layer's number of units: an integer from 1 to :data:`wakesleep.config.MAX_WIDTH`."""
     return _typed(

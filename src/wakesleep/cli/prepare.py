@@ -21,7 +21,7 @@ from wakesleep.config import build_estimator, build_model, check_same_data, run_
 from wakesleep.data import fingerprint, load_dataset
 from wakesleep.io import atomic_write_text
 from wakesleep.models.contract import device_dtype
-from wakesleep.models.loading import ModelSpecError, check_named, is_user_spec, model_config, model_from_config
+from wakesleep.models.loading import ModelSpecError, check_named, is_user_spec, model_config, model_from_config, resolve_spec
 from wakesleep.runs import (
     BEST,
     CHECKPOINT,
@@ -38,6 +38,7 @@ from wakesleep.runs import (
 from wakesleep.training import TrainConfig
 from wakesleep.training.checkpoint import ends_at
 from wakesleep.training.checks import check_memory, check_model_for_training
+from wakesleep.training.stream import stream_dataset
 
 
 def check_run_dir(run: Path) -> None:
@@ -135,6 +136,26 @@ def resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
     return changes
 
 
+def check_data_named(a: argparse.Namespace, config: dict, run: Path) -> None:
+    """A run that streams its data from a user's factory (``--data-from``) resumes only when this
+    command line names the same factory: opening a run never runs code that only the run names.
+
+    Raises:
+        UsageError: the factory not named, or named otherwise than recorded.
+    """
+    recorded = config.get("data", {}).get("data_from")
+    given = getattr(a, "data_from", None) if "data_from" in getattr(a, "given", ()) else None
+    if recorded is None:
+        return
+    if given is None:
+        raise UsageError(
+            f"{run / CONFIG} streams its data from your {recorded}, and opening a run runs no code it names: "
+            f"pass --data-from {recorded} to run that code (if you trust it)"
+        )
+    if resolve_spec(given) != recorded:
+        raise UsageError(f"--data-from {given} is not the source {run / CONFIG} was trained on ({recorded}): pass --data-from {recorded}")
+
+
 def build_checked(a: argparse.Namespace, data, device: torch.device):
     """The model and estimator settings of a new run, refused before anything is allocated when one
     training step would not fit in memory (a built-in model is first built on the ``meta``
@@ -155,7 +176,7 @@ def build_checked(a: argparse.Namespace, data, device: torch.device):
     estimator = build_estimator(a.algorithm, settings)
     if is_user_spec(a.model):  # the user's factory has run: its parameters exist; check one step
         check_memory(model, estimator, a.batch_size, device, "a smaller model, --batch-size or --k")
-    train_x = torch.as_tensor(data.train).to(dtype=device_dtype(model)[1])
+    train_x = torch.as_tensor(getattr(data, "probe", data.train)).to(dtype=device_dtype(model)[1])
     check_model_for_training(model, estimator, train_x, None)
     return model, settings
 
@@ -182,6 +203,7 @@ def _prepare_resume(a: argparse.Namespace, run: Path, held: contextlib.ExitStack
     run stopped before its first checkpoint (it starts from the beginning)."""
     named = a.model if "model" in getattr(a, "given", ()) and is_user_spec(a.model) else None
     config = read_config(run, named)
+    check_data_named(a, config, run)
     changes = resume_changes(a, config, run)
     data = run_dataset(config)
     check_same_data(config, data, run)
@@ -219,7 +241,9 @@ def _prepare_new(a: argparse.Namespace, run: Path, device: torch.device, held: c
     """:func:`prepare_run` for a new run: the data loaded, the model built and checked, then, under
     the lock, an old run's files removed (``--overwrite``) and ``config.json`` written.  Returns
     ``(config, False, data, model, settings)``."""
-    data = load_dataset(a.dataset, data_dir=a.data_dir)
+    if a.steps_per_epoch is not None and not a.data_from:
+        raise UsageError("--steps-per-epoch is for data that streams (--data-from); with --dataset an epoch is one pass over it")
+    data = stream_dataset(a.data_from, a.seed) if a.data_from else load_dataset(a.dataset, data_dir=a.data_dir)
     model, settings = build_checked(a, data, device)
     train_settings = {
         "epochs": a.epochs,
@@ -235,6 +259,7 @@ def _prepare_new(a: argparse.Namespace, run: Path, device: torch.device, held: c
         "checkpoint_every": a.checkpoint_every,
         "nan_policy": "skip" if a.skip_nonfinite else "error",
         "compile": a.compile,
+        **({"steps_per_epoch": a.steps_per_epoch} if a.data_from else {}),
     }
     config = {
         **run_record(
@@ -246,6 +271,7 @@ def _prepare_new(a: argparse.Namespace, run: Path, device: torch.device, held: c
             train_settings,
             a.test_k,
             fingerprint(data),
+            resolve_spec(a.data_from) if a.data_from else None,
         ),
         "options": run_options(a, data.dim, data.binary),  # what --resume compares its options with
     }

@@ -19,6 +19,7 @@ from wakesleep.models.loading import is_user_spec, resolve_spec
 # `train` options that define a run (model, estimator, data, data order, what validation means):
 # --resume refuses them where they differ from what the run recorded.
 RUN_OPTIONS = (
+    "data_from",
     "model",
     "layers",
     "hidden",
@@ -32,7 +33,11 @@ RUN_OPTIONS = (
     "q_update",
     "defensive",
     "memory_size",
+    "continuous_k",
     "samples",
+    "temperature",
+    "density",
+    "control_hidden",
     "sleep_samples",
     "kernel",
     "krr",
@@ -66,7 +71,8 @@ ADJUSTABLE = {
 # a parameter of that name (:func:`wakesleep.config.estimator_parameters`), so that a new estimator
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
 ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features")  # ALWS's
-ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size")  # the particle estimators'
+ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size", "continuous_k")  # the particle estimators'
+ESTIMATOR_OPTIONS += ("temperature", "density", "control_hidden")  # the relaxations'
 
 
 def _nonbinary(data) -> str:
@@ -169,6 +175,7 @@ def run_options(a: argparse.Namespace, data_dim: int | None = None, binary: bool
     o = {name: getattr(a, name, None) for name in RUN_OPTIONS}
     o["layers"] = list(a.layers)
     o["dataset"] = dataset_record(a.dataset)
+    o["data_from"] = resolve_spec(a.data_from) if getattr(a, "data_from", None) else None
     for name in ("layer", "q_layer", "nade_hidden"):  # recorded where given, so that runs without them keep their record
         if getattr(a, name, None) is None:
             o.pop(name)
@@ -189,7 +196,7 @@ def recorded_options(config: dict) -> dict:
     """The ``RUN_OPTIONS`` a run was started with: recorded in config.json ("options"), or, for a
     run written before they were, read back from its model, estimator, data and trainer records."""
     if "options" in config:
-        return {"layer": None, "q_layer": None, "nade_hidden": None, **config["options"]}
+        return {"layer": None, "q_layer": None, "nade_hidden": None, "data_from": None, **config["options"]}
     m, t = config["model"], config["train"]
     o = {
         "algorithm": config["algorithm"],
@@ -200,6 +207,7 @@ def recorded_options(config: dict) -> dict:
         "layer": None,  # such runs predate the layer kinds: their SBNs are factorial
         "q_layer": None,
         "nade_hidden": None,
+        "data_from": None,
     }
     if m.get("kind") == "user":
         o.update(model=m["spec"], hidden=None, q_hidden=None, likelihood=None)

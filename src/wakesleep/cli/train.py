@@ -24,6 +24,7 @@ from wakesleep import plots
 from wakesleep.cli.options import (
     DEVICE_OPTION,
     UsageError,
+    _nonnegative_int,
     _positive_float,
     _positive_int,
     _seed,
@@ -44,6 +45,7 @@ from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS
 from wakesleep.models.loading import model_from_config
 from wakesleep.runs import CURVES, METRICS, SAMPLES, SUMMARY, CheckpointError, RunDirectoryBusy
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
+from wakesleep.training.stream import HELD_OUT
 
 
 def add_parser(sub, only_given: bool = False) -> argparse.ArgumentParser:
@@ -80,16 +82,26 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         "--k",
         type=_positive_int,
         default=5,
-        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo, proposals per step for mws (default: 5; vimco needs >= 2)",
+        help="particles per datapoint for rws/iwae/vae/vimco/reinforce/nvil/tvo/concrete/relax, proposals per step for mws, discrete proposals per step "
+        "for hmws (default: 5; vimco needs >= 2)",
     )
     t_add(
         "--q-update",
         choices=["wake", "sleep", "both"],
         default="both",
-        help="rws, mws: how q is trained (mws: wake = from the memory; default: both)",
+        help="rws, mws, hmws: how q is trained (mws, hmws: wake = from the memory; default: both)",
     )
     t_add(
-        "--memory-size", type=_positive_int, default=10, help="mws: latent values M kept per training datapoint, the best found so far (default: 10)"
+        "--memory-size",
+        type=_positive_int,
+        default=10,
+        help="mws: latent values M kept per training datapoint, the best found so far; hmws: discrete values (default: 10)",
+    )
+    t_add(
+        "--continuous-k",
+        type=_positive_int,
+        default=5,
+        help="hmws: continuous particles K from q(c | d, x) per discrete value, to estimate p(d, x) (default: 5)",
     )
     t_add(
         "--defensive",
@@ -98,6 +110,25 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         help="rws: defensive importance sampling, particles from (1 - d) q + d uniform (Le et al. 2019 use 0.2; default: 0, off)",
     )
     t_add("--samples", type=_positive_int, default=1, help="ws: wake-phase samples L per datapoint (default: 1)")
+    t_add(
+        "--temperature",
+        type=_positive_float,
+        default=0.5,
+        help="concrete: the relaxation's temperature; relax: its learned temperature's start (default: 0.5)",
+    )
+    t_add(
+        "--density",
+        choices=["concrete", "discrete"],
+        default="concrete",
+        help="concrete: score the relaxed sample by the Concrete densities (Maddison et al. 2017) or by the discrete "
+        "mass functions at the relaxed point (bias vanishing as the temperature goes to 0) (default: concrete)",
+    )
+    t_add(
+        "--control-hidden",
+        type=_nonnegative_int,
+        default=50,
+        help="relax: hidden units of the control variate's network of the relaxed sample and x (0: REBAR's term alone; default: 50)",
+    )
     alws = t.add_argument_group(
         "alws", "amortised learning by wake-sleep (--algorithm alws; q is then trained by sleep-phase updates only, for evaluation)"
     )
@@ -112,7 +143,10 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
     alws_add("--lam", type=_positive_float, default=1e-3, help="initial ridge lambda, learned (default: 1e-3)")
     alws_add("--features", choices=["identity", "mlp"], default="identity", help="kernel features: x itself or a learned MLP (default: identity)")
     alws_add(
-        "--lr-kernel", type=_positive_float, default=1e-3, help="Adam learning rate for the kernel's bandwidth, lambda and features (default: 1e-3)"
+        "--lr-kernel",
+        type=_positive_float,
+        default=1e-3,
+        help="Adam learning rate for the estimator's own parameters: the kernel's bandwidth, lambda and features; nvil's baseline; relax's control variate (default: 1e-3)",
     )
 
 
@@ -158,6 +192,19 @@ def _add_model_options(t_add) -> None:
 def _add_run_options(t_add) -> None:
     """``train``'s data, trainer and run-directory options, through ``t_add``."""
     t_add("--dataset", default="digits", help="digits (embedded), binarized-mnist, mnist-gray, or a .npz path (default: digits)")
+    t_add(
+        "--data-from",
+        default=None,
+        metavar="FILE.py:FACTORY",
+        help="train on data that streams: FACTORY() returns sample(n, generator) -> x [n, D] (a simulator: fresh data every step) "
+        f"or an iterable of batches (a DataLoader); validation and test sets of {HELD_OUT} are drawn from it once. Replaces --dataset",
+    )
+    t_add(
+        "--steps-per-epoch",
+        type=_positive_int,
+        default=None,
+        help="with --data-from: steps between records, validations and checkpoints (an epoch of a stream; default: 100)",
+    )
     t_add("--data-dir", default=None, help="directory with data files (default: $WAKESLEEP_DATA_DIR or ~/.cache/wakesleep)")
     t_add("--epochs", type=_positive_int, default=100, help="passes over the training data (default: 100; with --resume, more extend the run)")
     t_add("--batch-size", type=_positive_int, default=100, help="datapoints per step (default: 100)")
@@ -248,7 +295,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace, device: torch.device) -> int:
-    run = Path(a.run_dir or f"runs/{Path(str(a.dataset)).stem}-{a.algorithm}")
+    source = a.data_from.rpartition(":")[2] if getattr(a, "data_from", None) else Path(str(a.dataset)).stem
+    run = Path(a.run_dir or f"runs/{source}-{a.algorithm}")
     main = distributed.is_main()
     with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the end
         data = model = settings = None
@@ -278,7 +326,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
             where = f"{device}" + (f", {world_size} processes" if world_size > 1 else "")
             print(
                 f"training {config['algorithm']} {config['estimator']} on {data.name} "
-                f"({data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
+                f"({'streamed' if hasattr(data, 'probe') else data.train.shape[0]} train, {data.valid.shape[0]} valid, {data.test.shape[0]} test, D={data.dim}) on {where}; run: {run}"
             )
         fit = train(model, estimator, data.train, data.valid, tcfg, run_dir=run, resume=resume)
         # Every rank leaves the process group together now: the rest (evaluation, pictures) is rank
@@ -305,7 +353,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         if earlier:  # results of `wakesleep evaluate` on this run are kept
             summary["evaluations"] = earlier
         atomic_write_text(run / SUMMARY, json.dumps(summary, indent=2))
-        samples, curves = write_pictures(run, model, data.image_shape, data=data.train)
+        samples, curves = write_pictures(run, model, data.image_shape, data=getattr(data, "probe", data.train))
         print(f"test log-likelihood: {ll}")
         print(f"samples: {samples}")
         if curves:

@@ -2,9 +2,12 @@
 
 from wakesleep.estimators.alws import ALWS, build_kernel_ridge, train_proposal
 from wakesleep.estimators.base import Estimator, EstimatorOutput
+from wakesleep.estimators.concrete import Concrete
+from wakesleep.estimators.hmws import HybridMemoisedWakeSleep
 from wakesleep.estimators.iwae import IWAE
 from wakesleep.estimators.mws import MemoisedWakeSleep
 from wakesleep.estimators.reinforce import NVIL, Reinforce
+from wakesleep.estimators.relax import RELAX
 from wakesleep.estimators.rws import RWS
 from wakesleep.estimators.tvo import TVO
 from wakesleep.estimators.vae import VAE
@@ -22,18 +25,24 @@ ESTIMATORS = {
     "nvil": NVIL,
     "tvo": TVO,
     "mws": MemoisedWakeSleep,
+    "concrete": Concrete,
+    "relax": RELAX,
+    "hmws": HybridMemoisedWakeSleep,
 }
 
 __all__ = [
     "ALWS",
     "build_kernel_ridge",
+    "Concrete",
     "train_proposal",
     "ESTIMATORS",
     "Estimator",
     "EstimatorOutput",
+    "HybridMemoisedWakeSleep",
     "IWAE",
     "MemoisedWakeSleep",
     "NVIL",
+    "RELAX",
     "RWS",
     "Reinforce",
     "SleepPhase",

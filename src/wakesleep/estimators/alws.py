@@ -219,6 +219,14 @@ class ALWS(Estimator):
     def settings(self) -> dict:
         return dict(self._settings)
 
+    def for_checks(self) -> ALWS:
+        """A copy with at most 64 sleep samples (or the Nyström inducing points' number) and 16
+        validation samples: the same gradient paths, without a full kernel solve."""
+        probe = super().for_checks()
+        probe.sleep_samples = min(self.sleep_samples, max(64, int(self._settings.get("num_inducing") or 0)))
+        probe.valid_samples = min(self.valid_samples, 16)
+        return probe
+
     # ------------------------------------------------------------------ checks
     def resolved_target(self, model) -> str:
         """The target used for ``model``: ``"generic"`` or ``"exp_family"``."""

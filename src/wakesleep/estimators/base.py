@@ -12,6 +12,8 @@ depend on the batch size; the RWS paper's code sums over the minibatch instead.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -57,6 +59,16 @@ class Estimator(nn.Module):
     def check_model(self, model) -> None:
         """Raise ``ValueError`` naming the fix if this estimator cannot train ``model`` (beyond the
         members of :meth:`requires`, which :func:`wakesleep.train` checks)."""
+
+    def for_checks(self) -> Estimator:
+        """A copy of this estimator for the gradient check before the first step
+        (:func:`wakesleep.training.checks.check_gradient_flow`): the same members and gradient
+        paths at a small cost, its state apart from this one's (a step may change it).  Default:
+        a deep copy; an estimator whose step is costly at any batch size (ALWS's thousands of sleep
+        samples) shrinks it."""
+        with warnings.catch_warnings():  # torch's pytree specs (a memory's layout) warn when copied
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(self)
 
     def forward(self, model, x: Tensor) -> EstimatorOutput:  # pragma: no cover - abstract
         raise NotImplementedError

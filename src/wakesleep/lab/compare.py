@@ -10,6 +10,10 @@ A comparison is described by a TOML file (``experiments/compare_*.toml``)::
     [data]
     dataset = "digits"              # digits, binarized-mnist, mnist-gray, or a .npz path
     # data_dir = "/path/to/data"
+    # or data that streams instead of dataset (wakesleep.training.stream): FACTORY() returns
+    # sample(n, generator) or an iterable of batches; fixed validation and test sets are drawn
+    # from it once; [train] steps_per_epoch = 100 sets the steps between validations
+    # data_from = "examples/simulator.py:make"
 
     [model]                         # HelmholtzMachine builder; the data width is prepended to layers
     kind = "sbn"                    # "sbn" or "gaussian"
@@ -81,6 +85,7 @@ from wakesleep.runs import CHECKPOINT, CONFIG, METRICS
 from wakesleep.runs import COMPARE_RUN as RUN
 from wakesleep.training import TrainConfig, train
 from wakesleep.training.checks import check_data, check_model_for_training
+from wakesleep.training.stream import stream_dataset
 
 SUMMARY = "summary.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
@@ -130,6 +135,7 @@ class CompareConfig:
     valid_n: int | None = None
     threads: int | None = None
     out_dir: str | None = None
+    data_from: str | None = None
 
     def train_config(self, spec: EstimatorSpec, seed: int, progress: bool = True) -> TrainConfig:
         """The :class:`TrainConfig` of ``spec`` at ``seed``: [train], then the estimator's overrides (no early stopping by default)."""
@@ -221,9 +227,17 @@ def parse_config(raw: dict, where: str = "config", only: list[str] | None = None
     if out_dir is not None and not isinstance(out_dir, str):
         raise _err(where, "out_dir", f"must be a string path, got {out_dir!r}")
 
-    data = _check_keys(where, "data", raw["data"], {"dataset", "data_dir"}, {"dataset"})
-    if not isinstance(data["dataset"], str):
-        raise _err(where, "data.dataset", f"must be a string, got {data['dataset']!r}")
+    data = _check_keys(where, "data", raw["data"], {"dataset", "data_dir", "data_from"})
+    if ("dataset" in data) == ("data_from" in data):
+        raise _err(where, "data", "give one of dataset (a data set) or data_from (FILE.py:FACTORY, data that streams)")
+    for key in ("dataset", "data_from"):
+        if key in data and not isinstance(data[key], str):
+            raise _err(where, f"data.{key}", f"must be a string, got {data[key]!r}")
+    if "data_from" in data:
+        try:
+            data["data_from"] = resolve_spec(data["data_from"])
+        except ModelSpecError as e:
+            raise _err(where, "data.data_from", str(e)) from None
 
     if isinstance(raw["model"], dict) and "spec" in raw["model"]:  # a user's own model: [model] spec = "FILE.py:FACTORY"
         model = dict(_check_keys(where, "model", raw["model"], {"spec"}, {"spec"}))
@@ -289,8 +303,9 @@ def parse_config(raw: dict, where: str = "config", only: list[str] | None = None
             raise _err(where, f"{key}.train", str(err)) from None
     return CompareConfig(
         name=name,
-        dataset=data["dataset"],
+        dataset=data.get("dataset", ""),
         data_dir=data.get("data_dir"),
+        data_from=data.get("data_from"),
         model=model,
         train=dict(train_raw),
         estimators=specs,
@@ -367,7 +382,7 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     """
     tcfg = cfg.train_config(spec, seed, progress)
     fingerprint = {
-        "data": [cfg.dataset, cfg.data_dir],
+        "data": [cfg.dataset, cfg.data_dir] + ([cfg.data_from] if cfg.data_from else []),
         "model": cfg.model,
         "train": {**asdict(tcfg), "progress": None},
         "estimator": asdict(spec),
@@ -386,7 +401,9 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
     if not (run / CONFIG).is_file():  # the record every run directory keeps, as `wakesleep train` writes it
         train_record = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
         model_record = model_config(model, cfg.model.get("spec"), data.dim)
-        record = run_record(model_record, spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k, data_fingerprint(data))
+        record = run_record(
+            model_record, spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k, data_fingerprint(data), cfg.data_from
+        )
         atomic_write_text(run / CONFIG, json.dumps(record, indent=2))
     else:  # a run resumed: on the data it started on
         try:
@@ -560,12 +577,14 @@ def run_compare(
             or an estimator cannot train the model (IWAE on binary latents).
     """
     out = Path(out_dir or cfg.out_dir or f"runs/compare/{cfg.name}")
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    data = stream_dataset(cfg.data_from, 0) if cfg.data_from else load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     probe = build_model(cfg, data.dim)
-    train_x = torch.as_tensor(data.train).to(dtype=device_dtype(probe)[1])
+    train_x = torch.as_tensor(getattr(data, "probe", data.train)).to(dtype=device_dtype(probe)[1])
     for spec in cfg.estimators:  # every estimator's members and shapes, before any run starts
         check_model_for_training(probe, build_estimator(spec.algorithm, spec.settings), train_x, None)
     for split in SPLITS:  # before any run starts: e.g. a Bernoulli likelihood on grey levels
+        if split == "train" and cfg.data_from:
+            continue  # a stream: each batch is checked as it comes
         try:
             check_data(probe, getattr(data, split), f"{data.name} ({split})")
         except ValueError as e:

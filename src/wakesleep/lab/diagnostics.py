@@ -53,7 +53,7 @@ from wakesleep.config import Setting
 from wakesleep.evaluate import mean_stderr
 from wakesleep.io import atomic_write_text
 from wakesleep.lab.tables import csv_text, torch_threads
-from wakesleep.models.contract import ModelContractError, check_model, device_dtype
+from wakesleep.models.contract import RELAXATION, ModelContractError, check_model, device_dtype, missing_members
 from wakesleep.models.exact import NoExactReference, exact_elbo_phi_target, exact_sleep_phi_target, exact_wake_phi_target, flat_grad
 from wakesleep.models.exact import reference_log_marginal as exact_log_marginal
 
@@ -133,7 +133,10 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
     reparameterisable models VAE and IWAE at every K; for discrete latents (not
     reparameterisable) VIMCO, TVO, REINFORCE and memoised wake-sleep (its memory, M = 10, from each
     call's own K proposals: diagnose passes no datapoint indices) at every K, NVIL at K = 1 and RWS
-    with defensive importance sampling (δ = 0.2) at every K; ALWS at several N and kernels (:func:`alws_settings`).
+    with defensive importance sampling (δ = 0.2) at every K; for a model with one relaxable discrete
+    latent layer (``has_relaxation``, :data:`~wakesleep.models.contract.RELAXATION`) Concrete at
+    K = 1 for temperatures 1, 0.5 and 0.1 with either density, and RELAX at every K; ALWS at several
+    N and kernels (:func:`alws_settings`).
     """
     out = [Setting.of("ws")]
     out += [Setting.of("rws", k=k, q_update="wake") for k in ks]
@@ -145,6 +148,9 @@ def default_settings(model, ks: Sequence[int] = (2, 8, 32, 128, 512), alws_ns: S
         out += [Setting.of(name, k=k) for name in ("vimco", "tvo", "reinforce", "mws") for k in ks]
         out += [Setting.of("nvil")]
         out += [Setting.of("rws", k=k, q_update="wake", defensive=0.2) for k in ks]
+        if not missing_members(model, RELAXATION):
+            out += [Setting.of("concrete", temperature=t, density=d) for d in ("concrete", "discrete") for t in (1.0, 0.5, 0.1)]
+            out += [Setting.of("relax", k=k) for k in ks]
     return out + alws_settings(alws_ns)
 
 
@@ -155,10 +161,11 @@ def phi_target(estimator) -> str | None:
     ALWS with ``q_update="sleep"``);
     ``"wake"``: −∇φ KL(p(z|x) ‖ q(z|x)) (RWS wake-φ, consistent in K);
     ``"both"``: their average (RWS q_update="both");
-    ``"elbo"``: ∇φ ELBO (REINFORCE; NVIL, up to its scale 1/max(1, σ̂));
+    ``"elbo"``: ∇φ ELBO (REINFORCE; NVIL, up to its scale 1/max(1, σ̂); RELAX; Concrete at K = 1,
+    with the bias of its relaxation);
     None otherwise (VAE/IWAE/VIMCO/TVO ascend ∇φ of their own bound; ALWS by default leaves φ alone).
     """
-    q_update = getattr(estimator, "q_update", None)  # WS ("sleep"); RWS; ALWS with q_update="sleep"; REINFORCE, NVIL ("elbo")
+    q_update = getattr(estimator, "q_update", None)  # WS ("sleep"); RWS; ALWS with q_update="sleep"; REINFORCE, NVIL, RELAX, Concrete ("elbo")
     return q_update if q_update in ("wake", "sleep", "both", "elbo") else None
 
 
@@ -406,6 +413,7 @@ def _diagnose_one(model, x, setting: Setting, targets: Targets, repeats, seed, r
     except (ValueError, ModelContractError) as e:
         warnings.warn(f"skipping {setting.label}: {e}", stacklevel=3)
         return []
+    est.prepare(model, x)  # state sized by the model and data (RELAX's control-variate network), as the trainer does
     torch.manual_seed(seed)
     res = estimate(model, x, est, repeats)
     base = {

@@ -16,15 +16,18 @@ from wakesleep.models.contract import (
 )
 from wakesleep.models.distributions import DistributionsModel, from_distributions
 from wakesleep.models.helmholtz import HelmholtzMachine
+from wakesleep.models.probes import ModelCheckError, check_learning
 
 __all__ = [
     "DistributionsModel",
     "ExponentialFamilyModel",
     "HelmholtzMachine",
     "LatentVariableModel",
+    "ModelCheckError",
     "ModelContractError",
     "ModelShapeError",
     "ProposalModel",
+    "check_learning",
     "check_model",
     "check_shapes",
     "from_distributions",

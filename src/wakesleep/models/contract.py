@@ -42,14 +42,47 @@ importance-sampled evaluation:
   ``enumerate_latents`` where the states can be listed).
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
+- ``proposal_distribution(x)``, ``prior_distribution()`` and ``log_likelihood(x, z)``: one layer
+  of discrete latents offered for continuous relaxation (Concrete and RELAX,
+  :mod:`wakesleep.estimators.concrete`).  The two distributions are ``torch.distributions``
+  objects of the same kind and event shape, factorial over the latent's elements:
+  ``Bernoulli(logits=[B, d])`` (binary units, z in {0, 1}^d) or ``OneHotCategorical(logits=[B, n,
+  C])`` (n categorical variables, z one-hot), either wrapped in ``Independent``; the proposal's
+  logits are differentiable in φ, the prior's in θ (its batch shape broadcasts against the
+  proposal's).  ``log_likelihood(x, z) -> [*S, B]`` is log p_θ(x | z) for z in that one-hot/binary
+  form, leaves [*S, B, …], and must accept *relaxed* z (points of [0, 1]^d or of the simplex) and
+  be differentiable in z there: the relaxed sample goes into the likelihood as its input
+  (Maddison et al. 2017).  Together they must agree with ``log_joint``: log p_θ(x, z) =
+  prior.log_prob(z) + log_likelihood(x, z) at the discrete states.  A Helmholtz machine with one
+  factorial discrete latent layer has them (``has_relaxation``).
 - ``metrics(x) -> dict[str, float]``: the model's own measurements on held-out x [M, D] (e.g. a
   parameter's error against a known truth, a proposal's distance to the exact posterior),
   called without gradient at each validation and recorded as ``valid_NAME`` in ``metrics.jsonl``
   (:func:`wakesleep.training.metrics.validation_metrics`).
 - ``data_dim`` (D), ``binary_data`` (the likelihood needs x in {0, 1}): extra data checks.
-- ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``: False when a model
-  class that has those members was built without the part (a Helmholtz machine without
-  recognition layers, with a likelihood outside the exponential families, with Gaussian latents).
+- ``has_proposal``, ``has_exponential_family``, ``has_exact_log_marginal``, ``has_relaxation``:
+  False when a model class that has those members was built without the part (a Helmholtz machine
+  without recognition layers, with a likelihood outside the exponential families, with Gaussian
+  latents, with more than one latent layer).
+
+**Discrete and continuous latents** (optional, :data:`HYBRID`; hybrid memoised wake-sleep, HMWS,
+needs them): a model whose latents split into a discrete part d (categories, structures: what a
+memory can hold and tell apart by equality) and a continuous part c says so by taking z as the
+pair ``(d, c)`` — two pytrees, d's leaves [*S, B, …] of any dtype, c's [*S, B, …] floating — in
+``log_joint(x, (d, c))`` (and, where it has them, in ``propose``, ``log_proposal`` and ``sample``,
+so that every other estimator sees the same pair) and by offering the proposal in two factors,
+q_φ(d, c | x) = q_φ(d | x) q_φ(c | d, x):
+
+- ``propose_discrete(x, k) -> (d, log_q_d)``: K discrete values d ~ q_φ(d | x) per datapoint, d
+  detached (leaves [K, B, …]), ``log_q_d`` [K, B] differentiable in φ.
+- ``log_proposal_discrete(x, d) -> [*S, B]``: log q_φ(d | x) for d leaves [*S, B, …], with ∇φ.
+- ``propose_continuous(x, d, k) -> (c, log_q_c)``: for d with leaves [*S, B, …], K continuous
+  values c ~ q_φ(c | d, x) for each, c detached (leaves [K, *S, B, …]), ``log_q_c`` [K, *S, B]
+  differentiable in φ.  HMWS then calls ``log_joint(x, (d', c))`` with d' = d expanded to
+  [K, *S, B, …] (a view: the model must not write into it).
+
+:func:`check_shapes` calls the three on a tiny batch and checks their shapes, and ``log_joint``'s
+on the pair they make; ``examples/regression_mixture.py`` is a worked example.
 
 Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
 the data width — the library derives.  :func:`check_model` lists every missing member at once (a
@@ -86,6 +119,13 @@ MEMBERS: dict[str, str] = {
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
     "metrics": "metrics(x) -> dict[str, float]: the model's own measurements on held-out x, recorded at each validation",
     "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
+    "proposal_distribution": "proposal_distribution(x) -> Bernoulli(logits [B, d]) or OneHotCategorical(logits [B, n, C]): "
+    "q_φ(z | x) of one factorial discrete latent layer, for its continuous relaxation",
+    "prior_distribution": "prior_distribution() -> Bernoulli or OneHotCategorical of the proposal's kind: p_θ(z), factorial",
+    "log_likelihood": "log_likelihood(x, z) -> [*S, B]: log p_θ(x | z), nats, also at relaxed z (in [0, 1]^d or the simplex), differentiable in z",
+    "propose_discrete": "propose_discrete(x, k) -> (d, log_q_d [K, B]): K discrete values d ~ q_φ(d | x), d detached; z is the pair (d, c)",
+    "log_proposal_discrete": "log_proposal_discrete(x, d) -> [*S, B]: log q_φ(d | x) of the discrete part, nats",
+    "propose_continuous": "propose_continuous(x, d, k) -> (c, log_q_c [K, *S, B]): K continuous values c ~ q_φ(c | d, x) for each d [*S, B, …], c detached",
 }
 
 GENERATIVE = ("sample", "log_joint", "p_parameters")
@@ -95,6 +135,10 @@ TRAINING_WITH_PROPOSAL = PROPOSAL + ("p_parameters",)
 #: What importance-sampled validation and evaluation need.
 EVALUATION = ("propose", "log_joint")
 EXPONENTIAL_FAMILY = ("log_prior", "exponential_family", "sufficient_statistics")
+#: What the relaxation estimators (Concrete, RELAX) call: one discrete latent layer and its likelihood.
+RELAXATION = ("proposal_distribution", "prior_distribution", "log_likelihood", "p_parameters", "q_parameters")
+#: What a model with discrete and continuous latents z = (d, c) offers hybrid memoised wake-sleep.
+HYBRID = ("propose_discrete", "log_proposal_discrete", "propose_continuous")
 
 
 class ModelContractError(TypeError):
@@ -164,8 +208,9 @@ def tree_map(fn: Callable[..., Tensor], z: Any, *rest: Any) -> Any:
 def has_member(model, name: str) -> bool:
     """Whether ``model`` offers member ``name``: ``reparameterizable`` must be true; the proposal's
     members count as absent where ``has_proposal`` is False, the exponential-family ones where
-    ``has_exponential_family`` is False, the exact ones where ``has_exact_log_marginal`` is False
-    (a class that has the methods, built without the part)."""
+    ``has_exponential_family`` is False, the exact ones where ``has_exact_log_marginal`` is False,
+    the relaxation's where ``has_relaxation`` is False (a class that has the methods, built without
+    the part)."""
     if name == "reparameterizable":
         return bool(getattr(model, "reparameterizable", False))
     if name in ("propose", "log_proposal") and getattr(model, "has_proposal", True) is False:
@@ -174,6 +219,8 @@ def has_member(model, name: str) -> bool:
         return False
     if name in ("exact_log_marginal", "enumerate_latents") and getattr(model, "has_exact_log_marginal", True) is False:
         return False
+    if name in RELAXATION[:3] and getattr(model, "has_relaxation", True) is False:
+        return False
     return callable(getattr(model, name, None))
 
 
@@ -181,6 +228,12 @@ def has_proposal(model) -> bool:
     """Whether ``model`` can propose particles: it has ``propose`` and does not say
     ``has_proposal = False`` (a Helmholtz machine built with ``recognition=None``)."""
     return has_member(model, "propose")
+
+
+def has_hybrid_proposal(model) -> bool:
+    """Whether ``model`` declares discrete and continuous latents z = (d, c) with a factored
+    proposal q(d | x) q(c | d, x): every member of :data:`HYBRID`."""
+    return all(has_member(model, m) for m in HYBRID)
 
 
 def has_exact_form(model) -> bool:
@@ -316,17 +369,15 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
     # The probe must not move the caller's random stream (a seeded run stays the same run).
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         if "propose" in members:
-            out = _call(model, "propose", xb, k)
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise ModelShapeError(f"{name}.propose(x, k) returned {_describe(out)}; it must return a pair (z, log_q)")
-            z, log_q = out
-            ctx = f"for x of shape {list(xb.shape)} and k={k}"
-            _expect_leading(model, "propose", z, (k, b), ctx)
-            _expect(model, "propose (its log_q)", log_q, (k, b), ctx)
+            z = _proposal(
+                model, "propose(x, k)", ("z", "log_q"), _call(model, "propose", xb, k), (k, b), f"for x of shape {list(xb.shape)} and k={k}"
+            )
             if "log_joint" in members:
                 _expect(model, "log_joint", _call(model, "log_joint", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
             if "log_proposal" in members:
                 _expect(model, "log_proposal", _call(model, "log_proposal", xb, z), (k, b), f"for x [{b}, D] and z from propose(x, k={k})")
+        if "propose_discrete" in members:
+            _check_hybrid_shapes(model, xb, members, k)
         if "sample" in members:
             out = _call(model, "sample", b)
             if not (isinstance(out, tuple) and len(out) == 2):
@@ -358,6 +409,8 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                         tuple(eta.shape),
                         f"for x of sample({b}) (η has shape {list(eta.shape)})",
                     )
+        if "proposal_distribution" in members:
+            _check_relaxation(model, xb, k)
     for member in ("p_parameters", "q_parameters"):
         if member in members:
             params = _call(model, member)
@@ -367,6 +420,50 @@ def check_shapes(model, x: Tensor, members: Iterable[str], k: int = 3) -> None:
                 raise ModelShapeError(f"{name}.{member}() returned {_describe(params)}; it must return an iterable of parameters") from None
             if not all(isinstance(p, Tensor) for p in params):
                 raise ModelShapeError(f"{name}.{member}() returned something that is not a tensor; it must return parameters")
+
+
+def _check_relaxation(model, xb: Tensor, k: int) -> None:
+    """The relaxation's members on a tiny batch xb [b, D]: a proposal distribution with batch [b, …]
+    and a log-likelihood [k, b] at k of its draws (``check_shapes``'s part for Concrete and RELAX)."""
+    name, b = type(model).__name__, xb.shape[0]
+    q = _call(model, "proposal_distribution", xb)
+    if not isinstance(q, torch.distributions.Distribution) or tuple(q.batch_shape[:1]) != (b,):
+        raise ModelShapeError(
+            f"{name}.proposal_distribution(x) returned {_describe(q)} for x of shape {list(xb.shape)}; it must return a "
+            f"torch.distributions Bernoulli or OneHotCategorical whose batch shape leads with {b} (the contract: {MEMBERS['proposal_distribution']})"
+        )
+    _call(model, "prior_distribution")
+    z = q.sample((k,))
+    _expect(model, "log_likelihood", _call(model, "log_likelihood", xb, z), (k, b), f"for x [{b}, D] and z of {k} draws of proposal_distribution(x)")
+
+
+def _proposal(model, call: str, names: tuple[str, str], out, shape: Sequence[int], context: str):
+    """Check that a proposing member's value ``out`` is a pair (latent, log-density) whose latent's
+    leaves lead with ``shape`` and whose log-density is ``shape``; return the latent."""
+    member = call.split("(")[0]
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ModelShapeError(f"{type(model).__name__}.{call} returned {_describe(out)}; it must return a pair ({', '.join(names)})")
+    _expect_leading(model, member, out[0], shape, context)
+    _expect(model, f"{member} (its {names[1]})", out[1], shape, context)
+    return out[0]
+
+
+def _check_hybrid_shapes(model, xb: Tensor, members: set, k: int) -> None:
+    """The shapes of the hybrid members (:data:`HYBRID`) on the batch xb [B, D]: K discrete values,
+    two continuous ones for each, and ``log_joint`` on the pair (d, c) they make."""
+    b, kc = xb.shape[0], 2
+    out = _call(model, "propose_discrete", xb, k)
+    d = _proposal(model, "propose_discrete(x, k)", ("d", "log_q_d"), out, (k, b), f"for x of shape {list(xb.shape)} and k={k}")
+    if "log_proposal_discrete" in members:
+        ctx = f"for x [{b}, D] and d from propose_discrete(x, k={k})"
+        _expect(model, "log_proposal_discrete", _call(model, "log_proposal_discrete", xb, d), (k, b), ctx)
+    if "propose_continuous" in members:
+        out = _call(model, "propose_continuous", xb, d, kc)
+        c = _proposal(model, "propose_continuous(x, d, k)", ("c", "log_q_c"), out, (kc, k, b), f"for d of shape [{k}, {b}, …] (S = [{k}]) and k={kc}")
+        if "log_joint" in members:
+            dk = tree_map(lambda v: v.expand(kc, *v.shape), d)
+            lp = _call(model, "log_joint", xb, (dk, c))
+            _expect(model, "log_joint", lp, (kc, k, b), f"for z = (d, c), d and c with leaves [{kc}, {k}, {b}, …] (propose_continuous's)")
 
 
 def exact_log_marginal(model, x: Tensor) -> Tensor:

@@ -33,7 +33,10 @@ from torch.distributions import (
     Poisson,
 )
 
+from wakesleep.models import user_functions as user
+from wakesleep.models.contract import device_dtype
 from wakesleep.models.helmholtz import binary_states
+from wakesleep.models.probes import ModelCheckError
 
 #: Largest number of latent states :meth:`DistributionsModel.enumerate_latents` lists.
 MAX_ENUMERATED_STATES = 2**24
@@ -124,20 +127,35 @@ class DistributionsModel(nn.Module):
     def has_proposal(self) -> bool:
         return self.proposal_fn is not None
 
+    #: Where :attr:`data_dim` comes from, for the data check's message.
+    data_dim_source = "the width of x drawn from your likelihood= function"
+
     def _info(self) -> dict:
         """What one draw from the model shows (cached): the prior's event rank, the likelihood's
         family and event rank, the data width, whether the proposal can be reparameterised."""
         if self._probe is None:
+            self._find_info()
+        return self._probe
+
+    @_validated
+    def _find_info(self) -> None:
+        """Fill :meth:`_info`'s cache from one draw (with the model's ``validate_args``); nothing is
+        cached when the user's functions fail."""
+        try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                prior = self.prior_fn()
+                prior = user.call("prior", self.prior_fn)
+                user.check_prior(prior)
+                self._probe = {"prior_event": len(prior.event_shape)}  # what _likelihood needs, while the rest is found
                 z = prior.sample((1,))
                 lik = self._likelihood(z, 1)
                 x = self._as_data(lik.sample(), 1)
+                user.check_dtypes(z, x, device_dtype(self)[1])
                 base = _base(lik)
                 with torch.enable_grad():  # does the scale depend on parameters?
                     scale = getattr(_base(self._likelihood(z, 1)), "scale", None)
                 info = {
                     "prior_event": len(prior.event_shape),
+                    "event_shape": prior.event_shape,
                     "family": type(base).__name__,
                     "data_dim": x.shape[-1],
                     "categories": base.logits.shape[-1] if isinstance(base, (Categorical, OneHotCategorical)) else None,
@@ -145,9 +163,14 @@ class DistributionsModel(nn.Module):
                     "reparameterizable": False,
                 }
                 if self.proposal_fn is not None:
-                    info["reparameterizable"] = bool(self.proposal_fn(x).has_rsample)
-            self._probe = info
-        return self._probe
+                    try:  # x is the model's own draw: a proposal that cannot take it is named when it meets the data
+                        info["reparameterizable"] = bool(user.call("proposal", self.proposal_fn, x=x).has_rsample)
+                    except ModelCheckError as e:
+                        info["reparameterizable"] = e
+        except BaseException:
+            self._probe = None
+            raise
+        self._probe = info
 
     @property
     def data_dim(self) -> int:
@@ -161,8 +184,14 @@ class DistributionsModel(nn.Module):
 
     @property
     def reparameterizable(self) -> bool:
-        """True when the proposal draws by ``rsample`` (VAE and IWAE apply)."""
-        return self._info()["reparameterizable"]
+        """True when the proposal draws by ``rsample`` (VAE and IWAE apply).
+
+        Raises:
+            ModelCheckError: the proposal could not take a draw of the model's x."""
+        found = self._info()["reparameterizable"]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     @property
     def likelihood_name(self) -> str:
@@ -173,7 +202,8 @@ class DistributionsModel(nn.Module):
         return z.ndim - self._info()["prior_event"]
 
     def _likelihood(self, z: Tensor, sample_ndim: int) -> Distribution:
-        d = self.likelihood_fn(z)
+        d = user.call("likelihood", self.likelihood_fn, z=z)
+        user.check_likelihood(d, z, sample_ndim)
         extra = len(d.batch_shape) - sample_ndim
         return Independent(d, extra) if extra > 0 else d
 
@@ -193,24 +223,45 @@ class DistributionsModel(nn.Module):
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """n draws (z, x) ~ p_θ without gradient: z [n, *event], x [n, D]."""
         with torch.no_grad():
-            z = self.prior_fn().sample((n,))
+            z = user.call("prior", self.prior_fn).sample((n,))
             return z, self._as_data(self._likelihood(z, 1).sample(), 1)
 
     @_validated
     def log_prior(self, z: Tensor) -> Tensor:
         """log p_θ(z), [*S, B] for z [*S, B, *event] ([n] for n sleep samples), nats."""
-        return _prior_log_prob(self.prior_fn(), z)
+        return self._log_prior(z)
+
+    def _log_prior(self, z: Tensor) -> Tensor:
+        return _prior_log_prob(user.call("prior", self.prior_fn), z)
+
+    def _log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        s = self._sample_ndim(z)
+        lik = self._likelihood(z, s)
+        user.check_data(lik, s, x)
+        return user.log_prob("likelihood", lik, self._data_for(lik, x), "x")
 
     @_validated
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         """log p_θ(x, z) = log p_θ(z) + log p_θ(x | z), [*S, B] for z [*S, B, *event] and x [B, D], nats."""
-        lik = self._likelihood(z, self._sample_ndim(z))
-        return _prior_log_prob(self.prior_fn(), z) + lik.log_prob(self._data_for(lik, x))
+        return self._log_prior(z) + self._log_likelihood(x, z)
+
+    @_validated
+    def log_density_parts(self, member: str, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """The terms of ``member`` by the user's function that computes each, for the checks'
+        messages (:mod:`wakesleep.models.probes`): ``log_joint`` → ``{"prior=": log p(z),
+        "likelihood=": log p(x | z)}``, ``log_proposal`` → ``{"proposal=": log q(z | x)}``;
+        each [*S, B], nats."""
+        if member == "log_joint":
+            return {"prior=": self._log_prior(z), "likelihood=": self._log_likelihood(x, z)}
+        if member == "log_proposal":
+            return {"proposal=": self.log_proposal(x, z)}
+        return {}
 
     def _proposal(self, x: Tensor) -> Distribution:
         if self.proposal_fn is None:
             raise ValueError("this model was built without a proposal: pass proposal= to from_distributions, or train it with ALWS")
-        q = self.proposal_fn(x)
+        q = user.call("proposal", self.proposal_fn, x=x)
+        user.check_proposal(q, x, self._info()["event_shape"])
         extra = len(q.batch_shape) - 1
         return Independent(q, extra) if extra > 0 else q
 
@@ -225,12 +276,12 @@ class DistributionsModel(nn.Module):
             raise ValueError(f"the number of particles k must be >= 1, got {k}")
         q = self._proposal(x)
         z = q.rsample((k,)) if reparameterize else q.sample((k,))
-        return z, q.log_prob(z)
+        return z, user.log_prob("proposal", q, z, "z")
 
     @_validated
     def log_proposal(self, x: Tensor, z: Tensor) -> Tensor:
         """log q_φ(z | x), [*S, B] for z [*S, B, *event], nats."""
-        return self._proposal(x).log_prob(z)
+        return user.log_prob("proposal", self._proposal(x), z, "z")
 
     # ------------------------------------------------------------ optional members
     @property

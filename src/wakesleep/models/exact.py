@@ -51,6 +51,7 @@ from wakesleep.layers import BernoulliLayer, GaussianLayer
 from wakesleep.models.contract import exact_log_marginal as _enumerated_or_closed_form
 from wakesleep.models.contract import has_exact_form, has_member, states_against_batch
 from wakesleep.models.helmholtz import MAX_ENUMERATED_LATENTS, HelmholtzMachine, binary_states
+from wakesleep.models.probes import ModelCheckError
 
 #: Largest latent dimension integrated by tensor-product quadrature (order^dim nodes).
 MAX_QUADRATURE_DIM = 3
@@ -242,14 +243,24 @@ def reference_log_marginal(model, x: Tensor, order: int | None = None) -> Tensor
     Raises:
         NoExactReference: a model with no exact form (or whose own exact forms refuse, with a
             ``ValueError``: too many states, no finite support).
+        wakesleep.models.probes.ModelCheckError: (with gradient enabled) a generic model's exact
+            log p(x) that does not depend on θ (computed under ``torch.no_grad``, detached).
     """
     if is_generic(model):
         try:
-            return _enumerated_or_closed_form(model, x)
+            out = _enumerated_or_closed_form(model, x)
         except NoExactReference:
             raise
         except ValueError as e:
             raise _refuse(model, e) from e
+        theta = [p for p in model.p_parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and theta and not out.requires_grad:  # the references take its gradient
+            member = "exact_log_marginal" if callable(getattr(model, "exact_log_marginal", None)) else "log_joint"
+            raise ModelCheckError(
+                f"{type(model).__name__}.{member} returned a tensor that does not depend on the generative parameters θ "
+                "(p_parameters()): is it detached or computed under torch.no_grad? The exact references take its gradient"
+            )
+        return out
     if kind(model) == "quadrature":
         return torch.logsumexp(latent_grid(model, x, order)[1], 0)
     return _enumerated_or_closed_form(model, x)

@@ -378,6 +378,40 @@ class HelmholtzMachine(nn.Module):
             zs, log_q = self.propose(x, k)
             return self.log_joint(x, zs) - log_q
 
+    # ------------------------------------------- relaxation (Concrete, RELAX)
+    @property
+    def has_relaxation(self) -> bool:
+        """True for one latent layer of factorial binary (SBN) or one-hot categorical units, in both
+        the prior and the proposal: what :mod:`wakesleep.estimators.concrete` relaxes."""
+        if self.num_layers != 1 or not self.has_proposal:
+            return False
+        pairs = ((BernoulliPrior, BernoulliLayer), (CategoricalPrior, CategoricalLayer))
+        return any(type(self.prior) is p and type(self.recognition[0]) is q for p, q in pairs)
+
+    def _check_relaxation(self) -> None:
+        if not self.has_relaxation:
+            raise ValueError(
+                "Concrete and RELAX relax one layer of factorial binary or categorical latents; this model has "
+                f"{self.num_layers} latent layer(s) with {type(self.prior).__name__} and "
+                f"{[type(r).__name__ for r in self.recognition]}: use --layers with one size and factorial (sbn) layers"
+            )
+
+    def proposal_distribution(self, x: Tensor):
+        """q_φ(z_1 | x) as ``Independent(Bernoulli(logits [B, d]), 1)`` or ``OneHotCategorical(logits [B, C])``
+        (one latent layer only, :attr:`has_relaxation`)."""
+        self._check_relaxation()
+        return self.recognition[0].dist(x)
+
+    def prior_distribution(self):
+        """p_θ(z_1) as ``Independent(Bernoulli(logits [d]), 1)`` or ``OneHotCategorical(logits [C])``."""
+        self._check_relaxation()
+        return self.prior.dist()
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p_θ(x | z_1) [*S, B], nats, for z_1 [*S, B, d] binary or one-hot, or relaxed (the
+        layer's network takes any real input)."""
+        return self.generative[0].log_prob(x, z)
+
     # ---------------------------------------------------------------- exact
     def _latent_layers(self) -> list[StochasticLayer]:
         """The layers that give z_1, …, z_L their distributions, bottom first: p(z_l | z_{l+1}) for

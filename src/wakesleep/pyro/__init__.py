@@ -12,7 +12,7 @@ Two paths, split by job:
   guide reparameterises.
 - :mod:`wakesleep.pyro.programs` (``vectorize_particles=False``): programs whose structure
   depends on their own random choices, each particle of each datapoint traced on its own; z is the
-  trace's choices as padded tensors (:mod:`wakesleep.pyro.choices`).
+  trace's choices as padded tensors (:mod:`wakesleep.models.choices`).
 
 Both weigh particles per datapoint (Le, Kosiorek, Siddharth, Teh & Wood 2019), unlike Pyro's own
 ``ReweightedWakeSleep``, which normalises once per batch (pyro-ppl/pyro#2220).  What the two share
@@ -38,6 +38,7 @@ def from_pyro(
     vectorize_particles: bool = True,
     max_choices: int = 64,
     program_input: str = "auto",
+    max_traces: int = 1000,
 ) -> PyroModel | ProgramModel:
     """A model that meets the contract from a Pyro model and guide.
 
@@ -48,7 +49,7 @@ def from_pyro(
     vectorised fails with a message that names ``vectorize_particles=False``.
 
     Per particle (``vectorize_particles=False``; :class:`ProgramModel`): the programs take one
-    datapoint, x_b [D], or a batch of one, x[b:b+1] [1, D], for a program written over a batch
+    datapoint, x_b [D], or a batch of one, ``x[b:b+1]`` ([1, D]), for a program written over a batch
     with a data plate (sequential ``for i in pyro.plate("data", len(x))`` or vectorised); they may
     recurse, loop on sampled values, draw a random number of sites and name sites after earlier
     choices.  The guide must draw the same latent sites as the model along the same path; the model
@@ -68,8 +69,10 @@ def from_pyro(
             has been seen; otherwise the width of the last batch.
         vectorize_particles: False to trace each (particle, datapoint) pair on its own.
         max_choices: per particle: L, the most scalar choices one trace may hold (z's last dim).
-        program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (x[b:b+1] [1, D]) or
+        program_input: per particle: ``"datapoint"`` (x_b [D]), ``"batch"`` (``x[b:b+1]`` ([1, D])) or
             ``"auto"`` (``"batch"`` when a run on two datapoints, or on one, has a plate of that size around every site).
+        max_traces: per particle: ``enumerate_latents`` (exact evaluation, exact references) lists
+            at most this many traces; a program with more (a recursion without bound) has none.
 
     Returns:
         :class:`PyroModel` or :class:`ProgramModel`: ``sample``, ``log_joint``, ``log_prior``,
@@ -85,4 +88,4 @@ def from_pyro(
     """
     if vectorize_particles:
         return PyroModel(model, guide, data_dim)
-    return ProgramModel(model, guide, data_dim, max_choices=max_choices, program_input=program_input)
+    return ProgramModel(model, guide, data_dim, max_choices=max_choices, program_input=program_input, max_traces=max_traces)

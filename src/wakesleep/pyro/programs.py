@@ -9,7 +9,7 @@ log w[k, b] = log p_θ(x_b, z_kb) − log q_φ(z_kb | x_b), nats, summed over ev
 so that the K weights of each datapoint are normalised separately (Le, Baydin, Zinkov & Wood
 2019 and Le, Kosiorek, Siddharth, Teh & Wood 2019, *Revisiting reweighted wake-sleep for models with
 stochastic control flow*).  z is the trace's choices as padded tensors
-(:mod:`wakesleep.pyro.choices`); :meth:`ProgramModel.choices` decodes it.  The sleep phase runs the
+(:mod:`wakesleep.models.choices`); :meth:`ProgramModel.choices` decodes it.  The sleep phase runs the
 model forward with its data site released.  The cost is two program runs per particle and
 datapoint (``benchmarks/pyro_paths.py`` measures it per sample site).
 """
@@ -25,8 +25,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import discrete_escape, enum_extend, site_is_subsample
 from torch import Tensor, nn
 
+from wakesleep.models.choices import DTYPES, ChoiceCodec
 from wakesleep.models.contract import device_dtype
-from wakesleep.pyro.choices import DTYPES, ChoiceCodec
 from wakesleep.pyro.common import PyroPrograms, Release, is_latent, is_sample, trace_private
 
 INPUTS = ("auto", "datapoint", "batch")
@@ -65,9 +65,9 @@ class ProgramModel(PyroPrograms):
     model contract (build it with :func:`wakesleep.pyro.from_pyro` and ``vectorize_particles=False``).
 
     z is a dict of padded tensors {``address``, ``value``, ``kind``}, each [*S, B, L]
-    (:mod:`wakesleep.pyro.choices`), L = ``max_choices``; x is [B, D]; log-densities in nats.  The
+    (:mod:`wakesleep.models.choices`), L = ``max_choices``; x is [B, D]; log-densities in nats.  The
     programs take one datapoint: x_b [D] (``program_input="datapoint"``), or a batch of one,
-    x[b:b+1] [1, D], for a program written over a batch with a data plate (``"batch"``: a
+    ``x[b:b+1]`` ([1, D]), for a program written over a batch with a data plate (``"batch"``: a
     sequential ``for i in pyro.plate("data", len(x))`` or a vectorised one); ``"auto"`` tells them
     apart by running each program on two datapoints, then on one (a plate of that size around every
     site means ``"batch"``).
@@ -78,13 +78,38 @@ class ProgramModel(PyroPrograms):
 
     reparameterizable = False
 
-    def __init__(self, model: nn.Module, guide: nn.Module, data_dim: int | None = None, max_choices: int = 64, program_input: str = "auto"):
+    def __init__(
+        self,
+        model: nn.Module,
+        guide: nn.Module,
+        data_dim: int | None = None,
+        max_choices: int = 64,
+        program_input: str = "auto",
+        max_traces: int = 1000,
+    ):
         super().__init__(model, guide, data_dim)
         if program_input not in INPUTS:
             raise ValueError(f"program_input must be one of {INPUTS}, got {program_input!r}")
+        if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces < 0:
+            raise ValueError(f"max_traces must be an integer >= 0, got {max_traces!r}")
         self.codec = ChoiceCodec(max_choices)
         self.program_input = program_input
+        self.max_traces = max_traces
         self._inputs: dict[str, str] = {}
+        self._enumerable: bool | None = None
+
+    @property
+    def has_exact_log_marginal(self) -> bool:
+        """Whether :meth:`enumerate_latents` lists the model's traces: every latent discrete and at
+        most ``max_traces`` traces (found once, by listing them; a recursion without bound stops
+        there).  False makes exact evaluation refuse the model rather than search without end."""
+        if self._enumerable is None:
+            try:
+                self.enumerate_latents()
+                self._enumerable = True
+            except ValueError:
+                self._enumerable = False
+        return self._enumerable
 
     # ------------------------------------------------------------ running the programs
     def _what(self, program) -> str:
@@ -255,14 +280,15 @@ class ProgramModel(PyroPrograms):
         with torch.no_grad():
             return self._draw(self.generative, x, k)
 
-    def enumerate_latents(self, max_states: int = 100_000) -> dict:
+    def enumerate_latents(self) -> dict:
         """Every trace of the model's latents once, for a program whose every latent is discrete
-        and whose traces are finite in number (a grammar with bounded depth): choices [S, L],
-        found by Pyro's exhaustive search over discrete sites (``poutine.queue``).
+        and whose traces are at most ``max_traces`` (a grammar with bounded depth): choices
+        [S, L], found by Pyro's exhaustive search over discrete sites (``poutine.queue``).
 
         Raises:
-            ValueError: a latent without ``enumerate_support``, or more than ``max_states`` traces.
+            ValueError: a latent without ``enumerate_support``, or more than ``max_traces`` traces.
         """
+        max_states = self.max_traces
         x0 = self._x0()
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
         queue = LifoQueue()
@@ -273,7 +299,10 @@ class ProgramModel(PyroPrograms):
         with torch.no_grad(), torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
             while not queue.empty():
                 if len(rows) >= max_states:
-                    raise ValueError(f"the model has more than {max_states} traces: its latents cannot be enumerated (an unbounded recursion?)")
+                    raise ValueError(
+                        f"the model has more than max_traces={max_states} traces: its latents are not enumerated (an unbounded "
+                        "recursion?); pass a larger max_traces= to from_pyro for a finite program"
+                    )
                 trace = trace_private(fn, inp)
                 latents = self._latents(trace)
                 for name, _ in latents:

@@ -34,6 +34,7 @@ class TrainState:
     elapsed: float = 0.0  # seconds on the run's clock before this call
     sums: dict[str, Tensor] = field(default_factory=dict)  # running sums of the epoch's metrics (kept in mid-epoch checkpoints)
     count: int = 0  # steps in ``sums``
+    source: dict | None = None  # a stream's state (:meth:`wakesleep.training.stream.Source.state`) from the checkpoint
 
     def start_clock(self, clock: str) -> None:
         """Start the run's clock (``"wall"`` or ``"process"``: :class:`TrainConfig`'s ``clock``) at ``elapsed``."""
@@ -53,14 +54,26 @@ class TrainState:
 
 
 def save_checkpoint(
-    path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: TrainConfig, st: TrainState, epoch_done: int, batch: int, finished: bool
+    path: Path,
+    model,
+    estimator,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    st: TrainState,
+    epoch_done: int,
+    batch: int,
+    finished: bool,
+    source=None,
 ) -> None:
     """Checkpoint: ``epoch_done`` full epochs plus ``batch`` steps of the next one.  Called on
-    every rank (the RNG states are gathered), written by rank 0."""
+    every rank (the RNG states, and a stream's states, are gathered), written by rank 0.
+    ``source``: the :class:`~wakesleep.training.stream.Source` of a streamed run, or None."""
     rank, world_size = distributed.world()
     rng = _rng_states(contract.device_dtype(model)[0])
-    # Every rank's RNG state and partial metric sums, for an exact resume.
-    ranks = distributed.gather_object({"rng": rng, "sums": {k: float(v) for k, v in st.sums.items()}}) if world_size > 1 else None
+    stream = source.state() if source is not None else None
+    # Every rank's RNG state, stream state and partial metric sums, for an exact resume.
+    mine = {"rng": rng, "sums": {k: float(v) for k, v in st.sums.items()}, "source": stream}
+    ranks = distributed.gather_object(mine) if world_size > 1 else None
     if rank != 0:
         return
     result = st.result
@@ -74,6 +87,7 @@ def save_checkpoint(
             "optimizer": opt.state_dict(),
             "rng": rng["cpu"],
             "cuda_rng": rng["cuda"],
+            "source": stream,
             "ranks": ranks,
             "world_size": world_size,
             "epoch": epoch_done,
@@ -136,6 +150,7 @@ def resume_from(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: T
     ranks = ckpt.get("ranks") or []
     saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
     st.sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in saved.items()}
+    st.source = ranks[rank].get("source") if world_size > 1 and len(ranks) == world_size else ckpt.get("source")
     result = st.result
     result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
     result.skipped_steps = ckpt.get("skipped_steps", 0)

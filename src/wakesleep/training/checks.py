@@ -3,20 +3,22 @@ and one training step fits in memory."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from wakesleep.models import contract
+from wakesleep.models import contract, probes
 
 
 def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor | None) -> Tensor | None:
     """Check, before the first step, that ``model`` meets the contract for ``estimator`` and for
     validation: one :class:`~wakesleep.models.ModelContractError` listing every missing member,
     then a shape check on two datapoints naming the member that returns the wrong shape, then
-    the estimator's own check.  A model without a proposal is validated by its exact
+    the estimator's own check, then :func:`wakesleep.models.probes.check_learning` on three
+    datapoints (gradient flow through each member, batch order, finite values, dtypes and devices).  A model without a proposal is validated by its exact
     log-likelihood where it has one (``exact_log_marginal`` or ``enumerate_latents``); without
     either it cannot be validated: this warns that validation (and early stopping) is off, and
     returns None for ``valid``.
@@ -28,6 +30,8 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
         wakesleep.models.ModelContractError: (a ``TypeError``) missing members.
         wakesleep.models.ModelShapeError: (a ``ValueError``) a member returning the wrong shape.
         ValueError: the estimator's own check (e.g. VAE with discrete latents).
+        wakesleep.models.probes.ModelCheckError: (a ``ValueError``) a member that would train
+            without learning (named, with the fix).
     """
     if valid is not None and not contract.has_proposal(model) and not contract.has_exact_form(model):
         warnings.warn(
@@ -44,7 +48,65 @@ def check_model_for_training(model, estimator, train_data: Tensor, valid: Tensor
     contract.check_model(model, needs, purpose, estimator.member_hints())
     contract.check_shapes(model, train_data, needs)
     estimator.check_model(model)
+    probes.check_learning(model, train_data, needs)
     return valid
+
+
+def check_gradient_flow(model, estimator, train_data: Tensor) -> None:
+    """One step of ``estimator`` on three rows of ``train_data`` (on its ``for_checks()`` copy, under
+    :func:`wakesleep.models.probes.quiet_probe`, nothing stepped): every parameter group it trains
+    must receive a finite gradient that is not identically zero.  The groups are θ
+    (``p_parameters``) and φ (``q_parameters``) where ``estimator.requires(model)`` names them,
+    and the estimator's own trainable parameters.  Run after :func:`check_model_for_training`
+    (which names a member whose own output carries no gradient) and the estimator's ``prepare``.
+
+    Raises:
+        wakesleep.models.probes.ModelCheckError: (a ``ValueError``) naming the group and the members
+            that carry its gradient.
+    """
+    needs = set(estimator.requires(model))
+    rows = probes.probe_rows(train_data)
+    est = estimator.for_checks() if hasattr(estimator, "for_checks") else copy.deepcopy(estimator)
+    name = type(estimator).__name__
+    with probes.quiet_probe(model, train_data.device), torch.enable_grad():
+        kwargs = {"index": rows} if getattr(est, "needs_index", False) else {}
+        loss = est(model, train_data[rows], **kwargs).loss
+        groups = []
+        if "p_parameters" in needs:
+            groups.append(("the generative parameters θ (p_parameters())", list(model.p_parameters()), "log_joint"))
+        if "q_parameters" in needs and contract.has_member(model, "q_parameters"):
+            carriers = " and ".join(m for m in ("propose", "log_proposal") if m in needs)
+            groups.append(("the proposal's parameters φ (q_parameters())", list(model.q_parameters()), carriers))
+        groups.append((f"{name}'s own parameters", [p for p in est.parameters() if p.requires_grad], None))
+        for label, params, carriers in groups:
+            params = [p for p in params if isinstance(p, Tensor) and p.requires_grad]
+            if not params:
+                continue
+            grads = [g for g in torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True) if g is not None]
+            via = f" through {type(model).__name__}.{carriers}" if carriers else ""
+            if not grads:
+                problem = "receives no gradient from its loss"
+            elif not all(bool(torch.isfinite(g).all()) for g in grads):
+                problem = "receives a non-finite gradient from its loss"
+            elif not any(bool((g != 0).any()) for g in grads):
+                problem = "receives a gradient that is exactly zero from its loss"
+            else:
+                continue
+            if "non-finite" in problem:
+                fix = (
+                    "A log-density is ±inf or NaN at some particle: log_joint = −inf (an impossible configuration) is allowed, "
+                    "but estimators whose signals use every log-weight (VIMCO, REINFORCE, NVIL, TVO) then have none; use RWS, "
+                    "WS or MWS, which weigh such particles 0, or a likelihood with an ABC tolerance (docs/your-own-model.md)"
+                )
+            else:
+                fix = (
+                    "Check that those members compute their values from these parameters with gradient (no .detach(), .item() "
+                    "or torch.no_grad) and that p_parameters()/q_parameters() return the parameters the members use"
+                )
+            raise probes.ModelCheckError(
+                f"{label} {problem} on three training datapoints before the first step, so {name} would not train them: "
+                f"the gradient reaches them{via}. {fix}"
+            )
 
 
 def check_data(model, x: Tensor, name: str) -> None:
@@ -57,7 +119,10 @@ def check_data(model, x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a non-empty [N, D] array, got shape {tuple(x.shape)}")
     dim = getattr(model, "data_dim", None)
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has width {x.shape[1]} but the model expects {dim}: build the model for this data")
+        source = getattr(model, "data_dim_source", None)
+        raise ValueError(
+            f"{name} has width {x.shape[1]} but the model expects {dim}{f' ({source})' if source else ''}: build the model for this data"
+        )
     if x.is_complex():
         raise ValueError(
             f"{name} is complex ({x.dtype}), and the models take real numbers (the imaginary part would be dropped): "
@@ -114,8 +179,9 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     Parameters count four times (values, gradients, Adam's two moments); activations three times
     (forward value, saved for backward, its gradient) per unit per particle row, where units are
     the data width plus every weight matrix's outputs and rows are ``batch_size`` × particles
-    (``k``, ``k`` + ``memory_size`` or ``samples``) plus sleep samples; ALWS's kernel solve adds its N × N (exact), N × m
-    (Nyström) or N × F (random features) matrix, three times.
+    (``k``, ``k`` + ``memory_size``, (``k`` + ``memory_size``) · ``continuous_k`` or ``samples``) plus
+    sleep samples; ALWS's kernel solve adds its N × N (exact), N × m (Nyström) or N × F (random
+    features) matrix, three times.
 
     Returns:
         ``{"parameters": P, "parameter_bytes", "step_bytes", "total"}``.
@@ -124,7 +190,9 @@ def training_memory(model, estimator, batch_size: int) -> dict[str, int]:
     n = sum(p.numel() for p in params)
     elt = params[0].element_size() if params else 4
     settings = estimator.settings()
-    particles = max(int(settings.get("k") or 1) + int(settings.get("memory_size") or 0), int(settings.get("samples") or 1))  # MWS scores k + M
+    # MWS scores k + M latents; HMWS scores k + M discrete values with continuous_k particles each
+    scored = (int(settings.get("k") or 1) + int(settings.get("memory_size") or 0)) * int(settings.get("continuous_k") or 1)
+    particles = max(scored, int(settings.get("samples") or 1))
     sleep = int(settings.get("sleep_samples") or 0)
     rows = batch_size * particles + sleep
     units = int(getattr(model, "data_dim", None) or 0) + sum(p.shape[0] for p in model.parameters() if p.ndim == 2)

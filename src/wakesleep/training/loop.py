@@ -1,5 +1,6 @@
-"""The trainer: minibatches, Adam with separate learning rates for p and q, validation each epoch,
-early stopping, JSON-lines metrics (and TensorBoard scalars), atomic checkpoints and resume.
+"""The trainer: minibatches (of a fixed training set, or fresh from a stream), Adam with separate
+learning rates for p and q, validation each epoch, early stopping, JSON-lines metrics (and
+TensorBoard scalars), atomic checkpoints and resume.
 
 Usage: one process, or data-parallel under torchrun (every process calls :func:`train` alike)::
 
@@ -37,10 +38,14 @@ from wakesleep.models import contract
 from wakesleep.runs import CHECKPOINT, clean_temporary_files, run_lock
 from wakesleep.training import distributed
 from wakesleep.training.checkpoint import TrainState, restore_best, resume_from, save_best, save_checkpoint
-from wakesleep.training.checks import check_model_for_training, data_on_device
+from wakesleep.training.checks import check_gradient_flow, check_model_for_training, data_on_device
 from wakesleep.training.metrics import MetricsLog, epoch_means, validation_metrics
 from wakesleep.training.settings import FitResult, TrainConfig
 from wakesleep.training.step import build_optimizer, compile_estimator, refuse_nonfinite, train_step
+from wakesleep.training.stream import Source, is_stream
+
+#: Steps between records, validations and checkpoints of a stream without ``steps_per_epoch``.
+DEFAULT_STREAM_STEPS = 100
 
 
 def train(
@@ -53,7 +58,7 @@ def train(
     resume: bool = False,
     **overrides,
 ) -> FitResult:
-    """Train ``model`` with ``estimator`` on ``train_data`` [N, D].
+    """Train ``model`` with ``estimator`` on ``train_data`` [N, D], or on data that streams.
 
     Each step: a minibatch x [B, D] → ``estimator(model, x).loss`` → backward → Adam step with
     learning rate ``lr_p`` for θ, ``lr_q`` for φ, ``lr_estimator`` for the estimator's own
@@ -80,7 +85,11 @@ def train(
         model: any model that meets the contract for ``estimator`` (:mod:`wakesleep.models.contract`;
             checked before the first step).
         estimator: a :class:`~wakesleep.estimators.Estimator`.
-        train_data: [N, D] float tensor.
+        train_data: [N, D] float tensor; or a source of fresh batches (:mod:`~wakesleep.training.stream`):
+            a callable ``sample(n, generator) -> x [n, D]`` (a simulator; the trainer owns the
+            generator and checkpoints its state) or an iterable of batches (a ``DataLoader``; its
+            batch size is its own).  A stream has no epochs: ``steps_per_epoch`` steps (default
+            100) make one block, after which the run records, validates and checkpoints.
         valid: [M, D] float tensor, or None (no validation, no early stopping).
         config: :class:`TrainConfig`; keyword ``overrides`` replace its fields.
         run_dir: directory for metrics and checkpoints (None: keep nothing on disk).
@@ -93,7 +102,9 @@ def train(
         wakesleep.models.ModelContractError: (a ``TypeError``) the model lacks members the
             estimator or validation needs (all listed).
         wakesleep.models.ModelShapeError: a member returns the wrong shape (named).
-        ValueError: bad settings, an empty data set, data of the wrong width, ``resume`` or
+        ValueError: bad settings, an empty data set, data of the wrong width (also any streamed
+            batch), ``steps_per_epoch`` without a stream, a stream for an estimator with
+            per-datapoint state, ``resume`` or
             ``tensorboard`` without ``run_dir``, ``q_grad_std_repeats`` with an estimator that keeps
             per-datapoint state (``needs_index``), or (under torchrun) a batch size that the number of
             processes does not divide.
@@ -110,12 +121,22 @@ def train(
         raise ValueError(
             f"batch_size {cfg.batch_size} is the global batch and must be divisible by the {world_size} processes; use a multiple of {world_size}"
         )
-    train_data = data_on_device(model, train_data, "train_data")
+    source = None
+    if is_stream(train_data):
+        if getattr(estimator, "needs_index", False):
+            raise ValueError(f"{type(estimator).__name__} keeps per-datapoint state and needs a fixed training set, not a stream of batches")
+        source = Source(train_data, cfg.seed, distributed.world()[0], partial(data_on_device, model, name="a streamed training batch"))
+        train_data = source.probe(8)  # the checks' datapoints, drawn without moving the stream
+    elif cfg.steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch is for a stream of batches; with a fixed training set an epoch is one pass over it")
+    else:
+        train_data = data_on_device(model, train_data, "train_data")
     estimator.to(device=contract.device_dtype(model)[0])
     valid = None if valid is None else data_on_device(model, valid, "valid")
     valid = check_model_for_training(model, estimator, train_data, valid)
     if hasattr(estimator, "prepare"):
         estimator.prepare(model, train_data)  # per-datapoint state, before a checkpoint is loaded into it
+    check_gradient_flow(model, estimator, train_data)
     run = Path(run_dir) if run_dir is not None else None
     if resume and run is None:
         raise ValueError("resume needs a run_dir")
@@ -124,13 +145,15 @@ def train(
     if cfg.q_grad_std_repeats and getattr(estimator, "needs_index", False):  # its state is per training row: validation points have none
         raise ValueError(f"q_grad_std_repeats: {type(estimator).__name__} keeps per-datapoint state and cannot be run on validation points")
     if run is None or not distributed.is_main():
-        return _loop(model, estimator, train_data, valid, cfg, run, resume)
+        return _loop(model, estimator, train_data, valid, cfg, run, resume, source)
     with run_lock(run):  # one writer: rank 0 writes everything
         clean_temporary_files(run)
-        return _loop(model, estimator, train_data, valid, cfg, run, resume)
+        return _loop(model, estimator, train_data, valid, cfg, run, resume, source)
 
 
-def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: TrainConfig, run: Path | None, resume: bool) -> FitResult:
+def _loop(
+    model, estimator, train_data: Tensor, valid: Tensor | None, cfg: TrainConfig, run: Path | None, resume: bool, source: Source | None = None
+) -> FitResult:
     """:func:`train` after its checks (and, on rank 0 with a run directory, holding its lock)."""
     rank, world_size = distributed.world()
     main = rank == 0  # only rank 0 validates and writes
@@ -144,6 +167,8 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     st, ended = TrainState(), False
     if resume:
         st, ended = resume_from(run / CHECKPOINT, model, estimator, opt, cfg)
+        if source is not None and st.source is not None:
+            source.load(st.source)
         log.write(st.result.history)  # drop any record written after the checkpoint
     if ended:
         log.close()
@@ -151,7 +176,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
         return st.result
     distributed.broadcast_state([model, estimator])  # identical starting points on every rank
     n, local_batch = train_data.shape[0], cfg.batch_size // world_size  # each rank's share of the global batch
-    steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch)
+    steps_per_epoch = math.ceil(math.ceil(n / world_size) / local_batch) if source is None else cfg.steps_per_epoch or DEFAULT_STREAM_STEPS
     step = st.epoch * steps_per_epoch + st.batch
     bar = tqdm(
         total=cfg.epochs * steps_per_epoch,
@@ -164,16 +189,23 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
     shown: dict[str, str] = {}  # the progress bar's figures
     st.start_clock(cfg.clock)
     st.result.stopped, best_state = "epochs", None  # best_state: the best parameters, in memory when there is no run directory
-    save = partial(save_checkpoint, run / CHECKPOINT if run else None, model, estimator, opt, cfg, st)  # (epochs done, batch, finished)
+    save = partial(
+        save_checkpoint, run / CHECKPOINT if run else None, model, estimator, opt, cfg, st, source=source
+    )  # (epochs done, batch, finished)
     for epoch in range(st.epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = distributed.shard(torch.randperm(n, generator=gen), rank, world_size).to(train_data.device)
+        if source is None:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            order = distributed.shard(torch.randperm(n, generator=gen), rank, world_size).to(train_data.device)
         model.train()
         if st.batch == 0:
             st.sums, st.count = {}, 0
         for b in range(st.batch, steps_per_epoch):
-            index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
-            out, bad = train_step(model, estimator, opt, train_data[index], forward, index)
+            if source is None:
+                index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
+                x = train_data[index]
+            else:
+                index, x = None, source.next(local_batch)  # fresh data: this rank's own draws
+            out, bad = train_step(model, estimator, opt, x, forward, index)
             step += 1
             if step == 1 and world_size > 1:
                 # Lazy initialisations in the first forward pass (e.g. a kernel bandwidth set from
@@ -181,7 +213,7 @@ def _loop(model, estimator, train_data: Tensor, valid: Tensor | None, cfg: Train
                 distributed.broadcast_state([model, estimator])
             if bad is not None:  # a non-finite loss or gradient: no step was taken
                 if cfg.nan_policy != "skip":
-                    raise refuse_nonfinite(bad, step, epoch, estimator, run)
+                    raise refuse_nonfinite(bad, step, epoch, estimator, run, model, x)
                 st.result.skipped_steps += 1
                 bar.update(1)
                 continue

@@ -42,6 +42,11 @@ class TrainConfig:
         tensorboard: also write each epoch's metrics as TensorBoard scalars into the run directory,
             beside ``metrics.jsonl`` (needs a run directory and the optional package
             ``tensorboard``: ``pip install tensorboard``).
+        steps_per_epoch: for training data that streams (a callable ``sample(n, generator)`` or an
+            iterable of batches; :mod:`~wakesleep.training.stream`), the steps of one "epoch": the
+            run records its metrics, validates (every ``valid_every`` such blocks) and checkpoints
+            after each, and ``epochs`` counts them (None: 100).  Must be None for a fixed training
+            set, whose epoch is one pass.
         q_grad_std_repeats: at each validation, also record ``valid_q_grad_std``, the standard
             deviation of the estimator's φ-gradient over this many (≥ 2) repeated estimates on the
             first ``batch_size`` validation points (:func:`~wakesleep.training.metrics.gradient_std`;
@@ -65,6 +70,7 @@ class TrainConfig:
     compile: bool = False
     tensorboard: bool = False
     q_grad_std_repeats: int | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         def count(name: str, optional: bool = False) -> None:
@@ -83,7 +89,7 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size", "valid_k", "valid_every"):
             count(name)
-        for name in ("patience", "checkpoint_every", "q_grad_std_repeats"):
+        for name in ("patience", "checkpoint_every", "q_grad_std_repeats", "steps_per_epoch"):
             count(name, optional=True)
         if self.q_grad_std_repeats == 1:
             raise ValueError("q_grad_std_repeats must be >= 2 (a standard deviation needs two estimates) or None, got 1")

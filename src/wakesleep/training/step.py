@@ -16,6 +16,7 @@ from torch import Tensor
 from wakesleep import fused
 from wakesleep.estimators.base import EstimatorOutput
 from wakesleep.faults import fault_point
+from wakesleep.models import probes
 from wakesleep.training import distributed
 from wakesleep.training.settings import TrainConfig
 
@@ -134,11 +135,29 @@ def _nonfinite(model, estimator) -> str | None:
     return None
 
 
-def refuse_nonfinite(bad: str, step: int, epoch: int, estimator, run: Path | None) -> TrainingError:
+def refuse_nonfinite(bad: str, step: int, epoch: int, estimator, run: Path | None, model=None, x: Tensor | None = None) -> TrainingError:
     """The error for a step whose loss or gradient was non-finite (``bad`` names it), to raise
-    under ``nan_policy="error"``."""
+    under ``nan_policy="error"``.  With ``model`` and the step's batch ``x`` [B, D], the batch is
+    re-run member by member (:func:`wakesleep.models.probes.first_nonfinite`) and the first member
+    whose value or gradient is non-finite is named."""
+    culprit = None
+    if model is not None and x is not None:
+        try:
+            culprit = probes.first_nonfinite(model, x, estimator.requires(model))
+        except Exception as e:  # the diagnosis must not hide the error it explains
+            culprit = f"re-running the batch member by member raised {type(e).__name__}: {fused.first_line(e)}"
+    found = (
+        f" Re-run member by member on this step's batch: {culprit}."
+        if culprit
+        else (
+            " Re-run member by member on this step's batch, every member's value and gradient were finite: the estimator's "
+            "arithmetic or this step's particles overflowed."
+        )
+        if model is not None
+        else ""
+    )
     return TrainingError(
         f"step {step} (epoch {epoch + 1}): estimator {getattr(estimator, 'name', estimator)} produced a non-finite {bad}; "
-        f"the last good checkpoint is kept{' in ' + str(run) if run else ''}. Lower the learning rates, "
+        f"the last good checkpoint is kept{' in ' + str(run) if run else ''}.{found} Lower the learning rates, "
         "check the data, or pass nan_policy='skip' (--skip-nonfinite) to skip such steps"
     )
