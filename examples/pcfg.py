@@ -316,9 +316,8 @@ def grammar_model(grammar: Grammar, data_dim: int, max_depth: int = 30, max_choi
     pcfg = PCFG(grammar, max_depth)
     embed = SentenceEmbedder(grammar, obs_dim) if grammar.output == "sentence" else CurveEmbedder(obs_dim)
     parser = Parser(grammar, embed, obs_dim, hidden, max_depth)
-    # max_traces=1: the grammar's traces are unbounded; the library finds that out at once instead
-    # of listing 1000 of them (46 s) before the first step.
-    model = from_pyro(pcfg, parser, vectorize_particles=False, data_dim=data_dim, max_choices=max_choices, max_traces=1)
+    # The grammar's traces are unbounded: no max_traces=, so they are never listed (no exact evaluation).
+    model = from_pyro(pcfg, parser, vectorize_particles=False, data_dim=data_dim, max_choices=max_choices)
     # The true grammar, for the q error on true pairs (held outside the module tree: not trained, not saved).
     object.__setattr__(
         model, "truth", from_pyro(true_pcfg(grammar, max_depth), parser, vectorize_particles=False, data_dim=data_dim, max_choices=max_choices)

@@ -151,7 +151,7 @@ def train_cli(tmp_path, spec):
 
 def test_cli_trains_astronomers(tmp_path):
     """The documented command, ``wakesleep train --model examples/pcfg.py:astronomers --algorithm
-    rws``, on 4 sentences (~9 s: the CLI's picture draws 2000 sleep samples)."""
+    rws``, on 4 sentences (the CLI's picture draws 500 sleep samples)."""
     train_cli(tmp_path, f"{ROOT / 'examples' / 'pcfg.py'}:astronomers")
 
 

@@ -251,10 +251,10 @@ def _add_run_options(t_add) -> None:
 
 
 def write_pictures(run: Path, model, image_shape, n: int = 64, data=None) -> tuple[Path, Path | None]:
-    """A trained run's pictures: ``RUN/samples.png`` (``n`` samples as images, or 2000 against
+    """A trained run's pictures: ``RUN/samples.png`` (``n`` samples as images, or 500 against
     ``data`` for a user's model of data that are not images) and ``RUN/curves.png`` from
     ``metrics.jsonl`` (None where there are no metrics).  Returns their paths."""
-    samples = draw_samples(model, n if hasattr(model, "sample_mean") or image_shape is not None else 2000, image_shape, data, run / SAMPLES)
+    samples = draw_samples(model, n if hasattr(model, "sample_mean") or image_shape is not None else 500, image_shape, data, run / SAMPLES)
     curves = None
     if (run / METRICS).is_file():
         records = plots.read_jsonl(run / METRICS)
