@@ -223,7 +223,7 @@ def test_mws_keeps_distinct_traces_and_with_every_tree_in_memory_gives_the_exact
     assert all(len({tuple(r) for r in h.tolist()}) == len(h) >= 5 for h in held)  # distinct traces, told apart by their choices
     # Every tree in memory: log Σ_{z∈Q} p(x, z) = log p(x), so the updates are the exact gradients.
     states = torch.utils._pytree.tree_flatten(ws.models.contract.states_against_batch(model.enumerate_latents(), 3))[0]
-    est._remember(index, states, torch.ones(38, 3, dtype=torch.bool))
+    est.remember(index, states, torch.ones(38, 3, dtype=torch.bool))
     g = grads(model.p_parameters() + model.q_parameters(), -est(model, x, index).loss)
     assert est.memory_filled.sum(1).tolist() == [38, 38, 38]  # the proposals, all repeats, added nothing
     n = sum(p.numel() for p in model.p_parameters())

@@ -47,7 +47,7 @@ def test_mws_with_every_state_in_memory_gives_the_exact_gradients():
     filled = est.memory_filled.sum(1)
     assert (filled >= 10).all() and (filled <= 121).all()
     states = torch.utils._pytree.tree_flatten(states_against_batch(model.enumerate_latents(), 4))[0]
-    est._remember(index, states, torch.ones(121, 4, dtype=torch.bool))
+    est.remember(index, states, torch.ones(121, 4, dtype=torch.bool))
     g = grads(model.p_parameters() + model.q_parameters(), -est(model, x, index).loss)
     assert est.memory_filled.sum(1).tolist() == [121] * 4  # every proposal a repeat of a held state
     n = sum(p.numel() for p in model.p_parameters())
