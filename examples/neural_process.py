@@ -9,6 +9,14 @@ literature's sine task), each observed at n points x_i ~ U(−π, π) with y_i =
 ε_i ~ N(0, 0.1²).  One function's observation set is a datapoint, flattened to
 [x_1..x_n, y_1..y_n] (D = 2n).
 
+Two setups (``--setup``, :data:`SETUPS`): ``np`` (the default, above: n = 20 points, contexts 3
+and 10, N = 1000 sleep samples, Adam 1e-3) and ``alws-code``, the ALWS authors' code's
+(kevin-w-li/al-ws ``run_np.py`` as ALGORITHMS.md §9 reads it): a ~ U(−0.5, 1), b ~ U(−0.5, 0.5),
+4 context and 4 target points (n = 8, context 4), N = 5000 sleep samples, Adam 1e-4 for θ and φ.
+The x range, the noise, the networks, the kernel's rate and the ELBO's random context size are
+ours in both (ALGORITHMS.md does not give the code's); options given on the command line win over
+the setup's.
+
 Model (z ∈ R^d, a float tensor [*S, B, d]):
 
     z ~ N(μ₀, diag s₀²)  (learned: the prior),   x_i ~ U(−π, π)  (fixed),
@@ -73,14 +81,22 @@ from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
 
 #: Ranges of the sine task: a ~ U(A_RANGE), b ~ U(B_RANGE), x ~ U(X_RANGE), noise s.d. NOISE.
 A_RANGE, B_RANGE, X_RANGE, NOISE = (0.1, 5.0), (0.0, math.pi), (-math.pi, math.pi), 0.1
+#: ``--setup``: the ranges of a and b and the defaults each setup gives (module docstring).
+SETUPS = {
+    "np": {"a_range": A_RANGE, "b_range": B_RANGE, "n_points": 20, "contexts": [3, 10], "sleep_samples": 1000, "lr": 1e-3},
+    "alws-code": {"a_range": (-0.5, 1.0), "b_range": (-0.5, 0.5), "n_points": 8, "contexts": [4], "sleep_samples": 5000, "lr": 1e-4},
+}
 
 
-def sine_data(n_functions: int, n_points: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Observation sets of n_functions sine functions (module docstring): (data [F, 2n] =
-    [x_1..x_n, y_1..y_n], params [F, 2] = (a, b)), float32, from a generator seeded by ``seed``."""
+def sine_data(
+    n_functions: int, n_points: int, seed: int = 0, a_range: tuple[float, float] = A_RANGE, b_range: tuple[float, float] = B_RANGE
+) -> tuple[Tensor, Tensor]:
+    """Observation sets of n_functions sine functions (module docstring), a ~ U(a_range),
+    b ~ U(b_range): (data [F, 2n] = [x_1..x_n, y_1..y_n], params [F, 2] = (a, b)), float32, from a
+    generator seeded by ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    a = A_RANGE[0] + (A_RANGE[1] - A_RANGE[0]) * torch.rand(n_functions, 1, generator=g)
-    b = B_RANGE[0] + (B_RANGE[1] - B_RANGE[0]) * torch.rand(n_functions, 1, generator=g)
+    a = a_range[0] + (a_range[1] - a_range[0]) * torch.rand(n_functions, 1, generator=g)
+    b = b_range[0] + (b_range[1] - b_range[0]) * torch.rand(n_functions, 1, generator=g)
     x = X_RANGE[0] + (X_RANGE[1] - X_RANGE[0]) * torch.rand(n_functions, n_points, generator=g)
     y = a * torch.sin(x - b) + NOISE * torch.randn(n_functions, n_points, generator=g)
     return torch.cat([x, y], dim=1), torch.cat([a, b], dim=1)
@@ -330,12 +346,14 @@ def prior_predictive(model: NeuralProcess, data: Tensor, context: int, k: int, c
     return _per_target_point(data, context, chunk, score)
 
 
-def oracle_predictive(data: Tensor, context: int, k: int = 20000, seed: int = 0) -> Tensor:
+def oracle_predictive(
+    data: Tensor, context: int, k: int = 20000, seed: int = 0, a_range: tuple[float, float] = A_RANGE, b_range: tuple[float, float] = B_RANGE
+) -> Tensor:
     """The true process's log p(y_T | x_T, C) / |T| [F] by self-normalised importance sampling with
-    K draws of (a, b) from their uniform prior (consistent, bias O(1/K)); noise known."""
+    K draws of (a, b) from their uniform prior on a_range × b_range (consistent, bias O(1/K)); noise known."""
     g = torch.Generator().manual_seed(seed)
-    a = A_RANGE[0] + (A_RANGE[1] - A_RANGE[0]) * torch.rand(k, 1, 1, generator=g)
-    b = B_RANGE[0] + (B_RANGE[1] - B_RANGE[0]) * torch.rand(k, 1, 1, generator=g)
+    a = a_range[0] + (a_range[1] - a_range[0]) * torch.rand(k, 1, 1, generator=g)
+    b = b_range[0] + (b_range[1] - b_range[0]) * torch.rand(k, 1, 1, generator=g)
     x, y = split(data)
     normal = torch.distributions.Normal(a * torch.sin(x - b), NOISE)  # [K, F, n]
     lp = normal.log_prob(y)
@@ -376,21 +394,26 @@ def plot_predictions(
     return _save_atomic(fig, path)
 
 
-def main(argv=None) -> dict:
-    """Train the NP by its ELBO and by ALWS (then its proposal by sleep) on ``--n-train`` sine
-    functions, print and return the predictive log-likelihood per target point of ``--n-test``
-    held-out functions for each context size in ``--contexts``, write the figure."""
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command's options, with ``--setup``'s values (:data:`SETUPS`) where an option is not given."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-points", type=int, default=20, help="n, points per function")
+    p.add_argument(
+        "--setup",
+        choices=sorted(SETUPS),
+        default="np",
+        help="np: a ~ U(0.1, 5), b ~ U(0, pi), n = 20, contexts 3 10, N = 1000, lr 1e-3 (default); "
+        "alws-code: the ALWS authors' code's a ~ U(-0.5, 1), b ~ U(-0.5, 0.5), 4 context + 4 target points, N = 5000, lr 1e-4",
+    )
+    p.add_argument("--n-points", type=int, default=None, help="n, points per function (default: the setup's)")
     p.add_argument("--z-dim", type=int, default=4)
     p.add_argument("--n-train", type=int, default=2000, help="training functions")
     p.add_argument("--n-test", type=int, default=500, help="held-out functions")
-    p.add_argument("--contexts", type=int, nargs="+", default=[3, 10], help="context sizes for the metric")
+    p.add_argument("--contexts", type=int, nargs="+", default=None, help="context sizes for the metric (default: the setup's)")
     p.add_argument("--epochs", type=int, default=30, help="epochs of each training")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam rate of θ (both) and φ (ELBO)")
+    p.add_argument("--lr", type=float, default=None, help="Adam rate of θ (both) and φ (ELBO) (default: the setup's)")
     p.add_argument("--lr-kernel", type=float, default=1e-3, help="Adam rate of the set kernel (ALWS)")
-    p.add_argument("--sleep-samples", type=int, default=1000, help="ALWS sleep samples per step")
+    p.add_argument("--sleep-samples", type=int, default=None, help="ALWS sleep samples per step (default: the setup's)")
     p.add_argument("--sleep-steps", type=int, default=3000, help="sleep-phase steps of the ALWS model's proposal")
     p.add_argument("--k", type=int, default=1000, help="particles of the predictive estimate")
     p.add_argument("--prior-k", type=int, default=0, help="if > 0: also the ALWS model's Bayesian predictive by K prior draws (self-normalised)")
@@ -399,9 +422,21 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="runs/neural_process", help="directory of the figure")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    for name, value in SETUPS[a.setup].items():
+        if getattr(a, name, None) is None:
+            setattr(a, name, value)
+    return a
+
+
+def main(argv=None) -> dict:
+    """Train the NP by its ELBO and by ALWS (then its proposal by sleep) on ``--n-train`` sine
+    functions, print and return the predictive log-likelihood per target point of ``--n-test``
+    held-out functions for each context size in ``--contexts``, write the figure."""
+    a = parse_args(argv)
     torch.manual_seed(a.seed)
-    train, _ = sine_data(a.n_train, a.n_points, seed=a.seed)
-    test, test_params = sine_data(a.n_test, a.n_points, seed=a.seed + 1000)
+    ranges = dict(a_range=a.a_range, b_range=a.b_range)
+    train, _ = sine_data(a.n_train, a.n_points, seed=a.seed, **ranges)
+    test, test_params = sine_data(a.n_test, a.n_points, seed=a.seed + 1000, **ranges)
     out: dict = {}
     models = {}
     common = dict(epochs=a.epochs, batch_size=a.batch_size, patience=None, progress=not a.no_progress, seed=a.seed)
@@ -437,7 +472,7 @@ def main(argv=None) -> dict:
             v = prior_predictive(alws_model, sub, m_c, a.prior_k)
             out[f"alws_bayes_pred_ll_c{m_c}_first{len(sub)}"] = v.mean().item()
             out[f"alws_bayes_pred_ll_c{m_c}_first{len(sub)}_se"] = v.std().item() / math.sqrt(v.numel())
-        v = oracle_predictive(test, m_c, seed=a.seed)
+        v = oracle_predictive(test, m_c, seed=a.seed, **ranges)
         out[f"oracle_pred_ll_c{m_c}"] = v.mean().item()
         out[f"oracle_pred_ll_c{m_c}_se"] = v.std().item() / math.sqrt(v.numel())
     out["elbo_noise_sd"] = elbo_model.noise.item()

@@ -17,7 +17,7 @@ from wakesleep import fused
 from wakesleep.data import load_dataset
 from wakesleep.lab.compare import ConfigError, parse_config
 from wakesleep.lab.compare import build_model as compare_model
-from wakesleep.layers import BernoulliLayer, DARNLayer, NADELayer
+from wakesleep.layers import BernoulliLayer, DARNLayer, NADELayer, NADEPrior
 from wakesleep.models import HelmholtzMachine
 from wakesleep.models.exact import exact_sleep_phi_target, flat_grad
 from wakesleep.models.helmholtz import binary_states
@@ -263,7 +263,10 @@ def test_command_line_without_layer_kinds_records_the_plain_sbn(tmp_path):
     "extra, needle",
     [
         (["--layers", "6", "3", "--layer", "nade", "darn", "sbn"], "--layer names 3 kinds for 2 latent layers"),
-        (["--layers", "4", "--model", "gaussian", "--layer", "nade"], "--layer, --q-layer and --nade-hidden choose the layers of --model sbn"),
+        (
+            ["--layers", "4", "--model", "gaussian", "--layer", "nade"],
+            "--layer, --q-layer, --nade-hidden and --prior choose the layers of --model sbn",
+        ),
         (["--layers", "4", "--layer", "made"], "invalid choice"),
     ],
 )
@@ -288,3 +291,96 @@ def test_nade_logits_blocks_against_autograd(monkeypatch, block, value_lead, bia
     plain = torch.linalg.vecdot(torch.sigmoid(before + c.unsqueeze(-2)), r)
     torch.testing.assert_close(fused.nade_logits(v, c, w, r), plain)
     assert torch.autograd.gradcheck(fused.nade_logits, (v, c, w, r))
+
+
+# ------------------------------------------------------------------ a NADE prior on the top layer
+
+
+def nade_prior_by_hand(prior: NADEPrior, z: torch.Tensor) -> torch.Tensor:
+    """log p(z) of a NADE prior written out unit by unit from its parameters, [S] for z [S, d]."""
+    h, c, b = prior.hidden, prior.bias[: prior.hidden], prior.bias[prior.hidden :]
+    assert c.shape == (h,)
+    out = torch.zeros(z.shape[0], dtype=z.dtype)
+    for i in range(z.shape[1]):
+        hid = torch.sigmoid(c + z[:, :i] @ prior.weight[:, :i].T)
+        p1 = torch.sigmoid(hid @ prior.readout_weight[i] + b[i])
+        out = out + torch.where(z[:, i] == 1, p1, 1 - p1).log()
+    return out
+
+
+def test_nade_prior_normalises_and_matches_the_formula():
+    torch.manual_seed(7)
+    prior = NADEPrior(5, hidden=4).double()
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.normal_()
+    z = binary_states(5, torch.float64)
+    log_p = prior.log_prob(z)
+    torch.testing.assert_close(log_p.logsumexp(0).exp(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(log_p, nade_prior_by_hand(prior, z))
+    draws = prior.sample((20000,))  # frequencies of the 32 states against p(z)
+    index = (draws * 2 ** torch.arange(4, -1, -1, dtype=torch.float64)).sum(-1).long()
+    assert chisquare(torch.bincount(index, minlength=32).numpy(), 20000 * log_p.exp().detach().numpy()).pvalue > 1e-3
+    assert prior.sample((3, 2)).shape == (3, 2, 5) and prior.mean((4,)).shape == (4, 5)
+    with pytest.raises(ValueError, match="cannot be reparameterised"):
+        prior.sample((2,), reparameterize=True)
+
+
+def test_nade_prior_model_log_marginal_by_enumeration():
+    """log p(x) = log Σ_z p(z) p(x | z) over the 2^3 states of z, the prior and the likelihood written out."""
+    torch.manual_seed(8)
+    model = HelmholtzMachine.sbn([4, 3], prior="nade", nade_hidden=3).double()
+    assert isinstance(model.prior, NADEPrior) and model.config["prior"] == "nade" and model.config["nade_hidden"] == 3
+    with torch.no_grad():
+        for p in model.p_parameters():
+            p.normal_()
+    x = binary_states(4, torch.float64)  # every x: p(x) must also sum to 1
+    z = binary_states(3, torch.float64)
+    w, bias = model.generative[0].output_affine()
+    p1 = torch.sigmoid(z @ w.T + bias)  # [8, 4]: p(x_j = 1 | z)
+    log_lik = (x[:, None] * p1.log() + (1 - x[:, None]) * (1 - p1).log()).sum(-1)  # [16, 8]
+    expected = (nade_prior_by_hand(model.prior, z)[None] + log_lik).logsumexp(1)
+    got = model.exact_log_marginal(x)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got.logsumexp(0).exp(), torch.tensor(1.0, dtype=torch.float64), rtol=0, atol=1e-12)
+    ll = ws.log_likelihood(model, x[:4], k=4000, seed=0)  # importance sampling agrees (a bound, O(1/K) low)
+    assert abs(ll.mean - got[:4].mean().item()) < 4 * ll.stderr + 0.05
+
+
+def test_nade_prior_trains_and_round_trips():
+    x = torch.as_tensor(load_dataset("digits").train[:50]).float()
+    torch.manual_seed(9)
+    model = HelmholtzMachine.sbn([64, 6], prior="nade", nade_hidden=5)
+    est = ws.RWS(k=3)
+    opt = build_optimizer(model, est, TrainConfig())
+    before = [p.detach().clone() for p in model.prior.parameters()]
+    for _ in range(2):
+        assert train_step(model, est, opt, x)[1] is None
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.prior.parameters()))  # the prior learns
+    rebuilt = HelmholtzMachine.from_config(json.loads(json.dumps(model.config)))
+    rebuilt.load_state_dict(model.state_dict())
+    zs, _ = model.propose(x, 2)
+    torch.testing.assert_close(rebuilt.log_joint(x, zs), model.log_joint(x, zs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown prior kind 'made'"):
+        HelmholtzMachine.sbn([64, 6], prior="made")
+    raw = {"data": {"dataset": "digits"}, "model": {"kind": "sbn", "layers": [6], "prior": "nade"}, "train": {"epochs": 1}}
+    raw["estimators"] = [{"label": "RWS", "algorithm": "rws"}]
+    assert isinstance(compare_model(parse_config(raw, "x.toml"), 64).prior, NADEPrior)
+    raw["model"]["prior"] = "made"
+    with pytest.raises(ConfigError, match="model.prior"):
+        parse_config(raw, "x.toml")
+
+
+def test_command_line_nade_prior(tmp_path):
+    d = tmp_path / "run"
+    code, _, err = run(["train", *TINY, "--layers", "4", "--layer", "nade", "--prior", "nade", "--nade-hidden", "6", "--run-dir", str(d)])
+    assert code == 0, err
+    config = json.loads((d / "config.json").read_text())
+    assert config["model"]["prior"] == "nade" and config["model"]["nade_hidden"] == 6 and config["options"]["prior"] == "nade"
+    assert isinstance(ws.HelmholtzMachine.from_config(config["model"]).prior, NADEPrior)
+    code, out, err = run(["evaluate", str(d), "--k", "5", "--no-progress"])  # the authors' protocol is --k 500
+    assert code == 0 and "test log-likelihood" in out, err
+    code, _, err = run(["train", "--run-dir", str(d), "--resume", "--epochs", "2", "--no-progress", "--prior", "sbn"])
+    assert code == 2 and "--prior sbn (the run has --prior nade)" in err, err
+    code, _, err = run(["train", *TINY, "--layers", "4", "--model", "gaussian", "--prior", "nade", "--run-dir", str(tmp_path / "g")])
+    assert code == 2 and "--prior choose the layers of --model sbn" in err, err

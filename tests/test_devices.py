@@ -68,7 +68,12 @@ def test_device_names_resolve():
 
 @CUDA
 @pytest.mark.parametrize(
-    "build,estimator", [(lambda: HelmholtzMachine.sbn([30, 8, 4]), RWS(k=3)), (lambda: HelmholtzMachine.gaussian([30, 4], hidden=(16,)), IWAE(k=3))]
+    "build,estimator",
+    [
+        (lambda: HelmholtzMachine.sbn([30, 8, 4]), RWS(k=3)),
+        (lambda: HelmholtzMachine.gaussian([30, 4], hidden=(16,)), IWAE(k=3)),
+        (lambda: HelmholtzMachine.sbn([30, 6], p_layers="nade", q_layers="nade", nade_hidden=8, prior="nade"), RWS(k=3)),
+    ],
 )
 def test_training_on_cuda_checkpoints_load_on_the_cpu(tmp_path, build, estimator):
     torch.manual_seed(0)

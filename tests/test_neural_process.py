@@ -110,6 +110,27 @@ def test_sine_data_has_stated_ranges_and_noise():
     assert abs(r.std().item() - npx.NOISE) < 4 * npx.NOISE / math.sqrt(2 * r.numel())
 
 
+def test_alws_code_setup_has_its_ranges_and_sizes(tmp_path):
+    """--setup alws-code: a in (−0.5, 1), b in (−0.5, 0.5), 4 context + 4 target points, N = 5000, Adam 1e-4;
+    options given on the command line win; the default setup is unchanged."""
+    a = npx.parse_args(["--setup", "alws-code"])
+    assert (a.n_points, a.contexts, a.sleep_samples, a.lr) == (8, [4], 5000, 1e-4)
+    data, params = npx.sine_data(4000, a.n_points, seed=5, a_range=a.a_range, b_range=a.b_range)
+    amp, shift = params[:, 0], params[:, 1]
+    assert data.shape == (4000, 16) and amp.min() >= -0.5 and amp.max() <= 1 and shift.min() >= -0.5 and shift.max() <= 0.5
+    assert amp.min() < -0.45 and amp.max() > 0.95 and shift.min() < -0.45 and shift.max() > 0.45  # the whole ranges
+    x, y = npx.split(data)
+    assert x.abs().max() <= math.pi and (y - amp[:, None] * torch.sin(x - shift[:, None])).abs().max() < 1  # noise 0.1
+    assert npx.parse_args(["--setup", "alws-code", "--sleep-samples", "50"]).sleep_samples == 50
+    d = npx.parse_args([])
+    assert (d.setup, d.n_points, d.contexts, d.sleep_samples, d.lr, d.a_range, d.b_range) == ("np", 20, [3, 10], 1000, 1e-3, npx.A_RANGE, npx.B_RANGE)
+    out = npx.main(
+        ["--setup", "alws-code", "--n-train", "50", "--n-test", "10", "--epochs", "1", "--sleep-samples", "60", "--sleep-steps", "3",
+         "--k", "10", "--out", str(tmp_path), "--no-progress"]
+    )  # fmt: skip
+    assert math.isfinite(out["alws_pred_ll_c4"]) and math.isfinite(out["oracle_pred_ll_c4"])
+
+
 def test_tiny_run_writes_figure_and_numbers(tmp_path, capsys):
     out = npx.main(
         ["--n-train", "100", "--n-test", "20", "--n-points", "8", "--contexts", "3", "--epochs", "1", "--sleep-samples", "100",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli_errors import run  # the command line in-process: (exit status, stdout, stderr)
 
 from wakesleep.config import build_model
 from wakesleep.lab.compare import load_config, parse_config, run_compare
@@ -33,7 +34,7 @@ STUDIES = {
         },
     ),
     "rws2015_nade.toml": (
-        {"kind": "sbn", "layers": [200], "p_layers": "nade", "q_layers": "nade", "nade_hidden": 200},
+        {"kind": "sbn", "layers": [200], "p_layers": "nade", "prior": "nade", "q_layers": "nade", "nade_hidden": 200},
         {
             "WS": ("ws", {}),
             "RWS K=5": ("rws", {"k": 5, "q_update": "both"}),
@@ -42,7 +43,7 @@ STUDIES = {
         },
     ),
     "rws2015_nade_sbnq.toml": (
-        {"kind": "sbn", "layers": [200], "p_layers": "nade", "q_layers": "sbn", "nade_hidden": 200},
+        {"kind": "sbn", "layers": [200], "p_layers": "nade", "prior": "nade", "q_layers": "sbn", "nade_hidden": 200},
         {
             "WS": ("ws", {}),
             "RWS K=5": ("rws", {"k": 5, "q_update": "both"}),
@@ -77,12 +78,13 @@ def test_config_is_the_study(name):
 
 
 def test_nade_models_are_what_the_headers_say():
-    """NADE-200: p(x | z) a NADE over the pixels above 200 binary latents; the twin differs only in q."""
+    """NADE-200: p(x | z) a NADE over the pixels above 200 binary latents with a NADE prior; the twin differs only in q."""
     nade, sbnq = (build_model(load_config(EXPERIMENTS / n).model, 784) for n in ("rws2015_nade.toml", "rws2015_nade_sbnq.toml"))
     assert nade.config["sizes"] == sbnq.config["sizes"] == [784, 200]
     assert nade.config["p_layers"] == sbnq.config["p_layers"] == ["nade"]
     assert (nade.config["q_layers"], sbnq.config["q_layers"]) == (["nade"], ["sbn"])
     assert nade.config["nade_hidden"] == 200
+    assert nade.config["prior"] == sbnq.config["prior"] == "nade"  # the authors' NADETop (ALGORITHMS.md §9)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,10 @@ def test_tiny_study_runs_end_to_end(name, mnist_slice, tmp_path):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [row["label"] for row in rows] == list(STUDIES[name][1])
     assert (out / "curves.png").is_file() and (out / "summary.md").is_file()
+    if "nade" in name:  # the authors' NADE protocol (500 samples, ALGORITHMS.md §9) is one command on a finished run
+        run_dir = sorted(out.rglob("run.json"))[0].parent
+        code, text, err = run(["evaluate", str(run_dir), "--k", "5", "--no-progress"])
+        assert code == 0 and "test log-likelihood" in text, err
 
 
 @pytest.mark.parametrize("name", ["rws2015_sbn_short.toml", "sbn3_rws_vimco_short.toml"])

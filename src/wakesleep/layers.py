@@ -560,6 +560,52 @@ class BernoulliPrior(Prior):
         return torch.sigmoid(self.logits).expand(*batch_shape, -1)
 
 
+class NADEPrior(NADELayer, Prior):
+    """NADE prior on the top layer: a NADE with no parent (the RWS authors' ``NADETop``,
+    jbornschein/reweighted-ws, the top layer of their NADE models in place of a factorial Bernoulli):
+
+        p(z_i = 1 | z_<i) = σ(V_i · h_i + b_i),   h_i = σ(W_{:,<i} z_<i + c),
+
+    with the learned biases c [H] and b [d] (``bias``, zeros at the start) where
+    :class:`NADELayer` has a network of the parent; sampling and :meth:`log_prob` are that layer's.
+    Larochelle & Murray (2011).  Methods take ``batch_shape`` in place of the parent, as every
+    :class:`Prior`; log-densities are in nats.
+
+    Args:
+        out_features: number of binary units d.
+        hidden: NADE's hidden units H.
+
+    Raises:
+        ValueError: hidden < 1.
+    """
+
+    def __init__(self, out_features: int, hidden: int = 200):
+        super().__init__(1, out_features, hidden)
+        del self.net  # no parent: the biases below stand where the parent's network was
+        self.in_features = 0
+        self.bias = nn.Parameter(torch.zeros(self.hidden + out_features))  # (c, b)
+
+    def conditional_logits(self, value: Tensor, parent: Tensor | tuple[int, ...] = ()) -> Tensor:
+        return self._forced_logits(value, self.bias)
+
+    def log_prob(self, value: Tensor, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        return bernoulli_log_prob(self._forced_logits(value, self.bias), value)
+
+    def sample(self, batch_shape: tuple[int, ...] = (), reparameterize: bool = False) -> Tensor:
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
+        return self._draw(self.bias, tuple(batch_shape))[0]
+
+    def mean(self, batch_shape: tuple[int, ...] = ()) -> Tensor:
+        """p(z_i = 1 | z_<i) along one ancestral draw per batch entry (see :meth:`NADELayer.mean`)."""
+        with torch.no_grad():
+            return torch.sigmoid(self._draw(self.bias, tuple(batch_shape), keep_logits=True)[1])
+
+    def sample_and_log_prob(self, batch_shape=(), sample_shape=(), reparameterize=False):
+        refuse_reparameterisation(reparameterize, *_BERNOULLI)
+        value = self._draw(self.bias, (*sample_shape, *batch_shape))[0]
+        return value, self.log_prob(value)
+
+
 class GaussianPrior(Prior):
     """Diagonal Gaussian prior N(μ, diag σ²); the standard normal unless ``learn=True``."""
 

@@ -28,6 +28,7 @@ RUN_OPTIONS = (
     "layer",
     "q_layer",
     "nade_hidden",
+    "prior",
     "algorithm",
     "k",
     "q_update",
@@ -110,16 +111,17 @@ def model_table(a: argparse.Namespace, binary: bool, data=None) -> dict:
         if likelihood != "bernoulli":
             raise UsageError("--model sbn has a Bernoulli likelihood; use --model gaussian --likelihood gaussian for real-valued data")
         return {"kind": "sbn", "layers": list(a.layers), "q_hidden": list(a.q_hidden or ()), "p_hidden": list(a.hidden or ()), **_layer_settings(a)}
-    if any(getattr(a, name, None) is not None for name in ("layer", "q_layer", "nade_hidden")):
-        raise UsageError("--layer, --q-layer and --nade-hidden choose the layers of --model sbn; a gaussian model's layers are Gaussian")
+    if any(getattr(a, name, None) is not None for name in ("layer", "q_layer", "nade_hidden", "prior")):
+        raise UsageError("--layer, --q-layer, --nade-hidden and --prior choose the layers of --model sbn; a gaussian model's layers are Gaussian")
     hidden = (200, 200) if a.hidden is None else a.hidden
     return {"kind": "gaussian", "layers": list(a.layers), "hidden": list(hidden), "likelihood": likelihood}
 
 
 def _layer_settings(a: argparse.Namespace) -> dict:
-    """The sbn model table's layer kinds from --layer/--q-layer/--nade-hidden: ``p_layers``,
-    ``q_layers`` (each one kind, or one per latent layer) and ``nade_hidden``; nothing where every
-    layer is factorial, so that such a model's table (and record) is the plain SBN's.
+    """The sbn model table's layer kinds from --layer/--q-layer/--nade-hidden/--prior: ``p_layers``,
+    ``q_layers`` (each one kind, or one per latent layer), ``nade_hidden`` and ``prior``; nothing
+    where every layer and the prior are factorial, so that such a model's table (and record) is the
+    plain SBN's.
 
     Raises:
         UsageError: a list of kinds whose length is neither 1 nor the number of latent layers.
@@ -129,9 +131,12 @@ def _layer_settings(a: argparse.Namespace) -> dict:
     for flag, kinds in (("--layer", p_kinds), ("--q-layer", q_kinds)):
         if len(kinds) not in (1, len(a.layers)):
             raise UsageError(f"{flag} names {len(kinds)} kinds for {len(a.layers)} latent layers (--layers): give one kind, or one per layer")
-    if set(p_kinds + q_kinds) == {"sbn"}:
+    prior = getattr(a, "prior", None) or "sbn"
+    out: dict = {} if prior == "sbn" else {"prior": prior}
+    if set(p_kinds + q_kinds) != {"sbn"}:
+        out.update(p_layers=p_kinds if len(p_kinds) > 1 else p_kinds[0], q_layers=q_kinds if len(q_kinds) > 1 else q_kinds[0])
+    if not out:
         return {}
-    out = {"p_layers": p_kinds if len(p_kinds) > 1 else p_kinds[0], "q_layers": q_kinds if len(q_kinds) > 1 else q_kinds[0]}
     if getattr(a, "nade_hidden", None) is not None:
         out["nade_hidden"] = a.nade_hidden
     return out
@@ -176,10 +181,10 @@ def run_options(a: argparse.Namespace, data_dim: int | None = None, binary: bool
     o["layers"] = list(a.layers)
     o["dataset"] = dataset_record(a.dataset)
     o["data_from"] = resolve_spec(a.data_from) if getattr(a, "data_from", None) else None
-    for name in ("layer", "q_layer", "nade_hidden"):  # recorded where given, so that runs without them keep their record
+    for name in ("layer", "q_layer", "nade_hidden", "prior"):  # recorded where given, so that runs without them keep their record
         if getattr(a, name, None) is None:
             o.pop(name)
-        elif name != "nade_hidden":
+        elif name in ("layer", "q_layer"):
             o[name] = list(o[name])
     if is_user_spec(a.model):
         o["model"], o["hidden"], o["q_hidden"], o["likelihood"] = resolve_spec(a.model), None, None, None
@@ -196,7 +201,7 @@ def recorded_options(config: dict) -> dict:
     """The ``RUN_OPTIONS`` a run was started with: recorded in config.json ("options"), or, for a
     run written before they were, read back from its model, estimator, data and trainer records."""
     if "options" in config:
-        return {"layer": None, "q_layer": None, "nade_hidden": None, "data_from": None, **config["options"]}
+        return {"layer": None, "q_layer": None, "nade_hidden": None, "prior": None, "data_from": None, **config["options"]}
     m, t = config["model"], config["train"]
     o = {
         "algorithm": config["algorithm"],
@@ -207,6 +212,7 @@ def recorded_options(config: dict) -> dict:
         "layer": None,  # such runs predate the layer kinds: their SBNs are factorial
         "q_layer": None,
         "nade_hidden": None,
+        "prior": None,
         "data_from": None,
     }
     if m.get("kind") == "user":

@@ -41,7 +41,7 @@ from wakesleep.estimators import ESTIMATORS
 from wakesleep.evaluate import report_log_likelihood
 from wakesleep.faults import fault_point
 from wakesleep.io import atomic_write_text
-from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS
+from wakesleep.models.helmholtz import DEFAULT_NADE_HIDDEN, LAYER_KINDS, PRIOR_KINDS
 from wakesleep.models.loading import model_from_config
 from wakesleep.runs import CURVES, METRICS, SAMPLES, SUMMARY, CheckpointError, RunDirectoryBusy
 from wakesleep.training import MAX_SEED, TrainConfig, distributed, train
@@ -180,7 +180,14 @@ def _add_model_options(t_add) -> None:
         metavar="sbn|nade|darn",
         help="sbn: the recognition layers' kinds, if not --layer's",
     )
-    t_add("--nade-hidden", type=_width, default=None, help=f"hidden units of each nade layer (default: {DEFAULT_NADE_HIDDEN})")
+    t_add("--nade-hidden", type=_width, default=None, help=f"hidden units of each nade layer and of a nade prior (default: {DEFAULT_NADE_HIDDEN})")
+    t_add(
+        "--prior",
+        choices=PRIOR_KINDS,
+        default=None,
+        help="sbn: the top latent layer's prior p(z_L): sbn factorial Bernoulli, or nade "
+        "(the RWS authors' NADETop, jbornschein/reweighted-ws) (default: sbn)",
+    )
     t_add(
         "--likelihood",
         choices=["bernoulli", "gaussian"],

@@ -20,6 +20,7 @@ A comparison is described by a TOML file (``experiments/compare_*.toml``)::
     layers = [20]
     # hidden = [200, 200]; likelihood = "bernoulli"; q_hidden = []; p_hidden = []; learn_prior = false
     # sbn's layer kinds (one, or one per latent layer): p_layers = "nade"; q_layers = ["darn"]; nade_hidden = 200
+    # sbn's top-layer prior: prior = "nade" (the RWS authors' NADETop; default "sbn", factorial)
     # or your own model instead of kind/layers (docs/your-own-model.md; a path from the working directory):
     # spec = "examples/gmm.py:mixture"
 
@@ -80,6 +81,7 @@ from wakesleep.evaluate import log_likelihood, mean_stderr
 from wakesleep.io import atomic_write_text
 from wakesleep.lab.tables import csv_text, markdown_table, torch_threads
 from wakesleep.models.contract import device_dtype
+from wakesleep.models.helmholtz import PRIOR_KINDS
 from wakesleep.models.loading import ModelSpecError, is_user_spec, model_config, resolve_spec
 from wakesleep.runs import CHECKPOINT, CONFIG, METRICS
 from wakesleep.runs import COMPARE_RUN as RUN
@@ -174,7 +176,7 @@ def _check_builtin_model(where: str, raw_model) -> dict:
             where,
             "model",
             raw_model,
-            {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior", "p_layers", "q_layers", "nade_hidden"},
+            {"kind", "layers", "hidden", "q_hidden", "p_hidden", "likelihood", "learn_prior", "p_layers", "q_layers", "nade_hidden", "prior"},
             {"kind", "layers"},
         )
     )
@@ -196,6 +198,8 @@ def _check_builtin_model(where: str, raw_model) -> dict:
             raise _err(where, f"model.{key}", f"must be a list of integers from 1 to 2**30, got {model[key]!r}")
     if "nade_hidden" in model and not widths([model["nade_hidden"]]):
         raise _err(where, "model.nade_hidden", f"must be an integer from 1 to 2**30, got {model['nade_hidden']!r}")
+    if "prior" in model and model["prior"] not in PRIOR_KINDS:
+        raise _err(where, "model.prior", f"must be one of {list(PRIOR_KINDS)}, got {model['prior']!r}")
     return model
 
 

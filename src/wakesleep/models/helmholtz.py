@@ -30,6 +30,7 @@ from wakesleep.layers import (
     GaussianLayer,
     GaussianPrior,
     NADELayer,
+    NADEPrior,
     Prior,
     StochasticLayer,
 )
@@ -38,6 +39,8 @@ from wakesleep.models.contract import enumerated_log_marginal
 MAX_ENUMERATED_LATENTS = 24
 #: The layer kinds of :meth:`HelmholtzMachine.sbn`: factorial Bernoulli, NADE and fDARN.
 LAYER_KINDS = ("sbn", "nade", "darn")
+#: The top layer's prior kinds of :meth:`HelmholtzMachine.sbn`: factorial Bernoulli or NADE (the RWS authors' ``NADETop``).
+PRIOR_KINDS = ("sbn", "nade")
 #: NADE's hidden units when not given.
 DEFAULT_NADE_HIDDEN = 200
 
@@ -95,8 +98,9 @@ class HelmholtzMachine(nn.Module):
         p_layers: str | Sequence[str] = "sbn",
         q_layers: str | Sequence[str] = "sbn",
         nade_hidden: int = DEFAULT_NADE_HIDDEN,
+        prior: str = "sbn",
     ) -> HelmholtzMachine:
-        """Sigmoid belief network: binary latents, a factorial Bernoulli prior on the top layer, and
+        """Sigmoid belief network: binary latents, a factorial Bernoulli (or NADE) prior on the top layer, and
         each conditional layer factorial (``"sbn"``) or autoregressive (``"nade"``, ``"darn"``), as
         the RWS paper's models (Bornschein & Bengio 2015, §4: SBN, AR-SBN and NADE layers).
 
@@ -111,11 +115,14 @@ class HelmholtzMachine(nn.Module):
                 ``"nade"`` (:class:`~wakesleep.layers.NADELayer`) or ``"darn"``
                 (:class:`~wakesleep.layers.DARNLayer`); one string for every layer.
             q_layers: the kind of each recognition layer, ``[q(z_1 | x), …, q(z_L | z_{L-1})]``, likewise.
-            nade_hidden: hidden units H of every NADE layer.
+            nade_hidden: hidden units H of every NADE layer (the NADE prior's too).
+            prior: the top layer's prior p(z_L): ``"sbn"`` factorial Bernoulli
+                (:class:`~wakesleep.layers.BernoulliPrior`) or ``"nade"``
+                (:class:`~wakesleep.layers.NADEPrior`, the RWS authors' ``NADETop``).
 
         Raises:
-            ValueError: bad sizes, an unknown layer kind, a list of kinds not one per latent layer,
-                or nade_hidden < 1.
+            ValueError: bad sizes, an unknown layer or prior kind, a list of kinds not one per latent
+                layer, or nade_hidden < 1.
 
         With the default kinds (all ``"sbn"``) the model, its parameters' creation order and its
         ``config`` are those of the factorial SBN, so seeded runs are unchanged.
@@ -125,11 +132,16 @@ class HelmholtzMachine(nn.Module):
         gen = [_binary_layer(pk[i], sizes[i + 1], sizes[i], p_hidden, nade_hidden) for i in range(len(sizes) - 1)]
         rec = [_binary_layer(qk[i], sizes[i], sizes[i + 1], q_hidden, nade_hidden) for i in range(len(sizes) - 1)]
         cfg = {"kind": "sbn", "sizes": list(sizes), "q_hidden": list(q_hidden), "p_hidden": list(p_hidden)}
+        if prior not in PRIOR_KINDS:
+            raise ValueError(f"prior: unknown prior kind {prior!r}; choose from {list(PRIOR_KINDS)}")
         if set(pk + qk) != {"sbn"}:  # recorded only where they differ, so that factorial SBNs keep their record
             cfg.update(p_layers=pk, q_layers=qk)
-            if "nade" in pk + qk:
-                cfg["nade_hidden"] = int(nade_hidden)
-        return cls(BernoulliPrior(sizes[-1]), gen, rec, cfg)
+        if prior != "sbn":
+            cfg["prior"] = prior
+        if "nade" in pk + qk + [prior]:
+            cfg["nade_hidden"] = int(nade_hidden)
+        top = NADEPrior(sizes[-1], nade_hidden) if prior == "nade" else BernoulliPrior(sizes[-1])
+        return cls(top, gen, rec, cfg)
 
     @classmethod
     def gaussian(
