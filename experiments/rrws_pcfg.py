@@ -66,14 +66,19 @@ PATCHES = (
 
 
 def _edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (unit insert, delete, substitute), the definition of python-Levenshtein's."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Levenshtein distance (unit insert, delete, substitute), the definition of python-Levenshtein's:
+    ``examples/pcfg.py``'s, which takes any two sequences."""
+    return _pcfg().edit_distance(a, b)
+
+
+def _pcfg():
+    """``examples/pcfg.py`` as a module (imported on first use: it needs Pyro)."""
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    import pcfg
+
+    return pcfg
 
 
 def _despine(fig=None, ax=None, top=True, right=True, left=False, bottom=False, **_):

@@ -3,6 +3,7 @@ parameter store, and refusing ``pyro.param`` held in Pyro's global store."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 try:
@@ -13,6 +14,8 @@ try:
     from pyro.poutine.util import site_is_subsample
 except ImportError as e:  # exercised by tests/test_pyro.py with pyro hidden
     raise ImportError(f'wakesleep.pyro needs Pyro ({e}): pip install "wakesleep[pyro]"') from e
+
+from wakesleep.models.contract import device_dtype
 
 #: The name of the plate that vectorises particles (and flattened sample dims).
 PARTICLES = "_wakesleep_particles"
@@ -112,6 +115,18 @@ class PyroPrograms(nn.Module):
         if d is None:
             raise AttributeError("data_dim")
         return d
+
+    def x_for_sampling(self, n: int) -> Tensor:
+        """Zeros [n, D] standing in for data where the model's observation is released or unused.
+
+        Raises:
+            ValueError: D unknown (no ``data_dim=`` and no batch seen yet).
+        """
+        d = self._data_dim if self._data_dim is not None else self._width
+        if d is None:
+            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data batch first)")
+        device, dtype = device_dtype(self)
+        return torch.zeros(n, d, dtype=dtype, device=device)
 
     def check_params(self, trace, program) -> None:
         """Raise ``TypeError`` if the trace of ``program`` (the model or the guide) holds a

@@ -26,7 +26,6 @@ from pyro.poutine.util import discrete_escape, enum_extend, site_is_subsample
 from torch import Tensor, nn
 
 from wakesleep.models.choices import DTYPES, ChoiceCodec
-from wakesleep.models.contract import device_dtype
 from wakesleep.pyro.common import PyroPrograms, Release, is_latent, is_sample, trace_private
 
 INPUTS = ("auto", "datapoint", "batch")
@@ -188,18 +187,6 @@ class ProgramModel(PyroPrograms):
         self._width = x.shape[-1]
         return x.shape[0]
 
-    def _x0(self) -> Tensor:
-        """Zeros [1, D] standing in for data where the model's observation is released or unused.
-
-        Raises:
-            ValueError: D unknown (no ``data_dim=`` and no batch seen yet).
-        """
-        d = self._data_dim if self._data_dim is not None else self._width
-        if d is None:
-            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data batch first)")
-        device, dtype = device_dtype(self)
-        return torch.zeros(1, d, dtype=dtype, device=device)
-
     def _draw(self, program, x: Tensor, k: int) -> tuple[dict, Tensor]:
         """K runs of ``program`` per datapoint: choices [K, B, L] and Σ log f over their latents [K, B]."""
         b = self._seen(x)
@@ -249,7 +236,7 @@ class ProgramModel(PyroPrograms):
     def log_prior(self, z: dict) -> Tensor:
         """log p_θ(z), [*S, B] for choices z [*S, B, L], nats: the model's latent sites."""
         lead, _ = self.codec.rows(z)
-        x0 = self._x0().expand(lead[-1], -1)
+        x0 = self.x_for_sampling(1).expand(lead[-1], -1)
         return self._score(self.generative, x0, z, latents_only=True)
 
     def sample(self, n: int) -> tuple[dict, Tensor]:
@@ -260,7 +247,7 @@ class ProgramModel(PyroPrograms):
             ValueError: D unknown (pass ``data_dim=``); a model that does not observe one data
                 site of D elements.
         """
-        x0 = self._x0()
+        x0 = self.x_for_sampling(1)
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
         rows, xs = [], []
         with torch.no_grad():
@@ -297,7 +284,7 @@ class ProgramModel(PyroPrograms):
         max_states = self.max_traces
         if max_states == 0:
             raise ValueError("the model's traces are listed only when asked: pass max_traces=N to from_pyro (the most traces to list)")
-        x0 = self._x0()
+        x0 = self.x_for_sampling(1)
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
         queue = LifoQueue()
         queue.put(poutine.Trace())

@@ -43,7 +43,6 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch import Tensor, nn
 
-from wakesleep.models.contract import device_dtype
 from wakesleep.pyro.common import PARTICLES, PyroPrograms, Release, is_data_site, is_sample, trace_private
 
 
@@ -230,7 +229,7 @@ class PyroModel(PyroPrograms):
         if self._layout is None:
             if self._data_dim is None and self._width is None:
                 return False
-            self._probe(self._x_for_sampling(2))
+            self._probe(self.x_for_sampling(2))
         return self._layout.info["reparameterizable"]
 
     def _run(self, program, x: Tensor, k: int | None = None, data: dict | None = None, release=(), replay=None):
@@ -275,18 +274,6 @@ class PyroModel(PyroPrograms):
         if self._layout is None:
             self._layout = SiteLayout(probe(self._run, self.generative, self.recognition, x))
         return self._layout.info
-
-    def _x_for_sampling(self, n: int) -> Tensor:
-        """Zeros [n, D] standing in for data where the model's observation is released or unused.
-
-        Raises:
-            ValueError: D unknown (no ``data_dim=`` and no batch seen yet).
-        """
-        d = self._data_dim if self._data_dim is not None else self._width
-        if d is None:
-            raise ValueError("the data width D is not known yet: pass data_dim= to from_pyro (or call the model on a data batch first)")
-        device, dtype = device_dtype(self)
-        return torch.zeros(n, d, dtype=dtype, device=device)
 
     def _seen(self, x: Tensor) -> dict[str, Any]:
         if x.ndim != 2:
@@ -346,9 +333,9 @@ class PyroModel(PyroPrograms):
         Raises:
             ValueError: the data width is unknown (pass ``data_dim=``).
         """
-        info = self._probe(self._x_for_sampling(1))
+        info = self._probe(self.x_for_sampling(1))
         b = z[info["latents"][0]].shape[len(self._layout.sample_shape(z))]  # the batch follows the sample dims
-        return self._evaluate(self.generative, self._x_for_sampling(b), z, info["latents"])
+        return self._evaluate(self.generative, self.x_for_sampling(b), z, info["latents"])
 
     def sample(self, n: int) -> tuple[dict, Tensor]:
         """n draws (z, x) ~ p_θ without gradient (the sleep phase): the model run on zeros [n, D]
@@ -358,7 +345,7 @@ class PyroModel(PyroPrograms):
             ValueError: the data width is unknown (pass ``data_dim=``); the model observes more than
                 one data site; or x [n, D] cannot be recovered from the observed site's value.
         """
-        x0 = self._x_for_sampling(n)
+        x0 = self.x_for_sampling(n)
         info = self._probe(x0)
         if len(info["observed"]) != 1:
             raise ValueError(f"sampling x needs the model to observe the data at one site; it observes {info['observed']}")
