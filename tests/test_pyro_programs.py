@@ -325,6 +325,7 @@ def test_defensive_rws_draws_from_the_prior_for_a_program(case):
     z, log_u = model.sample_uniform(x, 6)
     assert z["address"].shape == (6, 3, 64) and not log_u.requires_grad
     assert torch.allclose(log_u, model.log_prior(z))
+    assert torch.allclose(model.log_uniform(x, z), log_u)  # defensive RWS takes u's density at the particles it keeps
     assert "sample_uniform" in RWS(defensive=0.2).requires(model)
 
 

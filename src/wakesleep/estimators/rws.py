@@ -35,8 +35,9 @@ class RWS(Estimator):
     −∇φ KL(p ‖ q_φ), now estimated from a proposal whose weights are bounded by 1/(δ u)).  Each
     particle picks its component by its own Bernoulli(δ) draw: K draws from q and K from u, one
     kept per (k, b).  u comes from the model's ``sample_uniform(x, k)`` where it has one, else
-    uniformly from ``enumerate_latents()`` (log u = −log S); log q_φ of every particle from
-    ``log_proposal``.  Losses are means
+    uniformly from ``enumerate_latents()`` (log u = −log S); a u whose density is not constant (a
+    program's prior: ``wakesleep.pyro``'s per-particle path) gives it at every kept particle by
+    ``log_uniform(x, z)``; log q_φ of every particle from ``log_proposal``.  Losses are means
     over the batch.  Source: Bornschein & Bengio (2015), ``../shared/reference/ALGORITHMS.md`` §2.
     Unlike Pyro's ``ReweightedWakeSleep``, weights are normalised over K separately for every
     datapoint, not once per batch.
@@ -105,6 +106,9 @@ class RWS(Estimator):
             log_u = torch.full((self.k, x.shape[0]), -math.log(n), dtype=x.dtype, device=x.device)
         pick_u = torch.rand(self.k, x.shape[0], device=x.device) < self.defensive  # [K, B]
         zs = tree_map(lambda u, v: torch.where(pick_u.view(*pick_u.shape, *[1] * (u.dim() - 2)), u, v), zu, zq)
+        if has_member(model, "log_uniform"):  # u's density varies (a program's prior): take it at every kept particle
+            with torch.no_grad():
+                log_u = model.log_uniform(x, zs)
         log_q = model.log_proposal(x, zs)
         log_q_delta = torch.logaddexp(math.log1p(-self.defensive) + log_q.detach(), math.log(self.defensive) + log_u.to(log_q.dtype))
         return zs, log_q, log_q_delta

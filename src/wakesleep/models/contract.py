@@ -39,7 +39,9 @@ importance-sampled evaluation:
   (:func:`wakesleep.evaluate.exact_log_likelihood`) and exact references (``diagnose``).
 - ``sample_uniform(x, k) -> (z, log_u [K, B])``: K draws per datapoint from a broad distribution
   over the latents' support (RWS's defensive importance sampling; derived from
-  ``enumerate_latents`` where the states can be listed).
+  ``enumerate_latents`` where the states can be listed); uniform (log_u the same for every z),
+  unless the model also offers ``log_uniform(x, z) -> [*S, B]``, that distribution's log-density
+  at any z (a program's prior, :mod:`wakesleep.pyro.programs`).
 - ``log_weights(x, k) -> [K, B]``: a faster log p(x, z) − log q(z | x) for evaluation; derived
   from ``propose`` and ``log_joint`` when absent.
 - ``proposal_distribution(x)``, ``prior_distribution()`` and ``log_likelihood(x, z)``: one layer
@@ -119,6 +121,7 @@ MEMBERS: dict[str, str] = {
     "reparameterizable": "reparameterizable = True: propose(x, k, reparameterize=True) draws z with gradient",
     "metrics": "metrics(x) -> dict[str, float]: the model's own measurements on held-out x, recorded at each validation",
     "sample_uniform": "sample_uniform(x, k) -> (z, log_u [K, B]): K draws per datapoint, uniform over the latents' finite support",
+    "log_uniform": "log_uniform(x, z) -> [*S, B]: log u(z) of sample_uniform's distribution at any z, where that density is not constant",
     "proposal_distribution": "proposal_distribution(x) -> Bernoulli(logits [B, d]) or OneHotCategorical(logits [B, n, C]): "
     "q_φ(z | x) of one factorial discrete latent layer, for its continuous relaxation",
     "prior_distribution": "prior_distribution() -> Bernoulli or OneHotCategorical of the proposal's kind: p_θ(z), factorial",

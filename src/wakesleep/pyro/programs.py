@@ -271,6 +271,12 @@ class ProgramModel(PyroPrograms):
         with torch.no_grad():
             return self._draw(self.generative, x, k)
 
+    def log_uniform(self, x: Tensor, z: dict) -> Tensor:
+        """log p_θ(z) [*S, B] (detached) for choices z [*S, B, L]: :meth:`sample_uniform`'s density at
+        any z, which defensive RWS needs at every particle it keeps, whichever component drew it."""
+        with torch.no_grad():
+            return self.log_prior(z)
+
     def enumerate_latents(self) -> dict:
         """Every trace of the model's latents once, for a program whose every latent is discrete
         and whose traces are at most ``max_traces`` (a grammar with bounded depth; ``from_pyro(...,
