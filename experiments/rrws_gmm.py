@@ -331,7 +331,7 @@ def cmd_run(a) -> list[dict]:
 
 def summarise(records: list[dict], at: int | None = None) -> list[dict]:
     """One row per (start, side, estimator, K): the median, min and max over seeds of each metric at
-    the last evaluation (or the last at or before step ``at``)."""
+    the last evaluation (or the one nearest step ``at``: theirs evaluate after 1, 101, 201, … updates)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["start"], r["side"], r["estimator"], r["k"]), []).append(r)
@@ -341,7 +341,7 @@ def summarise(records: list[dict], at: int | None = None) -> list[dict]:
         for key in ("pi_l2", "q_l2", "grad_std"):
             vals = []
             for r in rs:
-                i = len(r["steps"]) - 1 if at is None else max(j for j, s in enumerate(r["steps"]) if s <= at)
+                i = len(r["steps"]) - 1 if at is None else min(range(len(r["steps"])), key=lambda j: abs(r["steps"][j] - at))
                 vals.append(r[key][i])
                 row["step"] = r["steps"][i]
             row[key] = (statistics.median(vals), min(vals), max(vals))
@@ -375,7 +375,8 @@ def plot(records: list[dict], path: Path) -> Path:
 
     starts = sorted({r["start"] for r in records})
     names = list(dict.fromkeys(r["estimator"] for r in records))
-    colours = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    families = list(dict.fromkeys("drws" if n == "dww" else n for n in names))  # theirs dww beside our drws
+    colours = {n: f"C{families.index('drws' if n == 'dww' else n) % 10}" for n in names}
     ks = sorted({r["k"] for r in records})
     shown = sorted({ks[0], ks[-1]})
     fig = Figure(figsize=(14, 4.2 * len(starts)), layout="constrained")
