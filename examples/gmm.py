@@ -16,7 +16,8 @@ records at each validation (``experiments/le2019_gmm.toml`` runs the paper's stu
 
 Run ``python examples/gmm.py`` to train it by RWS and print the L1 error of π and the mean
 total-variation distance between q(c | x) and the exact posterior; ``--write-data FILE.npz``
-writes a data set for ``wakesleep train --model examples/gmm.py:mixture --dataset FILE.npz``.
+writes a data set for ``wakesleep train --model examples/gmm.py:mixture --dataset FILE.npz``;
+:func:`stream` is the same mixture as data that streams (``--data-from examples/gmm.py:stream``).
 """
 
 from __future__ import annotations
@@ -169,6 +170,17 @@ def make_data(n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     c = torch.multinomial(true_probs(), n, replacement=True, generator=g)
     return (10.0 * c + SIGMA * torch.randn(n, generator=g))[:, None]
+
+
+def stream():
+    """Data that streams (``--data-from examples/gmm.py:stream``, compare's ``[data] data_from``): a
+    fresh draw from the true mixture at every step, as the paper's ``gmm/`` code trains."""
+
+    def sample(n: int, generator: torch.Generator) -> torch.Tensor:
+        c = torch.multinomial(true_probs(), n, replacement=True, generator=generator)
+        return (10.0 * c + SIGMA * torch.randn(n, generator=generator))[:, None]
+
+    return sample
 
 
 def report(model, x: torch.Tensor, as_latent=lambda c: c) -> dict:

@@ -2,9 +2,9 @@
 ``experiments/le2019_gmm.toml``.
 
     python experiments/le2019_gmm_plot.py                         # runs/compare/le2019-gmm -> docs/figures/
-    python experiments/le2019_gmm_plot.py --run DIR --out DIR
+    python experiments/le2019_gmm_plot.py --run DIR --out DIR [--name NAME]
 
-Writes two figures (the labels must read ``"<ESTIMATOR> K=<k>"``, as in the config):
+Writes two figures (``--name`` replaces ``le2019-gmm`` in their names; the labels must read ``"<ESTIMATOR> K=<k>"``, as in the config):
 
 - ``le2019-gmm.png``: the last validation's π L2 error, q's mean L2 distance to the true posterior
   and the standard deviation of q's gradient against K, one line per estimator, mean ± s.e. over
@@ -138,10 +138,11 @@ def main(argv=None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="runs/compare/le2019-gmm", help="the compare output directory (default: runs/compare/le2019-gmm)")
     p.add_argument("--out", default="docs/figures", help="where the figures go (default: docs/figures)")
+    p.add_argument("--name", default="le2019-gmm", help="the figures' file names: NAME.png and NAME-curves.png (default: le2019-gmm)")
     a = p.parse_args(argv)
     data = read_runs(Path(a.run))
     out = Path(a.out)
-    paths = [plot_against_k(data, out / "le2019-gmm.png"), plot_curves(data, out / "le2019-gmm-curves.png")]
+    paths = [plot_against_k(data, out / f"{a.name}.png"), plot_curves(data, out / f"{a.name}-curves.png")]
     print("| estimator | K | seeds | iterations | π L1 error | π L2 error | q L2 to true posterior | q TV to model posterior | q grad std |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in table(data):

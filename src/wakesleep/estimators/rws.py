@@ -28,8 +28,8 @@ class RWS(Estimator):
 
     ``q_update="both"`` averages the two φ updates (the paper's best results).
 
-    Defensive importance sampling (``defensive=δ`` > 0; Le et al. 2019, their rrws code's ``dww``):
-    the K particles come from q_δ = (1 − δ) q_φ(z | x) + δ u(z), u uniform over the latents' finite
+    Defensive importance sampling (``defensive=δ`` > 0; proposed for wake-φ by Le et al. 2019): the
+    K particles come from q_δ = (1 − δ) q_φ(z | x) + δ u(z), u uniform over the latents' finite
     support, and log w_k = log p_θ(x, z_k) − log q_δ(z_k | x); the wake-θ and wake-φ updates above
     use those weights (wake-φ still ascends Σ_k w̃_k ∇φ log q_φ(z_k | x), the same target
     −∇φ KL(p ‖ q_φ), now estimated from a proposal whose weights are bounded by 1/(δ u)).  Each
@@ -37,7 +37,11 @@ class RWS(Estimator):
     kept per (k, b).  u comes from the model's ``sample_uniform(x, k)`` where it has one, else
     uniformly from ``enumerate_latents()`` (log u = −log S); a u whose density is not constant (a
     program's prior: ``wakesleep.pyro``'s per-particle path) gives it at every kept particle by
-    ``log_uniform(x, z)``; log q_φ of every particle from ``log_proposal``.  Losses are means
+    ``log_uniform(x, z)``; log q_φ of every particle from ``log_proposal``.  Le et al.'s own code
+    (rrws ``gmm/``, ``dww``) does otherwise, and is not this: its wake-θ uses plain q_φ particles,
+    and its wake-φ weights divide p_θ(x, z_k) of the mixed particle z_k by (1 − δ) q_φ(z'_k | x) + δ u,
+    q_φ scored at the particle z'_k drawn from q_φ before the mix, not at z_k
+    (``experiments/rrws_gmm.py`` runs it beside this).  Losses are means
     over the batch.  Source: Bornschein & Bengio (2015), ``../shared/reference/ALGORITHMS.md`` §2.
     Unlike Pyro's ``ReweightedWakeSleep``, weights are normalised over K separately for every
     datapoint, not once per batch.
@@ -47,7 +51,7 @@ class RWS(Estimator):
         q_update: ``"wake"``, ``"sleep"`` or ``"both"``.
         sleep_batch: sleep samples per step (default: the data batch size).
         defensive: δ in [0, 1), the uniform component's share of the proposal (0: plain RWS;
-            the rrws runs use 0.2).
+            Le et al. use 0.2).
 
     Raises:
         ValueError: for k < 1, an unknown q_update or δ outside [0, 1).
