@@ -59,6 +59,61 @@ class _Replay(Messenger):
         self.used.add(address)
 
 
+def plated(program, x: Tensor, rows: int) -> bool:
+    """Whether ``program`` runs on a batch of ``rows`` datapoints with a plate of that size around every site."""
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            trace = trace_private(program, x[torch.arange(rows, device=x.device) % x.shape[0]])
+    except Exception:  # a program for one datapoint may fail on a batch: it is not a batch program
+        return False
+    sites = [s for s in trace.nodes.values() if is_sample(s)]
+    return bool(sites) and all(any(f.size == rows for f in s["cond_indep_stack"]) for s in sites)
+
+
+def log_density(trace, latents_only: bool) -> Tensor:
+    """Σ log f(value) over the trace's sample sites (its latents only, or every one:
+    latents, the observation, ``pyro.factor``s), scaled and masked, summed over all dims: nats."""
+    total = None
+    for site in trace.nodes.values():
+        if not is_sample(site) or (latents_only and site["is_observed"]):
+            continue
+        lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
+        total = lp if total is None else total + lp
+    return total
+
+
+def latents_of(trace) -> list[tuple[str, Tensor]]:
+    return [(n, s["value"]) for n, s in trace.nodes.items() if is_latent(s) and not s["infer"].get("was_observed", False)]
+
+
+def list_traces(program, inp: Tensor, max_states: int) -> list[list[tuple[str, Tensor]]]:
+    """Every trace of ``program(inp)``'s latents once, as lists of (site name, value), by Pyro's
+    exhaustive search over discrete sites (``poutine.queue``), the data site drawn, not enumerated.
+
+    Raises:
+        ValueError: a latent without ``enumerate_support``, or more than ``max_states`` traces.
+    """
+    queue = LifoQueue()
+    queue.put(poutine.Trace())
+    # The data site is released outside the search, so that it is drawn, not enumerated.
+    fn = Release()(poutine.queue(program, queue, escape_fn=discrete_escape, extend_fn=enum_extend))
+    rows = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[inp.device] if inp.device.type == "cuda" else []):
+        while not queue.empty():
+            if len(rows) >= max_states:
+                raise ValueError(
+                    f"the model has more than max_traces={max_states} traces: its latents are not enumerated (an unbounded "
+                    "recursion?); pass a larger max_traces= to from_pyro for a finite program"
+                )
+            trace = trace_private(fn, inp)
+            latents = latents_of(trace)
+            for name, _ in latents:
+                if not getattr(trace.nodes[name]["fn"], "has_enumerate_support", False):
+                    raise ValueError(f"latent site {name!r} has no finite support (enumerate_support): the traces cannot be listed")
+            rows.append(latents)
+    return rows
+
+
 class ProgramModel(PyroPrograms):
     """A Pyro model p_θ(z, x) and guide q_φ(z | x), each run per particle and datapoint, behind the
     model contract (build it with :func:`wakesleep.pyro.from_pyro` and ``vectorize_particles=False``).
@@ -124,19 +179,8 @@ class ProgramModel(PyroPrograms):
         if self.program_input != "auto":
             return self.program_input
         if key not in self._inputs:
-            self._inputs[key] = "batch" if any(self._plated(program, x, rows) for rows in (2, 1)) else "datapoint"
+            self._inputs[key] = "batch" if any(plated(program, x, rows) for rows in (2, 1)) else "datapoint"
         return self._inputs[key]
-
-    @staticmethod
-    def _plated(program, x: Tensor, rows: int) -> bool:
-        """Whether ``program`` runs on a batch of ``rows`` datapoints with a plate of that size around every site."""
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                trace = trace_private(program, x[torch.arange(rows, device=x.device) % x.shape[0]])
-        except Exception:  # a program for one datapoint may fail on a batch: it is not a batch program
-            return False
-        sites = [s for s in trace.nodes.values() if is_sample(s)]
-        return bool(sites) and all(any(f.size == rows for f in s["cond_indep_stack"]) for s in sites)
 
     def _input(self, program, x: Tensor, b: int) -> Tensor:
         return x[b] if self._style(program, x) == "datapoint" else x[b : b + 1]
@@ -165,22 +209,6 @@ class ProgramModel(PyroPrograms):
             )
         return trace
 
-    @staticmethod
-    def _log_density(trace, latents_only: bool) -> Tensor:
-        """Σ log f(value) over the trace's sample sites (its latents only, or every one:
-        latents, the observation, ``pyro.factor``s), scaled and masked, summed over all dims: nats."""
-        total = None
-        for site in trace.nodes.values():
-            if not is_sample(site) or (latents_only and site["is_observed"]):
-                continue
-            lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
-            total = lp if total is None else total + lp
-        return total
-
-    @staticmethod
-    def _latents(trace) -> list[tuple[str, Tensor]]:
-        return [(n, s["value"]) for n, s in trace.nodes.items() if is_latent(s) and not s["infer"].get("was_observed", False)]
-
     def _seen(self, x: Tensor) -> int:
         if not isinstance(x, Tensor) or x.ndim != 2:
             raise ValueError(f"x must be a data batch [B, D], got {list(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
@@ -195,8 +223,8 @@ class ProgramModel(PyroPrograms):
             inp = self._input(program, x, j)
             for i in range(k):
                 trace = self._trace(program, inp)
-                rows[i * b + j] = self._latents(trace)
-                log_f[i * b + j] = self._log_density(trace, latents_only=True)
+                rows[i * b + j] = latents_of(trace)
+                log_f[i * b + j] = log_density(trace, latents_only=True)
         z = {n: v.reshape(k, b, -1) for n, v in self.codec.encode(rows, x.device, self._what(program)).items()}
         return z, torch.stack(log_f).reshape(k, b)
 
@@ -207,7 +235,7 @@ class ProgramModel(PyroPrograms):
         if b != x.shape[0]:
             raise ValueError(f"z holds choices for {b} datapoints [*S, B, L] = {list(z['address'].shape)}, x has {x.shape[0]}")
         inputs = [self._input(program, x, j) for j in range(b)]
-        out = [self._log_density(self._trace(program, inputs[r % b], self.codec.table(row)), latents_only) for r, row in enumerate(rows)]
+        out = [log_density(self._trace(program, inputs[r % b], self.codec.table(row)), latents_only) for r, row in enumerate(rows)]
         return torch.stack(out).reshape(lead)
 
     # ------------------------------------------------------------ the contract
@@ -260,7 +288,7 @@ class ProgramModel(PyroPrograms):
                         f"elements; it observed {[(s['name'], list(s['value'].shape)) for s in data]}. For an ABC or other "
                         "likelihood written with pyro.factor, observe x through a distribution whose sample() simulates x"
                     )
-                rows.append(self._latents(trace))
+                rows.append(latents_of(trace))
                 xs.append(data[0]["value"].reshape(-1).to(x0.dtype))
         return self.codec.encode(rows, x0.device, "Pyro model"), torch.stack(xs)
 
@@ -292,24 +320,7 @@ class ProgramModel(PyroPrograms):
             raise ValueError("the model's traces are listed only when asked: pass max_traces=N to from_pyro (the most traces to list)")
         x0 = self.x_for_sampling(1)
         inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
-        queue = LifoQueue()
-        queue.put(poutine.Trace())
-        # The data site is released outside the search, so that it is drawn, not enumerated.
-        fn = Release()(poutine.queue(self.generative, queue, escape_fn=discrete_escape, extend_fn=enum_extend))
-        rows = []
-        with torch.no_grad(), torch.random.fork_rng(devices=[x0.device] if x0.device.type == "cuda" else []):
-            while not queue.empty():
-                if len(rows) >= max_states:
-                    raise ValueError(
-                        f"the model has more than max_traces={max_states} traces: its latents are not enumerated (an unbounded "
-                        "recursion?); pass a larger max_traces= to from_pyro for a finite program"
-                    )
-                trace = trace_private(fn, inp)
-                latents = self._latents(trace)
-                for name, _ in latents:
-                    if not getattr(trace.nodes[name]["fn"], "has_enumerate_support", False):
-                        raise ValueError(f"latent site {name!r} has no finite support (enumerate_support): the traces cannot be listed")
-                rows.append(latents)
+        rows = list_traces(self.generative, inp, max_states)
         return self.codec.encode(rows, x0.device, "Pyro model")
 
     def choices(self, z: dict) -> list:
