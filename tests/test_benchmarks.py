@@ -205,3 +205,10 @@ def test_hmws_step_prints_its_key_lines():
     for key in ("hmws_ms_per_step", "rws_ms_per_step", "rws_same_particles_ms_per_step", "hmws_step_vs_rws", "hmws_step_vs_rws_same_particles"):
         assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
     assert out.rstrip().splitlines()[-1].startswith("hmws_step_vs_rws_same_particles: ")
+
+
+def test_nade_floor_prints_its_key_lines():
+    out = script("nade_floor.py", "--sbn-rounds", "1", "--particles", "50")
+    keys = key_lines(out)
+    for key in ("nade_elementwise_floor_ms", "nade_floor_vs_sbn", "nade_step_vs_floor", "sigmoid_ns_per_element_in_cache"):
+        assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
