@@ -35,9 +35,9 @@ class _Replay(Messenger):
     """Gives each latent site its value from one trace's choices ({address: (elements, kind)}),
     as ``poutine.replay`` does, and counts the choices used."""
 
-    def __init__(self, codec: ChoiceCodec, table: dict, what: str):
+    def __init__(self, codec: ChoiceCodec, table: dict, what: str, device: torch.device):
         super().__init__()
-        self.codec, self.table, self.what, self.used = codec, table, what, set()
+        self.codec, self.table, self.what, self.device, self.used = codec, table, what, device, set()
 
     def _pyro_sample(self, msg) -> None:
         if msg["is_observed"] or msg["name"] is None or site_is_subsample(msg):
@@ -175,9 +175,9 @@ class ProgramModel(PyroPrograms):
 
     def _style(self, program, x: Tensor) -> str:
         """How ``program`` takes one datapoint: ``"datapoint"`` (x_b [D]) or ``"batch"`` (x[b:b+1])."""
-        key = "model" if program is self.generative else "guide"
         if self.program_input != "auto":
             return self.program_input
+        key = "model" if program is self.generative else "guide"
         if key not in self._inputs:
             self._inputs[key] = "batch" if any(plated(program, x, rows) for rows in (2, 1)) else "datapoint"
         return self._inputs[key]
@@ -194,8 +194,7 @@ class ProgramModel(PyroPrograms):
         """
         fn, replay = program, None
         if table is not None:
-            replay = _Replay(self.codec, table, self._what(program))
-            replay.device = inp.device
+            replay = _Replay(self.codec, table, self._what(program), inp.device)
             fn = replay(fn)
         if release:
             fn = Release()(fn)
@@ -276,7 +275,7 @@ class ProgramModel(PyroPrograms):
                 site of D elements.
         """
         x0 = self.x_for_sampling(1)
-        inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
+        inp = self._input(self.generative, x0.expand(2, -1), 0)
         rows, xs = [], []
         with torch.no_grad():
             for _ in range(n):
@@ -319,7 +318,7 @@ class ProgramModel(PyroPrograms):
         if max_states == 0:
             raise ValueError("the model's traces are listed only when asked: pass max_traces=N to from_pyro (the most traces to list)")
         x0 = self.x_for_sampling(1)
-        inp = x0[0] if self._style(self.generative, x0.expand(2, -1)) == "datapoint" else x0
+        inp = self._input(self.generative, x0.expand(2, -1), 0)
         rows = list_traces(self.generative, inp, max_states)
         return self.codec.encode(rows, x0.device, "Pyro model")
 
