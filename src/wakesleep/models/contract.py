@@ -105,6 +105,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from wakesleep.fused import first_line
+
 #: What each member does, for error messages.
 MEMBERS: dict[str, str] = {
     "sample": "sample(n) -> (z, x): n draws (z, x) ~ p_θ without gradient",
@@ -331,8 +333,7 @@ def _call(model, member: str, *args, **kwargs):
     except Exception as e:
         args_text = ", ".join(a if isinstance(a, str) else _describe(a) for a in args)
         raise ModelShapeError(
-            f"{type(model).__name__}.{member}({args_text}) raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-            f"(the contract: {MEMBERS.get(member, member)})"
+            f"{type(model).__name__}.{member}({args_text}) raised {first_line(e)} (the contract: {MEMBERS.get(member, member)})"
         ) from e
 
 

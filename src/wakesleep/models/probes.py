@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wakesleep.fused import first_line
 from wakesleep.models.contract import ModelShapeError, has_member, leaves, tree_map
 
 #: Datapoints the probes use (three: a cyclic reordering of three is not its own reversal).
@@ -416,7 +417,7 @@ def first_nonfinite(model, x: Tensor, members: Iterable[str], k: int = PROBE_K) 
                     if member in members:
                         calls += [(member, "its value at the model's own samples", getattr(model, member)(xs, zs), params, xs, zs)]
         except Exception as e:  # a member that raises on this batch is itself the answer
-            return f"re-running the batch, a member raised {type(e).__name__}: {e}"
+            return f"re-running the batch, a member raised {first_line(e)}"
         for member, what, v, params, xx, zz in calls:
             bad = ~torch.isfinite(v) if member != "log_joint" else (torch.isnan(v) | torch.isposinf(v))
             if bool(bad.any()):

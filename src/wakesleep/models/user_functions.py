@@ -15,6 +15,7 @@ import torch
 from torch import Size, Tensor
 from torch.distributions import Distribution
 
+from wakesleep.fused import first_line
 from wakesleep.models.probes import ModelCheckError
 
 _DTYPE_WORDS = ("dtype", "scalar type", "Double", "Float", "Long", "Half", "expected both")
@@ -60,8 +61,7 @@ def call(label: str, fn: Callable, **args) -> Distribution:
         raise
     except Exception as e:
         given = ", ".join(_arg(n, v) for n, v in args.items()) or "no arguments"
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ModelCheckError(f"your {label}= function raised {type(e).__name__} ({first}) when called with {given}{_hint(e, args)}") from e
+        raise ModelCheckError(f"your {label}= function raised {first_line(e)} when called with {given}{_hint(e, args)}") from e
     if not isinstance(d, Distribution):
         raise ModelCheckError(f"your {label}= function returned a {type(d).__name__}; it must return a torch.distributions object")
     return d
@@ -73,10 +73,8 @@ def log_prob(label: str, d: Distribution, value: Tensor, what: str) -> Tensor:
     try:
         return d.log_prob(value)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
         raise ModelCheckError(
-            f"the {_shapes(d)} that your {label}= function returned cannot score {_arg(what, value)} "
-            f"({type(e).__name__}: {first}){_hint(e, {what: value})}"
+            f"the {_shapes(d)} that your {label}= function returned cannot score {_arg(what, value)} ({first_line(e)}){_hint(e, {what: value})}"
         ) from e
 
 

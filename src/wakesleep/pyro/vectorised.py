@@ -43,6 +43,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from torch import Tensor, nn
 
+from wakesleep.fused import first_line
 from wakesleep.pyro.common import PARTICLES, PyroPrograms, Release, is_data_site, is_sample, trace_private
 
 
@@ -262,7 +263,7 @@ class PyroModel(PyroPrograms):
             which = "model" if program is self.generative else "guide"
             raise NotVectorisable(
                 f"the Pyro {which} failed on a batch of {x.shape[0]} datapoints{'' if k is None else f' with {k} particles in a plate'} "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). A program whose control flow depends on its own "
+                f"({first_line(e)}). A program whose control flow depends on its own "
                 "random choices (recursion, a while loop on a sampled value, site names from sampled values), or that is written "
                 "for one datapoint, cannot be vectorised: use from_pyro(model, guide, vectorize_particles=False), which traces "
                 "each particle of each datapoint on its own"

@@ -125,7 +125,8 @@ def train(
     if is_stream(train_data):
         if getattr(estimator, "needs_index", False):
             raise ValueError(f"{type(estimator).__name__} keeps per-datapoint state and needs a fixed training set, not a stream of batches")
-        source = Source(train_data, cfg.seed, distributed.world()[0], partial(data_on_device, model, name="a streamed training batch"))
+        rank, world_size = distributed.world()
+        source = Source(train_data, cfg.seed, rank, partial(data_on_device, model, name="a streamed training batch"), world_size)
         train_data = source.probe(8)  # the checks' datapoints, drawn without moving the stream
     elif cfg.steps_per_epoch is not None:
         raise ValueError("steps_per_epoch is for a stream of batches; with a fixed training set an epoch is one pass over it")

@@ -21,7 +21,8 @@ checkpoints after each block.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wakesleep.fused import first_line
 from wakesleep.models.loading import load_factory
 
 #: Seeds of the stream's generator are derived from (seed, rank) apart from the data order's.
@@ -45,6 +47,11 @@ def is_stream(data) -> bool:
     return callable(data) or isinstance(data, Iterable)
 
 
+def is_sampler(data) -> bool:
+    """Whether a source is a callable ``sample(n, generator)`` rather than an iterable of batches."""
+    return callable(data) and not isinstance(data, Iterable)
+
+
 class Source:
     """Fresh batches from a callable ``sample(n, generator)`` or an iterable (the module docstring),
     each checked by ``check`` (the data checks) and moved to the model's device and dtype by ``to``.
@@ -56,11 +63,24 @@ class Source:
         prepare: ``x -> x``: checks a batch and moves it to the model's device and dtype.
     """
 
-    def __init__(self, data, seed: int, rank: int, prepare):
+    def __init__(self, data, seed: int, rank: int, prepare, world_size: int = 1):
         self.data, self.prepare = data, prepare
-        self.sampler = callable(data) and not isinstance(data, Iterable)
+        self.sampler = is_sampler(data)
+        if not self.sampler and isinstance(data, Iterator):
+            raise ValueError(
+                f"the training data is a one-shot iterator ({type(data).__name__}): its first batch would go to the checks and "
+                "a second pass (or a resume) would find it empty; pass a re-iterable (a DataLoader, a list of batches) or a "
+                "callable sample(n, generator)"
+            )
+        sampler = getattr(data, "sampler", None)
+        if not self.sampler and world_size > 1 and not isinstance(sampler, torch.utils.data.DistributedSampler):
+            raise ValueError(
+                f"under torchrun ({world_size} processes) every process would read the same batches from this iterable: pass a "
+                "DataLoader with a torch.utils.data.DistributedSampler, or a callable sample(n, generator) (each process draws its own)"
+            )
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + _STREAM_SALT + rank)
         self.passes, self.batches = 0, 0  # an iterable's progress
+        self._warned = False  # whether the sampler was seen not to use its generator
         self._iter = None
         self._pass_start: Tensor | None = None
 
@@ -87,14 +107,29 @@ class Source:
         return self.prepare(_batch(x))[:n]
 
     def _call(self, n: int, gen: torch.Generator) -> Tensor:
-        x = self.data(n, gen)
-        x = torch.as_tensor(x)
+        """``sample(n, gen)`` as a tensor [n, D]; warns once when the sampler did not draw from ``gen``
+        (its draws would then come from a random state that checkpoints do not hold; a deterministic
+        sampler is fine).
+
+        Raises:
+            ValueError: a value not [n, D].
+        """
+        before = None if self._warned else gen.get_state()
+        x = torch.as_tensor(self.data(n, gen))
         if x.ndim != 2 or x.shape[0] != n:
             raise ValueError(f"the data source's sample({n}, generator) returned shape {tuple(x.shape)}; it must return [n, D] = [{n}, D]")
+        if before is not None and torch.equal(gen.get_state(), before):
+            self._warned = True
+            warnings.warn(
+                f"the data source's sample({n}, generator) did not draw from the generator it was handed: if it draws random "
+                "numbers elsewhere, a resumed run will not see the same data; draw with it (torch.rand(..., generator=generator))",
+                stacklevel=2,
+            )
         return x
 
     def next(self, n: int) -> Tensor:
-        """The next batch: n fresh datapoints from the callable, or the iterable's next batch."""
+        """The next batch on the model's device: n fresh datapoints [n, D] from the callable, or the
+        iterable's next batch [B, D] (n is not used: the iterable's batch size holds)."""
         if self.sampler:
             return self.prepare(self._call(n, self.generator))
         if self._iter is None:
@@ -184,13 +219,13 @@ def stream_dataset(spec: str, seed: int, held_out: int = HELD_OUT) -> StreamData
     try:
         data = fn()
     except Exception as e:
-        raise ValueError(f"--data-from {spec!r}: the factory raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ValueError(f"--data-from {spec!r}: the factory raised {first_line(e)}") from e
     if not is_stream(data):
         raise ValueError(
             f"--data-from {spec!r}: the factory returned a {type(data).__name__}; return a function sample(n, generator) -> x [n, D] or an iterable of batches"
         )
     name = spec.rpartition(":")[2]
-    if callable(data) and not isinstance(data, Iterable):
+    if is_sampler(data):
         source = Source(data, seed, 0, lambda x: x.to(torch.float32))
         held = [source._call(held_out, torch.Generator().manual_seed(seed * 1_000_003 + salt)).to(torch.float32) for salt in (1, 2)]
         return StreamData(name, data, held[0], held[1], source.probe(8))
