@@ -147,8 +147,9 @@ def mixture(data_dim: int = DATA) -> RegressionMixture:
     """The factory ``--model examples/regression_mixture.py:mixture`` calls (data of width 3)."""
     if data_dim != DATA:
         raise ValueError(f"the regression mixture has data of width {DATA}, got {data_dim}")
-    torch.manual_seed(0)  # the proposal network's initialisation
-    return RegressionMixture(seed=0)
+    with torch.random.fork_rng(devices=[]):  # the same start every call, without resetting the caller's random stream
+        torch.manual_seed(0)  # the proposal network's initialisation
+        return RegressionMixture(seed=0)
 
 
 def make_data(n: int, seed: int = 0) -> torch.Tensor:

@@ -3,8 +3,6 @@ arXiv 2107.06393)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
@@ -13,7 +11,7 @@ from wakesleep.estimators.base import EstimatorOutput, check_positive_int
 from wakesleep.estimators.mws import LatentMemory, select_distinct_top
 from wakesleep.estimators.rws import Q_UPDATES
 from wakesleep.estimators.ws import sleep_phase_loss
-from wakesleep.importance import live_normalised_weights, mean_live_effective_sample_size
+from wakesleep.importance import live_normalised_weights, log_mean_exp, mean_live_effective_sample_size
 from wakesleep.models.contract import HYBRID, tree_map
 
 
@@ -123,7 +121,7 @@ class HybridMemoisedWakeSleep(LatentMemory):
         c, log_q_c = model.propose_continuous(x, d, self.continuous_k)
         d_k = tree_map(lambda v: v.expand(self.continuous_k, *v.shape), d)
         log_p = model.log_joint(x, (d_k, c))
-        log_p_hat = torch.logsumexp(log_p.detach() - log_q_c.detach(), 0) - math.log(self.continuous_k)
+        log_p_hat = log_mean_exp(log_p.detach() - log_q_c.detach())
         return log_p, log_q_c, log_p_hat
 
     def forward(self, model, x: Tensor, index: Tensor | None = None) -> EstimatorOutput:
