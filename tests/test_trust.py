@@ -264,6 +264,21 @@ def test_a_run_directory_that_names_a_model_file_runs_no_code(copy, tmp_path, co
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_a_run_directory_that_names_a_data_factory_runs_no_code(copy, tmp_path, command):
+    """A config.json edited to stream its data from a file: evaluate and sample do not import it."""
+    marker, evil = tmp_path / "imported", tmp_path / "evil.py"
+    evil.write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((copy / "config.json").read_text())
+    config["data"]["data_from"] = f"{evil}:f"
+    (copy / "config.json").write_text(json.dumps(config))
+    if command == "evaluate":
+        rejected(["evaluate", str(copy), "--k", "2", "--no-progress"], f"--data-from {evil}:f", "runs no code")
+    else:  # sample draws its picture without the data
+        assert run(["sample", str(copy), "--n", "2"])[0] == 0
+    assert not marker.exists()
+
+
 def test_a_compare_run_json_that_names_a_model_file_runs_no_code(copy, tmp_path):
     marker, evil = tmp_path / "imported", tmp_path / "evil.py"
     evil.write_text(EVIL.format(marker=str(marker)))

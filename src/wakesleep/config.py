@@ -32,7 +32,7 @@ from typing import Any
 from wakesleep.data import DataError, fingerprint, load_dataset
 from wakesleep.estimators import ESTIMATORS
 from wakesleep.models import HelmholtzMachine
-from wakesleep.models.loading import model_from_config, user_model_config
+from wakesleep.models.loading import model_from_config, resolve_spec, user_model_config
 from wakesleep.training.stream import stream_dataset
 
 #: The built-in model kinds of a model table: kind -> builder (its keyword arguments are the table's settings).
@@ -182,16 +182,20 @@ def run_record(
     test_k: int,
     fingerprint: str | None = None,
     data_from: str | None = None,
+    stream_seed: int | None = None,
 ) -> dict:
     """A run directory's ``config.json``: the model's record, the estimator, the data (with its
     ``fingerprint``, :func:`wakesleep.data.fingerprint`, where given: :func:`check_same_data`
-    holds a resumed run to it; or ``data_from``, the factory of a stream), the trainer's settings
+    holds a resumed run to it; or ``data_from``, the factory of a stream, and ``stream_seed``, the
+    seed its validation and test sets were drawn with), the trainer's settings
     (:class:`~wakesleep.training.TrainConfig` keyword arguments) and the test's particles."""
     data = {"dataset": dataset_record(dataset), "data_dir": data_dir}
     if fingerprint is not None:
         data["fingerprint"] = fingerprint
     if data_from is not None:
         data["data_from"] = data_from
+        if stream_seed is not None:
+            data["stream_seed"] = stream_seed
     return {
         "model": model,
         "algorithm": algorithm,
@@ -202,11 +206,27 @@ def run_record(
     }
 
 
-def run_dataset(config: dict):
-    """The data set a run's record names, or its stream (:func:`wakesleep.training.stream.stream_dataset`)."""
+def run_dataset(config: dict, data_from: str | None = None):
+    """The data set a run's record names, or its stream (:func:`wakesleep.training.stream.stream_dataset`,
+    drawn with the seed the run drew it with).  A stream's factory is the user's code: it runs only
+    when the command line names it too (``data_from``, ``--data-from``), never because a run's
+    ``config.json`` names it.
+
+    Raises:
+        wakesleep.data.DataError: a data set that does not load; a stream whose factory is not
+            named, or named otherwise than recorded (the message names the option to pass).
+        wakesleep.models.loading.ModelSpecError, ValueError: a named factory that does not load or
+            returns no source.
+    """
     d = config["data"]
-    if d.get("data_from"):
-        return stream_dataset(d["data_from"], config["train"]["seed"])
+    recorded = d.get("data_from")
+    if recorded:
+        if data_from is None or resolve_spec(data_from) != recorded:
+            raise DataError(
+                f"the run streams its data from your {recorded}, and opening a run runs no code it names: "
+                f"pass --data-from {recorded} to run that code (if you trust it)"
+            )
+        return stream_dataset(recorded, d.get("stream_seed", config["train"]["seed"]))
     return load_dataset(d["dataset"], data_dir=d.get("data_dir"))
 
 

@@ -135,6 +135,9 @@ MODEL_HELP = (
 
 
 def add_run(p: argparse.ArgumentParser, what: str = "run directory") -> None:
-    """The run a command opens: the positional ``run`` (help ``what``) and ``--model``."""
+    """The run a command opens: the positional ``run`` (help ``what``), ``--model`` and ``--data-from``."""
     p.add_argument("run", help=what)
     p.add_argument("--model", default=None, metavar="FILE.py:FACTORY", help=MODEL_HELP)
+    p.add_argument(
+        "--data-from", default=None, metavar="FILE.py:FACTORY", help="the factory of the data a streamed run was trained on, named again to open it"
+    )

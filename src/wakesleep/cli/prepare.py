@@ -205,7 +205,7 @@ def _prepare_resume(a: argparse.Namespace, run: Path, held: contextlib.ExitStack
     config = read_config(run, named)
     check_data_named(a, config, run)
     changes = resume_changes(a, config, run)
-    data = run_dataset(config)
+    data = run_dataset(config, a.data_from)
     check_same_data(config, data, run)
     held.enter_context(run_lock(run))
     clean_temporary_files(run)
@@ -272,6 +272,7 @@ def _prepare_new(a: argparse.Namespace, run: Path, device: torch.device, held: c
             a.test_k,
             fingerprint(data),
             resolve_spec(a.data_from) if a.data_from else None,
+            a.seed if a.data_from else None,
         ),
         "options": run_options(a, data.dim, data.binary),  # what --resume compares its options with
     }

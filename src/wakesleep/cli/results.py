@@ -78,7 +78,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     run = Path(a.run)
     model, config = load_run(run, a.model)
     model.to(resolve_device(a.device))
-    data = run_dataset(config)
+    data = run_dataset(config, a.data_from)
     if a.compile:
         fused.use_compiled_kernels(True)
     x = getattr(data, a.split)
@@ -135,7 +135,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     torch.manual_seed(a.seed)
     shape, data = None, None
     try:
-        dataset = run_dataset(config)
+        dataset = run_dataset(config, a.data_from)
         shape, data = dataset.image_shape, dataset.train
     except DataError:
         pass  # pictures without the data fall back to rows

@@ -318,7 +318,7 @@ def _train(a: argparse.Namespace, device: torch.device) -> int:
         config, resume = distributed.broadcast_object(prepared)  # an error on rank 0 stops every rank
         seed = config["train"]["seed"]
         if data is None:  # a resumed run, or another rank: the data the run was started with
-            data = run_dataset(config)
+            data = run_dataset(config, a.data_from)
         if model is None:
             torch.manual_seed(seed)
             model = model_from_config(config["model"])

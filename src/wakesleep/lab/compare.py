@@ -93,6 +93,10 @@ SUMMARY = "summary.json"
 #: TrainConfig fields that make up the budget: shared by every estimator, never overridden.
 BUDGET_KEYS = ("epochs", "max_seconds", "clock")
 
+#: The seed of a streamed comparison's validation and test sets: the same for every seed of the
+#: comparison, and recorded in each run's config.json so that evaluate draws them again.
+STREAM_SEED = 0
+
 
 def config_format() -> str:
     """The TOML layout of a comparison config, as this module's docstring shows it (what
@@ -406,7 +410,16 @@ def run_one(cfg: CompareConfig, spec: EstimatorSpec, seed: int, data, run: Path,
         train_record = {k: v for k, v in asdict(tcfg).items() if k != "progress"}
         model_record = model_config(model, cfg.model.get("spec"), data.dim)
         record = run_record(
-            model_record, spec.algorithm, spec.settings, cfg.dataset, cfg.data_dir, train_record, cfg.test_k, data_fingerprint(data), cfg.data_from
+            model_record,
+            spec.algorithm,
+            spec.settings,
+            cfg.dataset,
+            cfg.data_dir,
+            train_record,
+            cfg.test_k,
+            data_fingerprint(data),
+            cfg.data_from,
+            STREAM_SEED if cfg.data_from else None,
         )
         atomic_write_text(run / CONFIG, json.dumps(record, indent=2))
     else:  # a run resumed: on the data it started on
@@ -581,7 +594,7 @@ def run_compare(
             or an estimator cannot train the model (IWAE on binary latents).
     """
     out = Path(out_dir or cfg.out_dir or f"runs/compare/{cfg.name}")
-    data = stream_dataset(cfg.data_from, 0) if cfg.data_from else load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    data = stream_dataset(cfg.data_from, STREAM_SEED) if cfg.data_from else load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     probe = build_model(cfg, data.dim)
     train_x = torch.as_tensor(getattr(data, "probe", data.train)).to(dtype=device_dtype(probe)[1])
     for spec in cfg.estimators:  # every estimator's members and shapes, before any run starts
