@@ -335,3 +335,22 @@ def test_compare_runs_hmws_and_rws_on_the_example_from_its_toml(tmp_path):
     run_compare(load_config(toml), tmp_path / "out", progress=False)
     recorded = json.loads((tmp_path / "out" / "HMWS" / "seed0" / "config.json").read_text())
     assert recorded["algorithm"] == "hmws" and recorded["estimator"]["continuous_k"] == 4
+
+
+def test_a_detached_continuous_proposal_is_refused_before_the_first_step():
+    """φ as a whole gets a gradient from q(d | x); a detached log q(c | d, x) is still named."""
+
+    class Detached(rm.RegressionMixture):
+        def propose_continuous(self, x, d, k):
+            c, log_q = super().propose_continuous(x, d, k)
+            return c, log_q.detach()
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"propose_continuous returned log q\(c \| d, x\) that does not depend"):
+        train(
+            Detached(seed=0),
+            HybridMemoisedWakeSleep(k=2, continuous_k=2, memory_size=2, q_update="wake"),
+            rm.make_data(60, 0),
+            epochs=1,
+            progress=False,
+        )

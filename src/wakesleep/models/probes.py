@@ -296,6 +296,8 @@ def check_learning(model, x: Tensor, members: Iterable[str], k: int = PROBE_K, r
                 lp = model.log_proposal(xb, z)
                 _log_proposal(p, xb, z, lp, 1, "q_parameters" in members)
                 _consistent(p, xb, z, log_q, lp)
+        if "propose_discrete" in members and "q_parameters" in members:
+            _hybrid_gradients(p, xb, k, "propose_continuous" in members)
         if "sample" in members:
             with torch.no_grad():
                 zs, xs = model.sample(xb.shape[0])
@@ -321,6 +323,21 @@ def check_learning(model, x: Tensor, members: Iterable[str], k: int = PROBE_K, r
                 p.finite("sufficient_statistics", s, "S(x)", allow_neg_inf=False)
         if has_member(model, "exact_log_marginal"):
             check_exact_log_marginal(model, xb, p)
+
+
+def _hybrid_gradients(p: _Probe, x: Tensor, k: int, continuous: bool) -> None:
+    """Each factor of a hybrid proposal, q(d | x) and q(c | d, x), must carry a gradient to φ: the
+    group as a whole may have one from the other factor while this one would never train."""
+    d, log_q_d = p.model.propose_discrete(x, k)
+    factors = [("propose_discrete", log_q_d, "log q(d | x)")]
+    if continuous:
+        factors.append(("propose_continuous", p.model.propose_continuous(x, d, 2)[1], "log q(c | d, x)"))
+    for member, value, what in factors:
+        if not depends_on(value, p.phi):
+            raise ModelCheckError(
+                f"{p.name}.{member} returned {what} that does not depend on the proposal's parameters φ (q_parameters()): "
+                "is it detached or computed under no_grad? That factor of q would never train"
+            )
 
 
 def _log_joint(p: _Probe, x: Tensor, z, dim: int, grad: bool, proposed: bool) -> None:
