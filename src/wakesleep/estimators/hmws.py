@@ -9,7 +9,7 @@ from torch.utils import _pytree as pytree
 
 from wakesleep.estimators.base import EstimatorOutput, check_positive_int
 from wakesleep.estimators.mws import LatentMemory, select_distinct_top
-from wakesleep.estimators.rws import Q_UPDATES
+from wakesleep.estimators.rws import Q_UPDATES, phi_loss
 from wakesleep.estimators.ws import sleep_phase_loss
 from wakesleep.importance import live_normalised_weights, log_mean_exp, mean_live_effective_sample_size
 from wakesleep.models.contract import HYBRID, tree_map
@@ -148,9 +148,9 @@ class HybridMemoisedWakeSleep(LatentMemory):
             wake_c = (per_value * keep).sum(0) / keep.sum(0).clamp_min(1)
             wake_phi = (wake_d + wake_c).mean()
         else:
-            wake_phi = 0.0
-        sleep_phi = sleep_phase_loss(model, self.sleep_batch or b) if self.q_update != "wake" else 0.0
-        loss = loss + (0.5 * (wake_phi + sleep_phi) if self.q_update == "both" else wake_phi + sleep_phi)
+            wake_phi = None
+        sleep_phi = sleep_phase_loss(model, self.sleep_batch or b) if self.q_update != "wake" else None
+        loss = loss + phi_loss(self.q_update, wake_phi, sleep_phi)
         if index is not None:
             self.remember(index, kept, keep)
         with torch.no_grad():

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from wakesleep.estimators.base import Estimator, EstimatorOutput, check_positive_int
-from wakesleep.estimators.rws import Q_UPDATES
+from wakesleep.estimators.rws import Q_UPDATES, phi_loss
 from wakesleep.estimators.ws import sleep_phase_loss
 from wakesleep.importance import live_normalised_weights, mean_live_effective_sample_size
 from wakesleep.models.contract import TRAINING_WITH_PROPOSAL
@@ -189,9 +189,9 @@ class MemoisedWakeSleep(LatentMemory):
         live = w != 0
         loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
         z = pytree.tree_unflatten(kept, spec)
-        wake_phi = -torch.where(live, w * model.log_proposal(x, z), 0.0).sum(0).mean() if self.q_update != "sleep" else 0.0
-        sleep_phi = sleep_phase_loss(model, self.sleep_batch or x.shape[0]) if self.q_update != "wake" else 0.0
-        loss = loss + (0.5 * (wake_phi + sleep_phi) if self.q_update == "both" else wake_phi + sleep_phi)
+        wake_phi = -torch.where(live, w * model.log_proposal(x, z), 0.0).sum(0).mean() if self.q_update != "sleep" else None
+        sleep_phi = sleep_phase_loss(model, self.sleep_batch or x.shape[0]) if self.q_update != "wake" else None
+        loss = loss + phi_loss(self.q_update, wake_phi, sleep_phi)
         if index is not None:
             self.remember(index, kept, keep)
         with torch.no_grad():

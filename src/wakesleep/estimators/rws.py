@@ -15,6 +15,16 @@ from wakesleep.models.contract import TRAINING_WITH_PROPOSAL, has_member, leaves
 Q_UPDATES = ("wake", "sleep", "both")
 
 
+def phi_loss(q_update: str, wake=None, sleep=None):
+    """φ's surrogate loss for ``q_update``: the wake-φ loss, the sleep-φ loss, or their mean
+    (``"both"``, Bornschein & Bengio 2015's best setting); scalars, the unused one may be None."""
+    if q_update == "wake":
+        return wake
+    if q_update == "sleep":
+        return sleep
+    return 0.5 * (wake + sleep)
+
+
 class RWS(Estimator):
     r"""Reweighted wake-sleep with K particles and importance weights normalised per datapoint.
 
@@ -130,16 +140,9 @@ class RWS(Estimator):
         w, dead = live_normalised_weights(log_w)
         live = w != 0  # zero weight: no term, even where log p = −inf; NaN weights stay, for the trainer to see
         loss = -torch.where(live, w * log_p, 0.0).sum(0).mean()
-        if self.q_update != "sleep":
-            wake_phi = -torch.where(live, w * log_q, 0.0).sum(0).mean()
-        if self.q_update != "wake":
-            sleep_phi = sleep_phase_loss(model, self.sleep_batch or x.shape[0])
-        if self.q_update == "wake":
-            loss = loss + wake_phi
-        elif self.q_update == "sleep":
-            loss = loss + sleep_phi
-        else:
-            loss = loss + 0.5 * (wake_phi + sleep_phi)
+        wake_phi = -torch.where(live, w * log_q, 0.0).sum(0).mean() if self.q_update != "sleep" else None
+        sleep_phi = sleep_phase_loss(model, self.sleep_batch or x.shape[0]) if self.q_update != "wake" else None
+        loss = loss + phi_loss(self.q_update, wake_phi, sleep_phi)
         objective = log_mean_exp(log_w).mean()
         ess, n_dead = mean_live_effective_sample_size(w, dead)
         metrics = {"objective": objective, "ess": ess, "dead_datapoints": n_dead}

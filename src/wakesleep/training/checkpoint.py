@@ -148,9 +148,9 @@ def resume_from(path: Path, model, estimator, opt: torch.optim.Optimizer, cfg: T
         epoch=ckpt["epoch"], since_best=ckpt["since_best"], elapsed=ckpt["seconds"], batch=ckpt.get("batch", 0), count=ckpt.get("count", 0)
     )
     ranks = ckpt.get("ranks") or []
-    saved = ranks[rank]["sums"] if world_size > 1 and len(ranks) == world_size else ckpt.get("sums", {})
-    st.sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in saved.items()}
-    st.source = ranks[rank].get("source") if world_size > 1 and len(ranks) == world_size else ckpt.get("source")
+    mine = ranks[rank] if world_size > 1 and len(ranks) == world_size else ckpt  # this rank's running sums and stream
+    st.sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in mine.get("sums", {}).items()}
+    st.source = mine.get("source")
     result = st.result
     result.history, result.best_valid, result.best_epoch = ckpt["history"], ckpt["best_valid"], ckpt["best_epoch"]
     result.skipped_steps = ckpt.get("skipped_steps", 0)
