@@ -39,6 +39,7 @@ import torch
 import wakesleep as ws
 from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator
 from wakesleep.importance import log_mean_exp
+from wakesleep.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -295,9 +296,7 @@ def run_ours(name: str, k: int, start: str, seed: int, iterations: int, eval_eve
 
 
 def _write(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(records, indent=1))
 
 
 def cmd_run(a) -> list[dict]:

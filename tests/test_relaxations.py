@@ -235,3 +235,10 @@ def test_a_wrong_log_likelihood_shape_is_named_before_the_first_step():
     model.log_likelihood = lambda x, z: good(x, z).sum(0)  # [B], not [K, B]
     with pytest.raises(ws.models.ModelShapeError, match="log_likelihood"):
         ws.train(model, RELAX(k=1), x.float().repeat(5, 1), None, epochs=1, progress=False)
+
+
+def test_an_infinite_temperature_is_refused():
+    """τ = inf would make the Concrete density's log τ infinite and the loss NaN at the first step."""
+    for est in (ws.Concrete, ws.RELAX):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            est(temperature=float("inf"))

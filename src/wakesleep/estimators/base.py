@@ -81,6 +81,13 @@ class Estimator(nn.Module):
         return {}
 
 
+def check_positive_float(name: str, value) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` saying it must be a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` saying it must be >= minimum."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
-from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_float
 from wakesleep.importance import log_mean_exp
 from wakesleep.models.contract import RELAXATION
 
@@ -181,8 +181,7 @@ class Concrete(ParticleEstimator):
 
     def __init__(self, k: int = 1, temperature: float = 0.5, density: str = "concrete"):
         super().__init__(k)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        check_positive_float("temperature", temperature)
         if density not in DENSITIES:
             raise ValueError(f"density must be one of {DENSITIES}, got {density!r}")
         self.temperature, self.density = float(temperature), density

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_int
+from wakesleep.estimators.base import EstimatorOutput, ParticleEstimator, check_positive_float, check_positive_int
 from wakesleep.estimators.concrete import HINTS, conditional_noise, discrete_latent, hard, log_mass, probs, relax, sample_noise
 from wakesleep.models.contract import RELAXATION, device_dtype
 
@@ -71,8 +71,7 @@ class RELAX(ParticleEstimator):
 
     def __init__(self, k: int = 1, temperature: float = 0.5, control_hidden: int = 50, latent_dim: int | None = None, data_dim: int | None = None):
         super().__init__(k)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        check_positive_float("temperature", temperature)
         self.temperature = float(temperature)
         self.control_hidden = check_positive_int("control_hidden", control_hidden, 0)
         self.latent_dim = None if latent_dim is None else check_positive_int("latent_dim", latent_dim)

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from wakesleep.fused import first_line
 from wakesleep.io import atomic_torch_save
 
 KINDS = ("grey", "binary")
@@ -369,8 +370,7 @@ def _load_cached(path: Path) -> tuple[LeNet, float] | None:
         net.load_state_dict(saved["state"])
         return net, float(saved["accuracy"])
     except Exception as e:  # torch raises several types (RuntimeError, EOFError, UnpicklingError, ...) for a damaged file
-        first = str(e).splitlines()[0] if str(e) else ""
-        warnings.warn(f"the cached classifier {path} is damaged ({type(e).__name__}: {first[:200]}); training it again", QualityWarning, stacklevel=3)
+        warnings.warn(f"the cached classifier {path} is damaged ({first_line(e)[:200]}); training it again", QualityWarning, stacklevel=3)
         return None
 
 
