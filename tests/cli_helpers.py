@@ -8,6 +8,18 @@ import io
 
 from wakesleep.cli import main
 
+
+def load_script(path):
+    """A script of ``experiments/`` or ``benchmarks/`` (``path``) as a module, without running its main."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 #: A run of a few seconds on the embedded digits.
 TINY = ["--dataset", "digits", "--layers", "5", "--epochs", "1", "--valid-k", "2", "--test-k", "5", "--no-progress"]
 

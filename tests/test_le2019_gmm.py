@@ -5,7 +5,6 @@ gradient (:mod:`wakesleep.training.metrics`), checked against exact values."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sys
@@ -28,13 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import gmm  # noqa: E402
+from cli_helpers import load_script  # noqa: E402
 
 
 def _plot_script():
-    spec = importlib.util.spec_from_file_location("le2019_gmm_plot", ROOT / "experiments" / "le2019_gmm_plot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "experiments" / "le2019_gmm_plot.py")
 
 
 def test_config_is_the_study():

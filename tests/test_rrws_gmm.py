@@ -5,7 +5,6 @@ side end to end at a tiny size, the report; and the streamed study's config
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tomllib
@@ -21,13 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import gmm  # noqa: E402
+from cli_helpers import load_script  # noqa: E402
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("rrws_gmm", ROOT / "experiments" / "rrws_gmm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "experiments" / "rrws_gmm.py")
 
 
 rrws = _script()
