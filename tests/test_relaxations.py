@@ -242,3 +242,20 @@ def test_an_infinite_temperature_is_refused():
     for est in (ws.Concrete, ws.RELAX):
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             est(temperature=float("inf"))
+
+
+def test_a_log_likelihood_that_rounds_z_is_refused_before_the_first_step():
+    """Concrete and RELAX differentiate log p(x | z) at a relaxed z; one that rounds z would leave
+    their pathwise gradients silently zero."""
+
+    class Rounded(ws.models.HelmholtzMachine):
+        def log_likelihood(self, x, z):
+            return super().log_likelihood(x, (z > 0.5).to(z.dtype))
+
+    torch.manual_seed(0)
+    model = ws.models.HelmholtzMachine.sbn([12, 4])
+    model.__class__ = Rounded
+    x = (torch.rand(40, 12) < 0.4).float()
+    for est in (ws.Concrete(k=2), ws.RELAX(k=2)):
+        with pytest.raises(ValueError, match="log_likelihood.*does not depend on z at a relaxed z"):
+            ws.train(model, est, x, epochs=1, batch_size=20, progress=False)

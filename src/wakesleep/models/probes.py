@@ -298,6 +298,8 @@ def check_learning(model, x: Tensor, members: Iterable[str], k: int = PROBE_K, r
                 _consistent(p, xb, z, log_q, lp)
         if "propose_discrete" in members and "q_parameters" in members:
             _hybrid_gradients(p, xb, k, "propose_continuous" in members)
+        if "log_likelihood" in members and has_member(model, "proposal_distribution"):
+            _relaxed_gradient(p, xb, k)
         if "sample" in members:
             with torch.no_grad():
                 zs, xs = model.sample(xb.shape[0])
@@ -338,6 +340,22 @@ def _hybrid_gradients(p: _Probe, x: Tensor, k: int, continuous: bool) -> None:
                 f"{p.name}.{member} returned {what} that does not depend on the proposal's parameters φ (q_parameters()): "
                 "is it detached or computed under no_grad? That factor of q would never train"
             )
+
+
+def _relaxed_gradient(p: _Probe, x: Tensor, k: int) -> None:
+    """``log_likelihood`` must be differentiable in a relaxed z (a point inside [0, 1]^d or the
+    simplex, between the proposal's states): Concrete's and RELAX's pathwise gradients flow
+    through it, and one that rounds or detaches z would leave them silently zero."""
+    with torch.no_grad():
+        q = p.model.proposal_distribution(x)
+        hard = q.sample((k,))
+    categorical = isinstance(getattr(q, "base_dist", q), torch.distributions.OneHotCategorical)
+    z = (0.8 * hard + 0.2 / (hard.shape[-1] if categorical else 2)).to(hard.dtype).requires_grad_(True)  # inside the simplex or the cube
+    if not depends_on(p.model.log_likelihood(x, z), [z]):
+        raise ModelCheckError(
+            f"{p.name}.log_likelihood(x, z) does not depend on z at a relaxed z (between the states): Concrete and RELAX "
+            "differentiate through it; compute it from z with gradient (no rounding, .detach() or torch.no_grad)"
+        )
 
 
 def _log_joint(p: _Probe, x: Tensor, z, dim: int, grad: bool, proposed: bool) -> None:
