@@ -174,3 +174,13 @@ def test_compare_streams_from_its_toml(tmp_path):
     assert config["data"]["data_from"].endswith("sim.py:make")
     with pytest.raises(ConfigError, match="give one of dataset"):
         parse_config({**raw, "data": {"dataset": "digits", "data_from": raw["data"]["data_from"]}})
+
+
+def test_a_one_shot_iterator_is_refused_and_a_sampler_that_ignores_its_generator_is_named():
+    """A generator's first batch would go to the checks and its second pass find nothing; a sampler
+    drawing from torch's global state resumes on other data."""
+    batches = (torch.bernoulli(torch.full((10, D), 0.3)) for _ in range(3))
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        fit(batches, None, epochs=1)
+    with pytest.warns(UserWarning, match="did not draw from the generator"):
+        fit(lambda n, g: torch.bernoulli(torch.full((n, D), 0.3)), None, epochs=1)

@@ -22,6 +22,7 @@ The model's device is the run's device: move the model (``model.to("cuda")``) be
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -128,6 +129,12 @@ def train(
         rank, world_size = distributed.world()
         source = Source(train_data, cfg.seed, rank, partial(data_on_device, model, name="a streamed training batch"), world_size)
         train_data = source.probe(8)  # the checks' datapoints, drawn without moving the stream
+        if source.rows is not None and source.rows != cfg.batch_size // world_size:
+            warnings.warn(
+                f"the training data iterable yields batches of {source.rows} datapoints, not the {cfg.batch_size // world_size} of "
+                "batch_size (per process): each step trains on the iterable's batches; make the two agree",
+                stacklevel=2,
+            )
     elif cfg.steps_per_epoch is not None:
         raise ValueError("steps_per_epoch is for a stream of batches; with a fixed training set an epoch is one pass over it")
     else:
@@ -188,6 +195,7 @@ def _loop(
         dynamic_ncols=True,
     )
     shown: dict[str, str] = {}  # the progress bar's figures
+    rows = local_batch  # datapoints in the last step's batch (an iterable's batches hold their own size)
     st.start_clock(cfg.clock)
     st.result.stopped, best_state = "epochs", None  # best_state: the best parameters, in memory when there is no run directory
     save = partial(
@@ -205,7 +213,8 @@ def _loop(
                 index = order[b * local_batch : (b + 1) * local_batch]  # rows of the training set (global, under torchrun)
                 x = train_data[index]
             else:
-                index, x = None, source.next(local_batch)  # fresh data: this rank's own draws
+                index, x = None, source.next(local_batch)  # fresh data: this rank's own draws (an iterable's own batch size)
+            rows = x.shape[0]
             out, bad = train_step(model, estimator, opt, x, forward, index)
             step += 1
             if step == 1 and world_size > 1:
@@ -221,7 +230,7 @@ def _loop(
             st.add(out.metrics)
             bar.update(1)
             if step % 20 == 0:
-                _show_rate(bar, estimator, local_batch, shown)
+                _show_rate(bar, estimator, rows, shown)
             if run is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
                 save(epoch, b + 1, False)
         st.batch = 0
@@ -233,7 +242,7 @@ def _loop(
         record["skipped_steps"], record["time"] = st.result.skipped_steps, st.seconds()
         st.result.history.append(record)
         shown.update({k: f"{v:.2f}" for k, v in record.items() if k in ("train_objective", "valid_log_likelihood")})
-        _show_rate(bar, estimator, local_batch, shown)
+        _show_rate(bar, estimator, rows, shown)
         st.result.stopped = distributed.broadcast_object(_stop(cfg, valid, st, record))  # rank 0 decides for all
         finished = st.result.stopped != "epochs" or epoch + 1 == cfg.epochs
         if run is not None:

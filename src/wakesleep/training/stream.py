@@ -81,6 +81,7 @@ class Source:
         self.generator = torch.Generator().manual_seed(seed * 1_000_003 + _STREAM_SALT + rank)
         self.passes, self.batches = 0, 0  # an iterable's progress
         self._warned = False  # whether the sampler was seen not to use its generator
+        self.rows: int | None = None  # an iterable's batch size, seen by probe
         self._iter = None
         self._pass_start: Tensor | None = None
 
@@ -104,7 +105,9 @@ class Source:
             finally:
                 if state is not None:
                     gen.set_state(state)
-        return self.prepare(_batch(x))[:n]
+        x = self.prepare(_batch(x))
+        self.rows = x.shape[0]
+        return x[:n]
 
     def _call(self, n: int, gen: torch.Generator) -> Tensor:
         """``sample(n, gen)`` as a tensor [n, D]; warns once when the sampler did not draw from ``gen``
