@@ -384,3 +384,41 @@ def test_command_line_nade_prior(tmp_path):
     assert code == 2 and "--prior sbn (the run has --prior nade)" in err, err
     code, _, err = run(["train", *TINY, "--layers", "4", "--model", "gaussian", "--prior", "nade", "--run-dir", str(tmp_path / "g")])
     assert code == 2 and "--prior choose the layers of --model sbn" in err, err
+
+
+@pytest.mark.parametrize(
+    "value_lead, bias_lead",
+    [
+        ((4,), (3, 4)),
+        pytest.param((3, 4), (4,), marks=pytest.mark.slow),  # ~10 s of compiling each
+        pytest.param((3, 4), (), marks=pytest.mark.slow),
+        pytest.param((3, 4), (3, 4), marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_nade_kernels_against_the_plain_expression(monkeypatch, value_lead, bias_lead):
+    """The compiled NADE node (``--compile``; blocks of 3 units over 7, so the last block is short)
+    equals the plain cumulative-sum expression and passes gradcheck, for every broadcasting of the
+    value against c that the layers use (data against particles, particles against data, a prior's
+    bias, particles against particles)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if not fused.use_compiled_kernels(True):
+            pytest.skip("torch.compile is unavailable on this machine (no C++ compiler?)")
+    monkeypatch.setattr(fused, "_NADE_COMPILED_BLOCK", 3)
+    monkeypatch.setattr(fused, "_nade_compiled", None)
+    try:
+        torch.manual_seed(11)
+        d, h = 7, 5
+        v = (torch.rand(*value_lead, d, dtype=torch.float64) < 0.5).double().requires_grad_()
+        c = torch.randn(*bias_lead, h, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(h, d, dtype=torch.float64, requires_grad=True)
+        r = torch.randn(d, h, dtype=torch.float64, requires_grad=True)
+        out = fused.nade_logits(v, c, w, r)
+        assert type(out.grad_fn).__name__ == "_NADELogitsCompiledBackward"
+        before = torch.nn.functional.pad(torch.cumsum((v.unsqueeze(-1) * w.T)[..., :-1, :], -2), (0, 0, 1, 0))
+        torch.testing.assert_close(out, torch.linalg.vecdot(torch.sigmoid(before + c.unsqueeze(-2)), r))
+        assert torch.autograd.gradcheck(fused.nade_logits, (v, c, w, r))
+    finally:
+        fused.use_compiled_kernels(False)

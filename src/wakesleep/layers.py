@@ -244,6 +244,9 @@ class AutoregressiveBernoulliLayer(NetworkLayer):
     def log_prob(self, value: Tensor, parent: Tensor) -> Tensor:
         return bernoulli_log_prob(self.conditional_logits(value, parent), value)
 
+    # A loop of out_features small steps: left to eager mode when the estimator is compiled
+    # (``--compile``), where tracing would unroll it into a graph of thousands of nodes.
+    @torch.compiler.disable
     def _draw(self, cond: Tensor, sample_shape: tuple[int, ...], keep_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """Ancestral draw unit by unit from the parent's network output ``cond`` (no gradient).
 

@@ -50,7 +50,7 @@ def add_parsers(sub) -> None:
         help=f"cap on the evaluation's working memory, MiB (default: {DEFAULT_MAX_MEMORY_MIB:.0f})",
     )
     e.add_argument("--no-progress", action="store_true")
-    e.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density kernels (needs a C++ compiler)")
+    e.add_argument("--compile", action="store_true", help="torch.compile the Bernoulli log-density and NADE kernels (needs a C++ compiler)")
     _add_device(e)
 
     s = add_command(

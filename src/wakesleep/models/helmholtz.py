@@ -448,6 +448,16 @@ class HelmholtzMachine(nn.Module):
         return out
 
     @property
+    def latent_states(self) -> int | None:
+        """How many joint states the latents have (what :meth:`enumerate_latents` would list), or
+        None for latents without finite support; the pre-training checks skip the exact marginal
+        above :data:`wakesleep.models.probes.PROBE_STATES` of them."""
+        try:
+            return math.prod(self._latent_support_sizes())
+        except ValueError:
+            return None
+
+    @property
     def has_exact_log_marginal(self) -> bool:
         """True for factor analysis and for latents with finite support of at most 2^24 joint states."""
         if self.config.get("kind") == "factor_analysis":
