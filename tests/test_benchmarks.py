@@ -207,6 +207,19 @@ def test_hmws_step_prints_its_key_lines():
     assert out.rstrip().splitlines()[-1].startswith("hmws_step_vs_rws_same_particles: ")
 
 
+@pytest.mark.slow  # compiles the NADE kernels (~1 minute)
+def test_nade_floor_prints_the_compiled_kernels_key_lines():
+    out = script("nade_floor.py", "--sbn-rounds", "1", "--particles", "50", "--compiled")
+    keys = key_lines(out)
+    for key in (
+        "compiled_forward_ns_per_element",
+        "nade_compiled_kernel_floor_ms",
+        "nade_compiled_step_vs_sbn",
+        "nade_compiled_step_vs_kernel_floor",
+    ):
+        assert re.fullmatch(NUMBER, keys[key]) and float(keys[key]) > 0, (key, keys)
+
+
 def test_nade_floor_prints_its_key_lines():
     out = script("nade_floor.py", "--sbn-rounds", "1", "--particles", "50")
     keys = key_lines(out)

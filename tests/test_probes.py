@@ -315,3 +315,23 @@ def test_diagnose_refuses_an_exact_marginal_without_gradient():
         ModelCheckError, match="NoGradMarginal.exact_log_marginal returned a tensor that does not depend on the generative parameters"
     ):
         exact_targets(NoGradMarginal(), X[:5])
+
+
+def test_the_checks_skip_an_exact_marginal_over_too_many_states(monkeypatch):
+    """A model with more latent states than PROBE_STATES is checked without its exact marginal (over
+    2^20 states of a NADE that took minutes and 12 GB before the first step); below it, the marginal is checked."""
+    from wakesleep.models import probes
+    from wakesleep.training.checks import check_model_for_training
+
+    calls = []
+    model = ws.HelmholtzMachine.sbn([6, 4])
+    real = model.exact_log_marginal
+    monkeypatch.setattr(model, "exact_log_marginal", lambda x: calls.append(x.shape) or real(x))
+    x = (torch.rand(5, 6) < 0.5).float()
+    assert model.latent_states == 16
+    check_model_for_training(model, ws.RWS(k=2), x, None)
+    assert calls, "the exact marginal of 16 states should be checked"
+    calls.clear()
+    monkeypatch.setattr(probes, "PROBE_STATES", 8)
+    check_model_for_training(model, ws.RWS(k=2), x, None)
+    assert not calls

@@ -130,3 +130,19 @@ def test_short_variant_differs_only_in_budget_and_test_subset(name):
         assert short[key] == full[key], key
     assert set(short) == set(full)
     assert f"wakesleep compare experiments/{name}" in (EXPERIMENTS / name).read_text()
+
+
+@pytest.mark.parametrize("name", ["rws2015_nade_short.toml", "rws2015_nade_sbnq_short.toml"])
+def test_nade_short_variant_is_its_study_at_the_stated_budget(name):
+    """The NADE-200 runs docs/results.md reports: their long study's model, data and learning rates, with
+    480 CPU-s per run and one seed, compiled kernels, the authors' K = 500 evaluation on a fixed 500 test
+    images, and the three ways of training q (WS dropped)."""
+    short, full = (tomllib.loads((EXPERIMENTS / n).read_text()) for n in (name, name.replace("_short", "")))
+    assert short["name"] == full["name"] + "-short" and short["seeds"] == [0]
+    assert (short["train"].pop("max_seconds"), short["train"].pop("compile")) == (480, True)
+    full["train"].pop("max_seconds")
+    assert short["evaluate"] == {"test_k": 500, "test_n": 500, "valid_n": 500}
+    assert [e for e in full["estimators"] if e["label"] != "WS"] == short["estimators"]
+    for key in ("threads", "data", "model", "train"):
+        assert short[key] == full[key], key
+    assert f"wakesleep compare experiments/{name}" in (EXPERIMENTS / name).read_text()
