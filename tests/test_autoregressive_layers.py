@@ -275,22 +275,30 @@ def test_command_line_bad_layer_kinds(tmp_path, extra, needle):
     assert code == 2 and needle in err, err
 
 
+def nade_inputs(seed: int, value_lead: tuple, bias_lead: tuple, d: int = 7, h: int = 5) -> tuple:
+    """(v, c, W, V) in float64 with gradients, for value [*value_lead, d] and c [*bias_lead, h]."""
+    torch.manual_seed(seed)
+    v = (torch.rand(*value_lead, d, dtype=torch.float64) < 0.5).double().requires_grad_()
+    c = torch.randn(*bias_lead, h, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(h, d, dtype=torch.float64, requires_grad=True)
+    return v, c, w, torch.randn(d, h, dtype=torch.float64, requires_grad=True)
+
+
+def plain_nade_logits(v, c, w, r):
+    """V_i · σ(c + Σ_{j<i} W_:j v_j) by one cumulative sum over the whole [*, D, H] tensor."""
+    before = torch.nn.functional.pad(torch.cumsum((v.unsqueeze(-1) * w.T)[..., :-1, :], -2), (0, 0, 1, 0))
+    return torch.linalg.vecdot(torch.sigmoid(before + c.unsqueeze(-2)), r)
+
+
 @pytest.mark.parametrize("block", [2**20, 45, 1])
 @pytest.mark.parametrize("value_lead, bias_lead", [((4,), (3, 4)), ((3, 4), (4,))])
 def test_nade_logits_blocks_against_autograd(monkeypatch, block, value_lead, bias_lead):
     """The blocked NADE read-out (closed-form backward) equals the plain cumulative-sum expression, and
     its gradient passes gradcheck, whatever the block size and broadcasting."""
     monkeypatch.setattr(fused, "_NADE_BLOCK", block)
-    torch.manual_seed(7)
-    d, h = 7, 5
-    v = (torch.rand(*value_lead, d, dtype=torch.float64) < 0.5).double().requires_grad_()
-    c = torch.randn(*bias_lead, h, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(h, d, dtype=torch.float64, requires_grad=True)
-    r = torch.randn(d, h, dtype=torch.float64, requires_grad=True)
-    before = torch.nn.functional.pad(torch.cumsum((v.unsqueeze(-1) * w.T)[..., :-1, :], -2), (0, 0, 1, 0))
-    plain = torch.linalg.vecdot(torch.sigmoid(before + c.unsqueeze(-2)), r)
-    torch.testing.assert_close(fused.nade_logits(v, c, w, r), plain)
-    assert torch.autograd.gradcheck(fused.nade_logits, (v, c, w, r))
+    args = nade_inputs(7, value_lead, bias_lead)
+    torch.testing.assert_close(fused.nade_logits(*args), plain_nade_logits(*args))
+    assert torch.autograd.gradcheck(fused.nade_logits, args)
 
 
 # ------------------------------------------------------------------ a NADE prior on the top layer
@@ -409,16 +417,10 @@ def test_compiled_nade_kernels_against_the_plain_expression(monkeypatch, value_l
     monkeypatch.setattr(fused, "_NADE_COMPILED_BLOCK", 3)
     monkeypatch.setattr(fused, "_nade_compiled", None)
     try:
-        torch.manual_seed(11)
-        d, h = 7, 5
-        v = (torch.rand(*value_lead, d, dtype=torch.float64) < 0.5).double().requires_grad_()
-        c = torch.randn(*bias_lead, h, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(h, d, dtype=torch.float64, requires_grad=True)
-        r = torch.randn(d, h, dtype=torch.float64, requires_grad=True)
-        out = fused.nade_logits(v, c, w, r)
+        args = nade_inputs(11, value_lead, bias_lead)
+        out = fused.nade_logits(*args)
         assert type(out.grad_fn).__name__ == "_NADELogitsCompiledBackward"
-        before = torch.nn.functional.pad(torch.cumsum((v.unsqueeze(-1) * w.T)[..., :-1, :], -2), (0, 0, 1, 0))
-        torch.testing.assert_close(out, torch.linalg.vecdot(torch.sigmoid(before + c.unsqueeze(-2)), r))
-        assert torch.autograd.gradcheck(fused.nade_logits, (v, c, w, r))
+        torch.testing.assert_close(out, plain_nade_logits(*args))
+        assert torch.autograd.gradcheck(fused.nade_logits, args)
     finally:
         fused.use_compiled_kernels(False)
