@@ -5,6 +5,7 @@ the study it says it is, and runs end to end at a tiny size (a slice of binarise
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import tomllib
@@ -146,3 +147,30 @@ def test_nade_short_variant_is_its_study_at_the_stated_budget(name):
     for key in ("threads", "data", "model", "train"):
         assert short[key] == full[key], key
     assert f"wakesleep compare experiments/{name}" in (EXPERIMENTS / name).read_text()
+
+
+def test_nade_plot_draws_the_curves_and_prints_the_claims(tmp_path):
+    """experiments/rws2015_nade_plot.py on two fake compare directories: the figure, each run's test
+    log-likelihood and the claims' differences with their standard errors."""
+    from cli_helpers import load_script
+
+    plot = load_script(EXPERIMENTS / "rws2015_nade_plot.py")
+    lls = {("nade", "RWS K=5"): -100.0, ("nade", "RWS K=5 wake"): -101.0, ("nade", "RWS K=5 sleep"): -103.0, ("sbn", "RWS K=5"): -104.0}
+    for q in ("nade", "sbn"):
+        labels = [label for (qq, label) in lls if qq == q]
+        (tmp_path / q).mkdir()
+        (tmp_path / q / "config.json").write_text(json.dumps({"estimators": [{"label": label} for label in labels], "seeds": [0]}))
+        for label in labels:
+            d = tmp_path / q / label / "seed0"
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text(
+                "".join(json.dumps({"time": 10.0 * e, "valid_log_likelihood": lls[(q, label)] - 5 / e, "valid_stderr": 0.5}) + "\n" for e in (1, 2))
+            )
+            (d / "summary.json").write_text(
+                json.dumps({"test_log_likelihood": lls[(q, label)], "test_stderr": 0.3, "epochs": 2, "train_seconds": 20.0})
+            )
+    out = plot.main(["--nade-q", str(tmp_path / "nade"), "--sbn-q", str(tmp_path / "sbn"), "--out", str(tmp_path / "fig.png")])
+    assert (tmp_path / "fig.png").stat().st_size > 0
+    assert out["nade_minus_sbn_q_both"] == pytest.approx(4.0) and out["nade_minus_sbn_q_both_se"] == pytest.approx(0.3 * math.sqrt(2))
+    assert out["both_minus_wake_nade_q"] == pytest.approx(1.0) and out["both_minus_sleep_nade_q"] == pytest.approx(3.0)
+    assert "nade_minus_sbn_q_wake" not in out and "both_minus_wake_sbn_q" not in out  # runs not there are not compared
