@@ -146,7 +146,13 @@ def test_the_command_line_streams_from_a_factory_and_resumes_bit_exact(tmp_path)
         "opening a run runs no code it names",
         "--data-from",
     )
-    code, _, err = run(["train", "--resume", "--data-from", spec, "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")])
+    rejected(  # an epoch's length is the run's: given otherwise with --resume it was once silently ignored
+        ["train", "--resume", "--data-from", spec, "--steps-per-epoch", "9", "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")],
+        "--steps-per-epoch 9 differs (the run has --steps-per-epoch 4)",
+    )
+    code, _, err = run(
+        ["train", "--resume", "--data-from", spec, "--steps-per-epoch", "4", "--epochs", "3", "--no-progress", "--run-dir", str(tmp_path / "cut")]
+    )
     assert code == 0, err
     whole, cut = (torch.load(tmp_path / r / CHECKPOINT, weights_only=True)["model"] for r in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole)

@@ -97,8 +97,8 @@ def resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
         {config.json "train" key (or "test_k"): [recorded, new]} for each adjustable option changed.
 
     Raises:
-        UsageError: an option that would change the run (all named, with the recorded values), or
-            --epochs below the epochs already done.
+        UsageError: an option that would change the run (all named, with the recorded values;
+            ``--steps-per-epoch`` among them), or --epochs below the epochs already done.
     """
     given = getattr(a, "given", set())
     if a.overwrite:
@@ -120,8 +120,15 @@ def resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
             f"--resume continues {run} with the settings it was started with, and these differ: {'; '.join(differ)}. "
             "Drop them to resume, or start a new run with them (another --run-dir, or --overwrite)"
         )
-    changes = {}
     train_cfg = config["train"]
+    if "steps_per_epoch" in given and a.steps_per_epoch != train_cfg.get("steps_per_epoch"):
+        # an epoch's length fixes where the stream's blocks and the checkpoints fall: not adjustable
+        raise UsageError(
+            f"--resume continues {run} with the settings it was started with, and {flag('steps_per_epoch', a.steps_per_epoch)} differs "
+            f"(the run has {flag('steps_per_epoch', train_cfg['steps_per_epoch']) if train_cfg.get('steps_per_epoch') else 'none'}). "
+            "Drop it to resume, or start a new run with it (another --run-dir, or --overwrite)"
+        )
+    changes = {}
     for name, key in ADJUSTABLE.items():
         if name not in given:
             continue
