@@ -145,14 +145,21 @@ def resume_changes(a: argparse.Namespace, config: dict, run: Path) -> dict:
 
 def check_data_named(a: argparse.Namespace, config: dict, run: Path) -> None:
     """A run that streams its data from a user's factory (``--data-from``) resumes only when this
-    command line names the same factory: opening a run never runs code that only the run names.
+    command line names the same factory: opening a run never runs code that only the run names;
+    a run on a fixed data set does not resume from a stream.
 
     Raises:
-        UsageError: the factory not named, or named otherwise than recorded.
+        UsageError: the factory not named, or named otherwise than recorded, or named for a run
+            on a fixed data set.
     """
     recorded = config.get("data", {}).get("data_from")
     given = getattr(a, "data_from", None) if "data_from" in getattr(a, "given", ()) else None
     if recorded is None:
+        if given is not None:  # once silently ignored: the run went on with its fixed data set
+            raise UsageError(
+                f"{run / CONFIG} trained on the fixed data set {config.get('data', {}).get('dataset')!r}, not a stream: "
+                f"drop --data-from {given} to resume it, or start a new run that streams"
+            )
         return
     if given is None:
         raise UsageError(
