@@ -159,6 +159,7 @@ def test_the_command_line_streams_from_a_factory_and_resumes_bit_exact(tmp_path)
     rejected(
         ["train", "--steps-per-epoch", "4", "--dataset", "digits", "--run-dir", str(tmp_path / "x")], "--steps-per-epoch is for data that streams"
     )
+    rejected([*base, "--dataset", "digits", "--run-dir", str(tmp_path / "y")], "drop --dataset/--data-dir")
     fixed = ["--layers", "4", "--dataset", "digits", "--valid-k", "2", "--test-k", "2", "--no-progress", "--run-dir", str(tmp_path / "fixed")]
     assert run(["train", *fixed, "--epochs", "1"])[0] == 0
     rejected(["train", "--resume", "--data-from", spec, "--epochs", "2", *fixed[-3:]], "trained on the fixed data set 'digits', not a stream")

@@ -257,6 +257,8 @@ def _prepare_new(a: argparse.Namespace, run: Path, device: torch.device, held: c
     ``(config, False, data, model, settings)``."""
     if a.steps_per_epoch is not None and not a.data_from:
         raise UsageError("--steps-per-epoch is for data that streams (--data-from); with --dataset an epoch is one pass over it")
+    if a.data_from and {"dataset", "data_dir"} & set(getattr(a, "given", ())):
+        raise UsageError(f"--data-from {a.data_from} is where this run's data come from: drop --dataset/--data-dir (or --data-from)")
     data = stream_dataset(a.data_from, a.seed) if a.data_from else load_dataset(a.dataset, data_dir=a.data_dir)
     model, settings = build_checked(a, data, device)
     train_settings = {
