@@ -521,10 +521,13 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, default=128)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    import numpy as np
+    from pathlib import Path
+
+    from wakesleep.io import atomic_savez
 
     x = synthetic_data(a.n, pretrain_iterations=a.pretrain_iterations, hidden=a.hidden).numpy()
-    np.savez(a.write_data, train=x, valid=x, test=x)
+    Path(a.write_data).parent.mkdir(parents=True, exist_ok=True)
+    atomic_savez(Path(a.write_data), {"train": x, "valid": x, "test": x})
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def evaluate(hmws, model, x, k: int) -> float:
         return float(torch.cat([hmws.losses.get_log_p_and_kl(model["generative_model"], model["guide"], xb, k)[0] for xb in x.split(5)]).mean())
 
 
-def run(hmws, data: Path, algorithm: str, seed: int, iterations: int, evals: int, eval_n: int, eval_k: int, scratch: Path) -> dict:
+def run(hmws, data: Path, algorithm: str, seed: int, iterations: int, evals: int, eval_n: int, eval_k: int, scratch: Path, repeats: int = 1) -> dict:
+    """One run of theirs (the module docstring); log p(x) evaluated ``repeats`` times at each point (recorded: their mean, and each)."""
     import numpy as np
     import torch
 
@@ -186,9 +187,16 @@ def run(hmws, data: Path, algorithm: str, seed: int, iterations: int, evals: int
                 train_seconds += time.process_time() - t0
                 hmws.losses.get_log_p_and_kl = real_eval
             t0 = time.process_time()
-            log_p = evaluate(hmws, model, ev, eval_k)
+            each = [evaluate(hmws, model, ev, eval_k) for _ in range(repeats)]
+            log_p = sum(each) / repeats
             records.append(
-                {"iteration": len(stats.losses), "train_cpu_seconds": train_seconds, "log_p": log_p, "eval_cpu_seconds": time.process_time() - t0}
+                {
+                    "iteration": len(stats.losses),
+                    "train_cpu_seconds": train_seconds,
+                    "log_p": log_p,
+                    "log_p_each": each,
+                    "eval_cpu_seconds": time.process_time() - t0,
+                }
             )
             print(f"theirs {algorithm} seed {seed}: iteration {len(stats.losses)}, log p {log_p:.1f}, {train_seconds:.0f} CPU s", flush=True)
     finally:
@@ -229,6 +237,7 @@ def main(argv=None) -> None:
     r.add_argument("--evals", type=int, default=4, help="evaluations after the start, evenly spaced")
     r.add_argument("--eval-n", type=int, default=25)
     r.add_argument("--eval-k", type=int, default=100)
+    r.add_argument("--repeats", type=int, default=1, help="evaluations at each point (the metric's own spread)")
     r.add_argument("--out", required=True)
     a = p.parse_args(argv)
     import torch
@@ -239,7 +248,9 @@ def main(argv=None) -> None:
     if a.cmd == "data":
         make_data(hmws, out)
         return
-    rec = run(hmws, Path(a.data).resolve(), a.algorithm, a.seed, a.iterations, a.evals, a.eval_n, a.eval_k, out.parent / "scratch" / out.stem)
+    rec = run(
+        hmws, Path(a.data).resolve(), a.algorithm, a.seed, a.iterations, a.evals, a.eval_n, a.eval_k, out.parent / "scratch" / out.stem, a.repeats
+    )
     from wakesleep.io import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ Settings (their sweep ``sweep.py`` 2021_06_22 and ``run.py``; theirs in brackets
 samples), 100 sleep-pretraining iterations of batch 50 after the prior's pretraining (2000 PCFG
 batches of 10); seeds 1, 2 [0–4]; iterations: HMWS and MWS ``--iterations`` 300, RWS
 ``--rws-iterations`` 90 [10 000 each, on a GPU]: about the same CPU-seconds of their code for both
-of their algorithms (an RWS step costs ~3.4 HMWS steps there), 3 % of their HMWS run.  Budget:
+of their algorithms (an RWS step costs ~2.4 HMWS steps there), 3 % of their HMWS run.  Budget:
 about 45 CPU-minutes for the whole study on one core.  With ``--hmws`` both sides train on their
 generator's series (``hmws_theirs.py data``); without it, on :func:`kernel_grammar.synthetic_data`.
 
@@ -98,6 +98,7 @@ def run_ours(
     eval_k: int = 100,
     prior_iterations: int = 2000,
     sleep_iterations: int = 100,
+    repeats: int = 1,
 ) -> dict:
     """One run of ours, in their order: seed, build and pretrain the prior, sleep-pretrain φ
     (``sleep_iterations`` × 50 samples), then ``iterations`` steps over shuffled batches of 5
@@ -130,8 +131,11 @@ def run_ours(
         train_seconds += time.process_time() - t0
         done = mark
         t0 = time.process_time()
-        log_p = evaluate(model, x[:eval_n], eval_k)
-        records.append({"iteration": mark, "train_cpu_seconds": train_seconds, "log_p": log_p, "eval_cpu_seconds": time.process_time() - t0})
+        each = [evaluate(model, x[:eval_n], eval_k) for _ in range(repeats)]
+        log_p = sum(each) / repeats
+        records.append(
+            {"iteration": mark, "train_cpu_seconds": train_seconds, "log_p": log_p, "log_p_each": each, "eval_cpu_seconds": time.process_time() - t0}
+        )
         print(f"ours {algorithm} seed {seed}: iteration {mark}, log p {log_p:.1f}, {train_seconds:.0f} CPU s", flush=True)
     return {
         "source": "ours",
@@ -177,6 +181,51 @@ def data_file(a, out: Path) -> Path:
         else:
             kernel_grammar.main(["--write-data", str(path)])
     return path
+
+
+def noise(a) -> dict:
+    """The metric's own spread: seed 1's starting model (after both pretrainings, the same for every
+    algorithm of a code) evaluated ``a.noise`` times, each with fresh particles; ours, and theirs
+    with ``--hmws``.  Writes ``OUT/noise.json``; returns {code: the evaluations}."""
+    out = Path(a.out)
+    data = data_file(a, out)
+    x = torch.from_numpy(np.load(data)["train"]).to(torch.get_default_dtype())
+    result = {"ours": run_ours("rws", 1, x, 0, 1, a.eval_n, a.eval_k, repeats=a.noise)["records"][0]["log_p_each"]}
+    if a.hmws:
+        path = out / "noise-theirs.json"
+        cmd = [
+            sys.executable,
+            str(ROOT / "experiments" / "hmws_theirs.py"),
+            "run",
+            "--hmws",
+            a.hmws,
+            "--data",
+            str(data.resolve()),
+            "--algorithm",
+            "rws",
+        ]
+        cmd += [
+            "--seed",
+            "1",
+            "--iterations",
+            "0",
+            "--evals",
+            "1",
+            "--eval-n",
+            str(a.eval_n),
+            "--eval-k",
+            str(a.eval_k),
+            "--repeats",
+            str(a.noise),
+            "--out",
+            str(path.resolve()),
+        ]
+        subprocess.run(cmd, check=True, capture_output=True)
+        result["theirs"] = json.loads(path.read_text())["records"][0]["log_p_each"]
+    atomic_write_text(out / "noise.json", json.dumps(result, indent=1))
+    for code, values in result.items():
+        print(f"{code}: seed 1's start evaluated {len(values)} times: mean {np.mean(values):.1f}, s.d. {np.std(values, ddof=1):.1f} nats")
+    return result
 
 
 def run_all(a) -> float:
@@ -384,6 +433,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--report-only", action="store_true", help="no runs: the table and figure from the runs on disk")
     p.add_argument("--check", action="store_true", help="with --hmws: compare their model's densities with ours and stop")
+    p.add_argument("--noise", type=int, default=0, metavar="R", help="evaluate seed 1's starting model R times (the metric's spread) and stop")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     if a.check:
@@ -393,6 +443,8 @@ def main(argv=None) -> dict:
         for key, value in result.items():
             print(f"{key}: {value}")
         return result
+    if a.noise:
+        return noise(a)
     out = Path(a.out)
     spent = 0.0 if a.report_only else run_all(a)
     runs = load(out, a.seeds)
