@@ -53,6 +53,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from wakesleep.models import hybrid_propose
+
 #: The tokens, in the authors' order (their ``char_to_num``).
 VOCAB = "WR1234C*+()"
 BASES = set("WR1234C")
@@ -416,9 +418,7 @@ class KernelGrammar(nn.Module):
 
     def propose(self, x, k):
         """K joint draws ((tokens, stop), c) [K, B, …] from q_φ(d | x) q_φ(c | d, x), and log q [K, B]."""
-        d, log_q_d = self.propose_discrete(x, k)
-        c, log_q_c = self.propose_continuous(x, d, 1)
-        return (d, c[0]), log_q_d + log_q_c[0]
+        return hybrid_propose(self, x, k)
 
     def log_proposal(self, x, z):
         """log q_φ(d, c | x) [*S, B] for z leaves [*S, B, …]."""

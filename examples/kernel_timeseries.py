@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import wakesleep as ws
+from wakesleep.models import hybrid_propose
 
 BASES = ("W", "R", "P", "L")
 #: (operation, first base, second base): 0 alone, 1 sum, 2 product; the 24 expressions.
@@ -125,9 +126,7 @@ class KernelTimeseries(nn.Module):
         return c, q.log_prob(c)
 
     def propose(self, x, k):
-        d, log_q_d = self.propose_discrete(x, k)
-        c, log_q_c = self.propose_continuous(x, d, 1)
-        return (d, c[0]), log_q_d + log_q_c[0]
+        return hybrid_propose(self, x, k)
 
     def log_proposal(self, x, z):
         d, c = z

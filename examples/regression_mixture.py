@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 import wakesleep as ws
+from wakesleep.models import hybrid_propose
 
 COMPONENTS, CONTINUOUS, DATA, SIGMA = 4, 2, 3, 0.5
 
@@ -96,9 +97,7 @@ class RegressionMixture(nn.Module):
         return self._continuous(x, d).log_prob(c)
 
     def propose(self, x, k):
-        d, log_q_d = self.propose_discrete(x, k)
-        c, log_q_c = self.propose_continuous(x, d, 1)
-        return (d, c[0]), log_q_d + log_q_c[0]
+        return hybrid_propose(self, x, k)
 
     def log_proposal(self, x, z):
         d, c = z

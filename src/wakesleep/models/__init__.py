@@ -13,6 +13,7 @@ from wakesleep.models.contract import (
     ProposalModel,
     check_model,
     check_shapes,
+    hybrid_propose,
 )
 from wakesleep.models.distributions import DistributionsModel, from_distributions
 from wakesleep.models.helmholtz import HelmholtzMachine
@@ -31,4 +32,5 @@ __all__ = [
     "check_model",
     "check_shapes",
     "from_distributions",
+    "hybrid_propose",
 ]

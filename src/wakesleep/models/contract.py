@@ -84,7 +84,8 @@ q_φ(d, c | x) = q_φ(d | x) q_φ(c | d, x):
   [K, *S, B, …] (a view: the model must not write into it).
 
 :func:`check_shapes` calls the three on a tiny batch and checks their shapes, and ``log_joint``'s
-on the pair they make; ``examples/regression_mixture.py`` is a worked example.
+on the pair they make; :func:`hybrid_propose` makes ``propose`` from the two factors;
+``examples/regression_mixture.py`` is a worked example.
 
 Everything else — log-weights, effective sample sizes, chunk sizes for bounded-memory evaluation,
 the data width — the library derives.  :func:`check_model` lists every missing member at once (a
@@ -239,6 +240,25 @@ def has_hybrid_proposal(model) -> bool:
     """Whether ``model`` declares discrete and continuous latents z = (d, c) with a factored
     proposal q(d | x) q(c | d, x): every member of :data:`HYBRID`."""
     return all(has_member(model, m) for m in HYBRID)
+
+
+def hybrid_propose(model, x: Tensor, k: int) -> tuple[Any, Tensor]:
+    """The joint proposal of a model with discrete and continuous latents (:data:`HYBRID`), for its
+    ``propose``: K draws d ~ q_φ(d | x), one c ~ q_φ(c | d, x) for each.
+
+    Args:
+        model: a model with ``propose_discrete`` and ``propose_continuous`` (shapes in the module's
+            docstring).
+        x: data [B, D].
+        k: particles per datapoint.
+
+    Returns:
+        ``((d, c), log_q)``: d's leaves [K, B, …], c's [K, B, …], both detached; log_q [K, B] =
+        log q_φ(d | x) + log q_φ(c | d, x), nats, differentiable in φ.
+    """
+    d, log_q_d = model.propose_discrete(x, k)
+    c, log_q_c = model.propose_continuous(x, d, 1)
+    return (d, tree_map(lambda t: t[0], c)), log_q_d + log_q_c[0]
 
 
 def has_exact_form(model) -> bool:
