@@ -11,10 +11,10 @@ Settings (their sweep ``sweep.py`` 2021_06_22 and ``run.py``; theirs in brackets
 200 synthetic series of 128 points from their generator (``param_range`` 0.02), batch 5, Adam at
 10⁻³ for θ and φ, insomnia 0.5 (``q_update="both"``: half wake-φ, half sleep-φ on K·B sleep
 samples), 100 sleep-pretraining iterations of batch 50 after the prior's pretraining (2000 PCFG
-batches of 10); seeds 1, 2 [0–4]; iterations: HMWS and MWS ``--iterations`` 300, RWS
+batches of 10); ``--seeds`` (default 1 2; the docs' study ran 1–4) [0–4]; iterations: HMWS and MWS ``--iterations`` 300, RWS
 ``--rws-iterations`` 90 [10 000 each, on a GPU]: about the same CPU-seconds of their code for both
-of their algorithms (an RWS step costs ~2.4 HMWS steps there), 3 % of their HMWS run.  Budget:
-about 45 CPU-minutes for the whole study on one core.  With ``--hmws`` both sides train on their
+of their algorithms (an RWS step costs ~2.4–2.7 HMWS steps there), 3 % of their HMWS run.  Budget:
+about 15 CPU-minutes a seed, both codes, on one core (``--variants`` add 3 minutes each a seed).  With ``--hmws`` both sides train on their
 generator's series (``hmws_theirs.py data``); without it, on :func:`kernel_grammar.synthetic_data`.
 
 Estimators (their ``--algorithm`` and losses; ours in brackets):
@@ -26,6 +26,8 @@ Estimators (their ``--algorithm`` and losses; ours in brackets):
 - RWS: ``rws`` (``get_rws_loss``), K = 50 joint particles z = (d, c) ~ q(d | x) q(c | d, x), the
   continuous part sampled and weighted like the discrete one (no marginalisation)
   [``RWS(k=50, sleep_batch=250)``];
+- ``--variants``: ours with the authors' weights for q(d | x)'s wake update (``hmws-lse``,
+  :class:`AuthorsOmegaHMWS`) or uniform ones (``hmws-uniform``, :class:`UniformOmegaHMWS`);
 - MWS (ours only: their code has no plain MWS for this model, and the paper's baselines are RWS,
   VIMCO and REINFORCE): memoised wake-sleep with the joint z = (d, c) in its memory, R = 45
   proposals from q(d, c | x), M = 5 held, each scored by p(d, c, x) at its one c: the continuous
@@ -69,8 +71,28 @@ from wakesleep.training import TrainConfig, build_optimizer, train_step  # noqa:
 
 OURS = ("hmws", "rws", "mws")
 THEIRS = ("hmws", "rws")
-LABELS = {"hmws": "HMWS", "rws": "RWS", "mws": "MWS"}
+#: ``--variants``: ours with one of the authors' departures put back, to find what moves the two codes apart.
+VARIANTS = ("hmws-lse", "hmws-uniform")
+LABELS = {"hmws": "HMWS", "rws": "RWS", "mws": "MWS", "hmws-lse": "HMWS, their ω", "hmws-uniform": "HMWS, uniform ω"}
 BATCH = 5
+
+
+class AuthorsOmegaHMWS(ws.HybridMemoisedWakeSleep):
+    """HMWS with the authors' weights for q(d | x)'s wake update (``get_cmws_5_loss``):
+    ω_i = logsumexp_k v_ik, the log-sum-exp of the normalised weights v (each in [0, 1]), so
+    ω_i ∈ [log K, log K + 1] for every held d: close to uniform over the memory, and summing to
+    about M·log K rather than 1.  Empty memory slots weigh nothing (theirs is always full)."""
+
+    def discrete_weights(self, v, keep):
+        return torch.logsumexp(v, 0).masked_fill(~keep, 0.0)
+
+
+class UniformOmegaHMWS(ws.HybridMemoisedWakeSleep):
+    """HMWS with ω_i = 1/|Q| for every held d: the shape of the authors' weights (near uniform over
+    the memory) at our scale (summing to 1), to tell which of the two moves the result."""
+
+    def discrete_weights(self, v, keep):
+        return keep.to(v.dtype) / keep.sum(0).clamp_min(1)
 
 
 def estimator(name: str):
@@ -79,6 +101,8 @@ def estimator(name: str):
         "hmws": lambda: ws.HybridMemoisedWakeSleep(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
         "rws": lambda: ws.RWS(k=50, q_update="both", sleep_batch=50 * BATCH),
         "mws": lambda: ws.estimators.MemoisedWakeSleep(k=45, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
+        "hmws-lse": lambda: AuthorsOmegaHMWS(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
+        "hmws-uniform": lambda: UniformOmegaHMWS(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
     }[name]()
 
 
@@ -236,7 +260,7 @@ def run_all(a) -> float:
     x = torch.from_numpy(np.load(data)["train"]).to(torch.get_default_dtype())
     spent = 0.0
     for seed in a.seeds:
-        for alg in OURS:
+        for alg in OURS + tuple(a.variants):
             path = out / "ours" / f"{alg}-seed{seed}.json"
             if _done(path, iterations_of(a, alg)):
                 continue
@@ -300,7 +324,7 @@ def summarise(runs: dict) -> list[dict]:
     seeds), iterations, training CPU-seconds, seconds an iteration, and the pretrainings' CPU."""
     rows = []
     for source in ("theirs", "ours"):
-        for alg in OURS:
+        for alg in OURS + VARIANTS:
             recs = runs.get((source, alg))
             if not recs:
                 continue
@@ -323,31 +347,30 @@ def claims(runs: dict) -> list[dict]:
     seeds.  Held when the mean is above twice its s.e.; contradicted when below minus twice; else
     open (and open with one seed)."""
     out = []
-    for source in ("theirs", "ours"):
-        for base in ("rws", "mws"):
-            h, b = runs.get((source, "hmws")), runs.get((source, base))
-            if not h or not b:
-                continue
-            seeds = sorted({r["seed"] for r in h} & {r["seed"] for r in b})
-            d, at = [], []
-            for s in seeds:
-                rh, rb = next(r for r in h if r["seed"] == s), next(r for r in b if r["seed"] == s)
-                t = min(rh["records"][-1]["train_cpu_seconds"], rb["records"][-1]["train_cpu_seconds"])
-                d.append(at_seconds(rh, t) - at_seconds(rb, t))
-                at.append(t)
-            m, se = mean_se(d)
-            v = "open (one seed)" if len(d) < 2 else "held" if m > 2 * se else "contradicted" if m < -2 * se else "open"
-            out.append(
-                {
-                    "claim": f"HMWS better than {LABELS[base]} per CPU-second",
-                    "source": source,
-                    "verdict": v,
-                    "difference": m,
-                    "se": se,
-                    "per_seed": d,
-                    "at_seconds": at,
-                }
-            )
+    for source, hmws, base in [(s, h, b) for s in ("theirs", "ours") for h in ("hmws", *VARIANTS) for b in ("rws", "mws")]:
+        h, b = runs.get((source, hmws)), runs.get((source, base))
+        if not h or not b:
+            continue
+        seeds = sorted({r["seed"] for r in h} & {r["seed"] for r in b})
+        d, at = [], []
+        for s in seeds:
+            rh, rb = next(r for r in h if r["seed"] == s), next(r for r in b if r["seed"] == s)
+            t = min(rh["records"][-1]["train_cpu_seconds"], rb["records"][-1]["train_cpu_seconds"])
+            d.append(at_seconds(rh, t) - at_seconds(rb, t))
+            at.append(t)
+        m, se = mean_se(d)
+        v = "open (one seed)" if len(d) < 2 else "held" if m > 2 * se else "contradicted" if m < -2 * se else "open"
+        out.append(
+            {
+                "claim": f"{LABELS[hmws]} better than {LABELS[base]} per CPU-second",
+                "source": source,
+                "verdict": v,
+                "difference": m,
+                "se": se,
+                "per_seed": d,
+                "at_seconds": at,
+            }
+        )
     return out
 
 
@@ -369,7 +392,7 @@ def figure(runs: dict, path: Path) -> Path:
     fig = Figure(figsize=(6 * len(sources), 4.5), layout="constrained")
     axes = [fig.add_subplot(1, len(sources), i + 1) for i in range(len(sources))]
     for ax, source in zip(axes, sources):
-        for i, alg in enumerate(OURS):
+        for i, alg in enumerate(OURS + VARIANTS):
             recs = runs.get((source, alg))
             if not recs:
                 continue
@@ -431,6 +454,7 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-n", type=int, default=25)
     p.add_argument("--eval-k", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--variants", nargs="*", default=[], choices=VARIANTS, help="also run these variants of ours (AuthorsOmegaHMWS)")
     p.add_argument("--report-only", action="store_true", help="no runs: the table and figure from the runs on disk")
     p.add_argument("--check", action="store_true", help="with --hmws: compare their model's densities with ours and stop")
     p.add_argument("--noise", type=int, default=0, metavar="R", help="evaluate seed 1's starting model R times (the metric's spread) and stop")

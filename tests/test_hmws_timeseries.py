@@ -93,14 +93,36 @@ def test_study_estimators_are_the_stated_ones():
     assert mws.k == 45 and mws.memory_size == 5 and mws.sleep_batch == 25
 
 
+def test_the_authors_omega_variant_weights_the_memory_as_their_code_does():
+    """Ours: ω_i = Σ_k v_ik (the memory's posterior, sums to 1); their get_cmws_5_loss:
+    logsumexp_k v_ik, in [log K, log K + 1] for every held d; empty slots weigh nothing in both."""
+    torch.manual_seed(0)
+    log_w = torch.randn(5, 3, 4)  # [K, M', B]
+    keep = torch.ones(3, 4, dtype=torch.bool)
+    keep[2, 1] = False
+    log_w[:, ~keep] = -torch.inf
+    v = torch.softmax(log_w.flatten(0, 1), 0).view_as(log_w)
+    ours = ws.HybridMemoisedWakeSleep().discrete_weights(v, keep)
+    torch.testing.assert_close(ours, v.sum(0))
+    torch.testing.assert_close(ours.sum(0), torch.ones(4))
+    lse = study.AuthorsOmegaHMWS().discrete_weights(v, keep)
+    torch.testing.assert_close(lse[keep], torch.logsumexp(v, 0)[keep])
+    assert lse[2, 1] == 0 and ((lse[keep] >= math.log(5)) & (lse[keep] <= math.log(5) + 1)).all()
+    uniform = study.UniformOmegaHMWS().discrete_weights(v, keep)
+    torch.testing.assert_close(uniform.sum(0), torch.ones(4))
+    assert uniform[2, 1] == 0 and uniform[0, 1] == 0.5 and uniform[0, 0] == 1 / 3
+    assert study.estimator("hmws-lse").settings() == study.estimator("hmws-uniform").settings() == study.estimator("hmws").settings()
+
+
 @pytest.mark.parametrize(
     "est",
     [
         ws.HybridMemoisedWakeSleep(k=2, continuous_k=2, memory_size=2, sleep_batch=4),
         ws.RWS(k=4, sleep_batch=4),
         ws.estimators.MemoisedWakeSleep(k=4, memory_size=2, sleep_batch=4),
+        study.AuthorsOmegaHMWS(k=2, continuous_k=2, memory_size=2, sleep_batch=4),
     ],
-    ids=["hmws", "rws", "mws"],
+    ids=["hmws", "rws", "mws", "hmws-lse"],
 )
 def test_a_training_epoch_runs(est):
     model = tiny()

@@ -124,6 +124,17 @@ class HybridMemoisedWakeSleep(LatentMemory):
         log_p_hat = log_mean_exp(log_p.detach() - log_q_c.detach())
         return log_p, log_q_c, log_p_hat
 
+    def discrete_weights(self, v: Tensor, keep: Tensor) -> Tensor:
+        """ω_i = Σ_k v_ik [M', B], the memory's posterior weight of each held d, from the weights v
+        [K, M', B] normalised over memory and particles (zero at empty slots, ``keep`` [M', B] False
+        there); wake-φ's q(d | x) ascends Σ_i ω_i ∇φ log q_φ(d_i | x).  Detached.
+
+        A subclass may weight otherwise.  On Le et al.'s time series (``docs/results.md``, 4 seeds,
+        300 iterations), the authors' ω_i = logsumexp_k v_ik (about uniform over the memory), or a
+        uniform 1/|Q|, trained a better (p, q) pair than this posterior weighting, which collapses
+        q(d | x) onto the best held d: ``experiments/hmws_timeseries.py`` has both subclasses."""
+        return v.sum(0)
+
     def forward(self, model, x: Tensor, index: Tensor | None = None) -> EstimatorOutput:
         b = x.shape[0]
         proposals, _ = model.propose_discrete(x, self.k)  # [R, B, …], detached
@@ -140,7 +151,7 @@ class HybridMemoisedWakeSleep(LatentMemory):
         v = v.view_as(log_w)
         loss = -torch.where(v != 0, v * log_p, 0.0).sum((0, 1)).mean()
         if self.q_update != "sleep":
-            omega = v.sum(0)  # [M', B], ω_i = Σ_k v_ik
+            omega = self.discrete_weights(v, keep)  # [M', B]
             log_q_d = model.log_proposal_discrete(x, pytree.tree_unflatten(kept, spec))  # [M', B], ∇φ
             wake_d = -torch.where(omega != 0, omega * log_q_d, 0.0).sum(0)
             w_c, _ = live_normalised_weights(log_w)  # per held value, over its K particles
