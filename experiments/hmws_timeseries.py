@@ -26,8 +26,8 @@ Estimators (their ``--algorithm`` and losses; ours in brackets):
 - RWS: ``rws`` (``get_rws_loss``), K = 50 joint particles z = (d, c) ~ q(d | x) q(c | d, x), the
   continuous part sampled and weighted like the discrete one (no marginalisation)
   [``RWS(k=50, sleep_batch=250)``];
-- ``--variants``: ours with the authors' weights for q(d | x)'s wake update (``hmws-lse``,
-  :class:`AuthorsOmegaHMWS`) or uniform ones (``hmws-uniform``, :class:`UniformOmegaHMWS`);
+- ``--variants``: our HMWS with the authors' weights for q(d | x)'s wake update (``hmws-lse``,
+  ``memory_weighting="authors"``) or uniform ones (``hmws-uniform``, ``memory_weighting="uniform"``);
 - MWS (ours only: their code has no plain MWS for this model, and the paper's baselines are RWS,
   VIMCO and REINFORCE): memoised wake-sleep with the joint z = (d, c) in its memory, R = 45
   proposals from q(d, c | x), M = 5 held, each scored by p(d, c, x) at its one c: the continuous
@@ -71,28 +71,10 @@ from wakesleep.training import TrainConfig, build_optimizer, train_step  # noqa:
 
 OURS = ("hmws", "rws", "mws")
 THEIRS = ("hmws", "rws")
-#: ``--variants``: ours with one of the authors' departures put back, to find what moves the two codes apart.
+#: ``--variants``: our HMWS with q(d | x)'s wake weights as the authors' code has them, or uniform (``memory_weighting``).
 VARIANTS = ("hmws-lse", "hmws-uniform")
 LABELS = {"hmws": "HMWS", "rws": "RWS", "mws": "MWS", "hmws-lse": "HMWS, their ω", "hmws-uniform": "HMWS, uniform ω"}
 BATCH = 5
-
-
-class AuthorsOmegaHMWS(ws.HybridMemoisedWakeSleep):
-    """HMWS with the authors' weights for q(d | x)'s wake update (``get_cmws_5_loss``):
-    ω_i = logsumexp_k v_ik, the log-sum-exp of the normalised weights v (each in [0, 1]), so
-    ω_i ∈ [log K, log K + 1] for every held d: close to uniform over the memory, and summing to
-    about M·log K rather than 1.  Empty memory slots weigh nothing (theirs is always full)."""
-
-    def discrete_weights(self, v, keep):
-        return torch.logsumexp(v, 0).masked_fill(~keep, 0.0)
-
-
-class UniformOmegaHMWS(ws.HybridMemoisedWakeSleep):
-    """HMWS with ω_i = 1/|Q| for every held d: the shape of the authors' weights (near uniform over
-    the memory) at our scale (summing to 1), to tell which of the two moves the result."""
-
-    def discrete_weights(self, v, keep):
-        return keep.to(v.dtype) / keep.sum(0).clamp_min(1)
 
 
 def estimator(name: str):
@@ -101,8 +83,12 @@ def estimator(name: str):
         "hmws": lambda: ws.HybridMemoisedWakeSleep(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
         "rws": lambda: ws.RWS(k=50, q_update="both", sleep_batch=50 * BATCH),
         "mws": lambda: ws.estimators.MemoisedWakeSleep(k=45, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
-        "hmws-lse": lambda: AuthorsOmegaHMWS(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
-        "hmws-uniform": lambda: UniformOmegaHMWS(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
+        "hmws-lse": lambda: ws.HybridMemoisedWakeSleep(
+            k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH, memory_weighting="authors"
+        ),
+        "hmws-uniform": lambda: ws.HybridMemoisedWakeSleep(
+            k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH, memory_weighting="uniform"
+        ),
     }[name]()
 
 
@@ -454,7 +440,9 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-n", type=int, default=25)
     p.add_argument("--eval-k", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--variants", nargs="*", default=[], choices=VARIANTS, help="also run these variants of ours (AuthorsOmegaHMWS)")
+    p.add_argument(
+        "--variants", nargs="*", default=[], choices=VARIANTS, help="also run these variants of our HMWS (memory_weighting authors, uniform)"
+    )
     p.add_argument("--report-only", action="store_true", help="no runs: the table and figure from the runs on disk")
     p.add_argument("--check", action="store_true", help="with --hmws: compare their model's densities with ours and stop")
     p.add_argument("--noise", type=int, default=0, metavar="R", help="evaluate seed 1's starting model R times (the metric's spread) and stop")

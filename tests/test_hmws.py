@@ -238,13 +238,17 @@ def test_command_line_trains_the_example_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--model", f"{EXAMPLES / 'regression_mixture.py'}:mixture", "--dataset", str(npz), "--batch-size", "30"]
     common += ["--test-k", "10", "--valid-k", "5", "--no-progress", "--run-dir", str(run)]
-    assert main(["train", "--algorithm", "hmws", "--k", "3", "--continuous-k", "4", "--memory-size", "2", "--epochs", "1", *common]) == 0
+    hmws = ["--algorithm", "hmws", "--k", "3", "--continuous-k", "4", "--memory-size", "2", "--memory-weighting", "uniform"]
+    assert main(["train", *hmws, "--epochs", "1", *common]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["algorithm"] == "hmws" and config["estimator"]["continuous_k"] == 4 and config["estimator"]["memory_size"] == 2
+    assert config["estimator"]["memory_weighting"] == "uniform"
     assert main(["train", "--algorithm", "hmws", "--epochs", "2", "--resume", *common]) == 0
     assert [r["epoch"] for r in read_jsonl(run / METRICS)] == [1, 2]
     assert main(["train", "--algorithm", "hmws", "--continuous-k", "9", "--epochs", "3", "--resume", *common]) == 2  # defines the run
     assert "continuous-k" in capsys.readouterr().err
+    assert main(["train", "--algorithm", "hmws", "--memory-weighting", "authors", "--epochs", "3", "--resume", *common]) == 2
+    assert "memory-weighting" in capsys.readouterr().err
 
 
 def _distributed_worker(rank: int, store: str, run_dir: str, out: str) -> None:
@@ -279,9 +283,9 @@ def test_two_processes_share_one_memory_and_rank_0_saves_it(tmp_path):
 
 def test_settings_are_checked_and_registered():
     assert ESTIMATORS["hmws"] is HybridMemoisedWakeSleep and HybridMemoisedWakeSleep.needs_index
-    est = HybridMemoisedWakeSleep(k=3, continuous_k=7, memory_size=4, q_update="sleep")
+    est = HybridMemoisedWakeSleep(k=3, continuous_k=7, memory_size=4, q_update="sleep", memory_weighting="authors")
     assert HybridMemoisedWakeSleep(**est.settings()).settings() == est.settings()
-    for bad in (dict(k=0), dict(continuous_k=0), dict(memory_size=0), dict(q_update="memory")):
+    for bad in (dict(k=0), dict(continuous_k=0), dict(memory_size=0), dict(q_update="memory"), dict(memory_weighting="max")):
         with pytest.raises(ValueError):
             HybridMemoisedWakeSleep(**bad)
     model, x = case(exact_q=True)

@@ -88,12 +88,12 @@ def test_one_seed_builds_the_same_model():
 
 def test_study_estimators_are_the_stated_ones():
     hmws, rws, mws = (study.estimator(a) for a in ("hmws", "rws", "mws"))
-    assert hmws.settings() == {"k": 5, "continuous_k": 5, "memory_size": 5, "q_update": "both", "sleep_batch": 25}
+    assert hmws.settings() == {"k": 5, "continuous_k": 5, "memory_size": 5, "q_update": "both", "sleep_batch": 25, "memory_weighting": "posterior"}
     assert isinstance(rws, ws.RWS) and rws.k == 50 and rws.sleep_batch == 250 and rws.q_update == "both"
     assert mws.k == 45 and mws.memory_size == 5 and mws.sleep_batch == 25
 
 
-def test_the_authors_omega_variant_weights_the_memory_as_their_code_does():
+def test_memory_weightings_weight_the_memory_as_stated():
     """Ours: ω_i = Σ_k v_ik (the memory's posterior, sums to 1); their get_cmws_5_loss:
     logsumexp_k v_ik, in [log K, log K + 1] for every held d; empty slots weigh nothing in both."""
     torch.manual_seed(0)
@@ -105,13 +105,15 @@ def test_the_authors_omega_variant_weights_the_memory_as_their_code_does():
     ours = ws.HybridMemoisedWakeSleep().discrete_weights(v, keep)
     torch.testing.assert_close(ours, v.sum(0))
     torch.testing.assert_close(ours.sum(0), torch.ones(4))
-    lse = study.AuthorsOmegaHMWS().discrete_weights(v, keep)
+    lse = study.estimator("hmws-lse").discrete_weights(v, keep)
     torch.testing.assert_close(lse[keep], torch.logsumexp(v, 0)[keep])
     assert lse[2, 1] == 0 and ((lse[keep] >= math.log(5)) & (lse[keep] <= math.log(5) + 1)).all()
-    uniform = study.UniformOmegaHMWS().discrete_weights(v, keep)
+    uniform = study.estimator("hmws-uniform").discrete_weights(v, keep)
     torch.testing.assert_close(uniform.sum(0), torch.ones(4))
     assert uniform[2, 1] == 0 and uniform[0, 1] == 0.5 and uniform[0, 0] == 1 / 3
-    assert study.estimator("hmws-lse").settings() == study.estimator("hmws-uniform").settings() == study.estimator("hmws").settings()
+    settings = [study.estimator(a).settings() for a in ("hmws", "hmws-lse", "hmws-uniform")]
+    assert [s.pop("memory_weighting") for s in settings] == ["posterior", "authors", "uniform"]
+    assert settings[0] == settings[1] == settings[2]
 
 
 @pytest.mark.parametrize(
@@ -120,7 +122,7 @@ def test_the_authors_omega_variant_weights_the_memory_as_their_code_does():
         ws.HybridMemoisedWakeSleep(k=2, continuous_k=2, memory_size=2, sleep_batch=4),
         ws.RWS(k=4, sleep_batch=4),
         ws.estimators.MemoisedWakeSleep(k=4, memory_size=2, sleep_batch=4),
-        study.AuthorsOmegaHMWS(k=2, continuous_k=2, memory_size=2, sleep_batch=4),
+        ws.HybridMemoisedWakeSleep(k=2, continuous_k=2, memory_size=2, sleep_batch=4, memory_weighting="authors"),
     ],
     ids=["hmws", "rws", "mws", "hmws-lse"],
 )

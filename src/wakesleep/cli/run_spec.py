@@ -35,6 +35,7 @@ RUN_OPTIONS = (
     "defensive",
     "memory_size",
     "continuous_k",
+    "memory_weighting",
     "samples",
     "temperature",
     "density",
@@ -72,7 +73,7 @@ ADJUSTABLE = {
 # a parameter of that name (:func:`wakesleep.config.estimator_parameters`), so that a new estimator
 # takes them without code here.  The data width goes as ``data_dim`` likewise.
 ESTIMATOR_OPTIONS = ("sleep_samples", "kernel", "krr", "num_features", "num_inducing", "lam", "features")  # ALWS's
-ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size", "continuous_k")  # the particle estimators'
+ESTIMATOR_OPTIONS += ("k", "q_update", "samples", "defensive", "memory_size", "continuous_k", "memory_weighting")  # the particle estimators'
 ESTIMATOR_OPTIONS += ("temperature", "density", "control_hidden")  # the relaxations'
 
 

@@ -104,6 +104,13 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
         help="hmws: continuous particles K from q(c | d, x) per discrete value, to estimate p(d, x) (default: 5)",
     )
     t_add(
+        "--memory-weighting",
+        choices=["posterior", "uniform", "authors"],
+        default="posterior",
+        help="hmws: q(d | x)'s wake weights over the memory: the memory's posterior, uniform, or the authors' code's "
+        "log-sum-exp (about uniform; docs/results.md: uniform and authors trained better on Le et al.'s time series; default: posterior)",
+    )
+    t_add(
         "--defensive",
         type=_unit_interval,
         default=0.0,

@@ -14,6 +14,9 @@ from wakesleep.estimators.ws import sleep_phase_loss
 from wakesleep.importance import live_normalised_weights, log_mean_exp, mean_live_effective_sample_size
 from wakesleep.models.contract import HYBRID, tree_map
 
+#: q(d | x)'s wake weights ω over the held d (:meth:`HybridMemoisedWakeSleep.discrete_weights`).
+MEMORY_WEIGHTINGS = ("posterior", "uniform", "authors")
+
 
 class HybridMemoisedWakeSleep(LatentMemory):
     r"""Hybrid memoised wake-sleep (HMWS): memoised wake-sleep for latents z = (d, c) with a discrete
@@ -47,7 +50,8 @@ class HybridMemoisedWakeSleep(LatentMemory):
     Source: Le et al. (2022) and their code tuananhle7/hmws (``cmws/losses.py``, ``get_cmws_5_loss``,
     the variant their sweeps call HMWS).  Departures, stated: (i) their code weights log q(d_i | x)
     by logsumexp_k v_ik, the log-sum-exp of the normalised weights rather than their sum; we use
-    ω_i = Σ_k v_ik, the memory's posterior weight of d_i (their variable is named ω too); (ii) their memory starts as M
+    ω_i = Σ_k v_ik, the memory's posterior weight of d_i (their variable is named ω too), by default,
+    and theirs with ``memory_weighting="authors"``; (ii) their memory starts as M
     distinct draws from the prior p(d), ours empty, filled from q(d | x)'s proposals (as this
     library's MWS does: a datapoint holds fewer than M values until that many distinct ones of
     non-zero p̂ have been proposed); (iii) their sleep phase draws K·B samples a step, ours
@@ -64,9 +68,11 @@ class HybridMemoisedWakeSleep(LatentMemory):
         memory_size: M, discrete values kept per datapoint (≥ 1).
         q_update: ``"wake"`` (from the memory), ``"sleep"`` or ``"both"``.
         sleep_batch: sleep samples per step (default: the data batch size).
+        memory_weighting: q(d | x)'s wake weights over the memory, ``"posterior"`` (default),
+            ``"uniform"`` or ``"authors"`` (:meth:`discrete_weights`).
 
     Raises:
-        ValueError: for k, continuous_k or memory_size < 1, an unknown q_update, or a call with
+        ValueError: for k, continuous_k or memory_size < 1, an unknown q_update or memory_weighting, or a call with
             ``index`` before :meth:`prepare`.
 
     Metrics: ``objective`` = mean_b log Σ_{i∈Q_b} p̂(d_i, x_b) (nats per datapoint; its expectation
@@ -76,8 +82,21 @@ class HybridMemoisedWakeSleep(LatentMemory):
 
     name = "hmws"
 
-    def __init__(self, k: int = 5, continuous_k: int = 5, memory_size: int = 10, q_update: str = "both", sleep_batch: int | None = None):
+    def __init__(
+        self,
+        k: int = 5,
+        continuous_k: int = 5,
+        memory_size: int = 10,
+        q_update: str = "both",
+        sleep_batch: int | None = None,
+        memory_weighting: str = "posterior",
+    ):
         super().__init__()
+        if memory_weighting not in MEMORY_WEIGHTINGS:
+            raise ValueError(
+                f"memory_weighting must be one of {MEMORY_WEIGHTINGS} (q(d | x)'s wake weights over the memory), got {memory_weighting!r}"
+            )
+        self.memory_weighting = memory_weighting
         self.k = check_positive_int("k (discrete proposals)", k)
         self.continuous_k = check_positive_int("continuous_k (continuous particles)", continuous_k)
         self.memory_size = check_positive_int("memory_size (M)", memory_size)
@@ -94,6 +113,7 @@ class HybridMemoisedWakeSleep(LatentMemory):
             "memory_size": self.memory_size,
             "q_update": self.q_update,
             "sleep_batch": self.sleep_batch,
+            "memory_weighting": self.memory_weighting,
         }
 
     def requires(self, model) -> tuple[str, ...]:
@@ -125,14 +145,25 @@ class HybridMemoisedWakeSleep(LatentMemory):
         return log_p, log_q_c, log_p_hat
 
     def discrete_weights(self, v: Tensor, keep: Tensor) -> Tensor:
-        """ω_i = Σ_k v_ik [M', B], the memory's posterior weight of each held d, from the weights v
-        [K, M', B] normalised over memory and particles (zero at empty slots, ``keep`` [M', B] False
-        there); wake-φ's q(d | x) ascends Σ_i ω_i ∇φ log q_φ(d_i | x).  Detached.
+        """q(d | x)'s wake weights ω [M', B] over the held d, detached, from the weights v [K, M', B]
+        normalised over memory and particles (zero at empty slots; ``keep`` [M', B] is False there);
+        wake-φ ascends Σ_i ω_i ∇φ log q_φ(d_i | x).  By ``memory_weighting``:
 
-        A subclass may weight otherwise.  On Le et al.'s time series (``docs/results.md``, 4 seeds,
-        300 iterations), the authors' ω_i = logsumexp_k v_ik (about uniform over the memory), or a
-        uniform 1/|Q|, trained a better (p, q) pair than this posterior weighting, which collapses
-        q(d | x) onto the best held d: ``experiments/hmws_timeseries.py`` has both subclasses."""
+        - ``"posterior"`` (default): ω_i = Σ_k v_ik, the memory's posterior weight of d_i (sums to 1):
+          −∇φ KL(ω ‖ q_φ(d | x)), MWS's memory update.
+        - ``"uniform"``: ω_i = 1/|Q| for every held d (sums to 1).
+        - ``"authors"``: ω_i = logsumexp_k v_ik, the authors' code (``get_cmws_5_loss``): a log-sum-exp
+          of numbers in [0, 1], so every held d gets between log K and log K + 1 (about uniform,
+          summing to about M·log K).
+
+        On Le et al.'s time series (``docs/results.md``, 4 seeds, 300 iterations) ``"authors"`` and
+        ``"uniform"`` trained a better (p, q) pair than ``"posterior"``, which collapses q(d | x) onto
+        the best held d; the default stays the posterior, the update this docstring derives.
+        """
+        if self.memory_weighting == "uniform":
+            return keep.to(v.dtype) / keep.sum(0).clamp_min(1)
+        if self.memory_weighting == "authors":
+            return torch.logsumexp(v, 0).masked_fill(~keep, 0.0)
         return v.sum(0)
 
     def forward(self, model, x: Tensor, index: Tensor | None = None) -> EstimatorOutput:
