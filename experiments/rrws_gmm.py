@@ -352,8 +352,65 @@ def _cell(v) -> str:
     return f"{v[0]:.3g} [{v[1]:.3g}, {v[2]:.3g}]"
 
 
+#: The side-by-side table's rows: (label, their name or None, our name or None).
+FAMILIES = (
+    ("WS", "ws", "ws"),
+    ("RWS", "rws", "rws"),
+    ("defensive RWS (theirs dww, ours drws)", "dww", "drws"),
+    ("VIMCO", "vimco", "vimco"),
+    ("REINFORCE of the bound", "reinforce-bound", "reinforce-bound"),
+    ("REINFORCE of the ELBO", None, "reinforce-elbo"),
+    ("Concrete", "concrete", "concrete"),
+    ("RELAX", "relax", "relax"),
+)
+
+
+def side_by_side(records: list[dict], start: str, at: int | None = None) -> str:
+    """One Markdown table for one start: a row per estimator and K, theirs beside ours for each
+    metric (median [min, max] over seeds, at the last evaluation or the one nearest ``at``)."""
+    rows = {(r["side"], r["estimator"], r["k"]): r for r in summarise([r for r in records if r["start"] == start], at)}
+    ks = sorted({k for _, _, k in rows})
+    out = ["| estimator | K | π error, theirs | π error, ours | q error, theirs | q error, ours | grad std, theirs | grad std, ours |"]
+    out.append("|---|---|---|---|---|---|---|---|")
+    for label, theirs, ours in FAMILIES:
+        for k in ks:
+            t, o = rows.get(("theirs", theirs, k)), rows.get(("ours", ours, k))
+            if t is None and o is None:
+                continue
+            cells = [_cell(r[key]) if r else "—" for key in ("pi_l2", "q_l2", "grad_std") for r in (t, o)]
+            out.append(f"| {label} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def merge(out: Path, others) -> list[dict]:
+    """``out``/results.json with the records of ``others``' results.json added (a run already there,
+    by side, estimator, K, start and seed, is kept once), written back."""
+    path = out / "results.json"
+    records = json.loads(path.read_text()) if path.is_file() else []
+    done = {(r["side"], r["estimator"], r["k"], r["start"], r["seed"]) for r in records}
+    for other in others:
+        for r in json.loads((Path(other) / "results.json").read_text()):
+            key = (r["side"], r["estimator"], r["k"], r["start"], r["seed"])
+            if key not in done:
+                records.append(r)
+                done.add(key)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(path, records)
+    return records
+
+
 def cmd_report(a) -> None:
+    if a.merge:
+        merge(Path(a.out), a.merge)
     records = json.loads((Path(a.out) / "results.json").read_text())
+    if a.side_by_side:
+        seeds = sorted({r["seed"] for r in records})
+        for at in [None, *a.at]:
+            for start in sorted({r["start"] for r in records}):
+                print(f"\n{start} start, {'final' if at is None else f'at step {at}'} ({len(seeds)} seeds: {seeds}):\n")
+                print(side_by_side(records, start, at))
+        print(f"\nfigure: {plot(records, Path(a.figure))}")
+        return
     for at in [None, *a.at]:
         print(f"\n### {'final' if at is None else f'at step {at}'}\n")
         print("| start | estimator | K | side | seeds | step | π L2 error | q L2 to true posterior | q grad std (Σ/104) |")
@@ -419,6 +476,10 @@ def main(argv=None):
     s.add_argument("--out", default="runs/rrws-gmm")
     s.add_argument("--at", type=int, nargs="*", default=[], help="also tabulate at these steps")
     s.add_argument("--figure", default="docs/figures/rrws-gmm.png")
+    s.add_argument("--side-by-side", action="store_true", help="a table per start, theirs beside ours in each row")
+    s.add_argument(
+        "--merge", nargs="*", default=[], metavar="DIR", help="first merge these runs' results.json into --out's (e.g. one process per start)"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     return cmd_run(a) if a.cmd == "run" else cmd_report(a)

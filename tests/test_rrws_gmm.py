@@ -89,6 +89,17 @@ def test_grid_and_our_side_end_to_end(tmp_path):
     assert [(r["side"], r["step"], r["seeds"]) for r in rows] == [("ours", 10, 2), ("theirs", 10, 2)]
     rrws.main(["report", "--out", str(tmp_path), "--figure", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one process per start, merged: each run once; the side-by-side table puts theirs beside ours
+    other = tmp_path / "near"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps([{**r, "start": "near"} for r in records] + records[:1]))
+    merged = tmp_path / "merged"
+    rrws.main(["report", "--out", str(merged), "--merge", str(tmp_path), str(other), "--side-by-side", "--figure", str(tmp_path / "fig2.png")])
+    assert len(json.loads((merged / "results.json").read_text())) == 8
+    table = rrws.side_by_side(records, "far", at=10).splitlines()
+    assert len(table) == 3 and table[2].startswith("| RWS | 2 | ")
+    cells = [c.strip() for c in table[2].split("|")[3:-1]]
+    assert cells[0] == cells[1] == rrws._cell(rows[0]["pi_l2"])  # both sides hold the same records here
 
 
 def test_streamed_study_is_the_fixed_one_on_fresh_data():
