@@ -77,18 +77,18 @@ LABELS = {"hmws": "HMWS", "rws": "RWS", "mws": "MWS", "hmws-lse": "HMWS, their Ï
 BATCH = 5
 
 
+def _hmws(memory_weighting: str = "posterior") -> ws.HybridMemoisedWakeSleep:
+    return ws.HybridMemoisedWakeSleep(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH, memory_weighting=memory_weighting)
+
+
 def estimator(name: str):
     """Our estimator for each of the study's algorithms (see the module docstring)."""
     return {
-        "hmws": lambda: ws.HybridMemoisedWakeSleep(k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
+        "hmws": _hmws,
         "rws": lambda: ws.RWS(k=50, q_update="both", sleep_batch=50 * BATCH),
         "mws": lambda: ws.estimators.MemoisedWakeSleep(k=45, memory_size=5, q_update="both", sleep_batch=5 * BATCH),
-        "hmws-lse": lambda: ws.HybridMemoisedWakeSleep(
-            k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH, memory_weighting="authors"
-        ),
-        "hmws-uniform": lambda: ws.HybridMemoisedWakeSleep(
-            k=5, continuous_k=5, memory_size=5, q_update="both", sleep_batch=5 * BATCH, memory_weighting="uniform"
-        ),
+        "hmws-lse": lambda: _hmws("authors"),
+        "hmws-uniform": lambda: _hmws("uniform"),
     }[name]()
 
 
@@ -333,14 +333,15 @@ def claims(runs: dict) -> list[dict]:
     seeds.  Held when the mean is above twice its s.e.; contradicted when below minus twice; else
     open (and open with one seed)."""
     out = []
-    for source, hmws, base in [(s, h, b) for s in ("theirs", "ours") for h in ("hmws", *VARIANTS) for b in ("rws", "mws")]:
-        h, b = runs.get((source, hmws)), runs.get((source, base))
+    pairs = [(source, alg, base) for source in ("theirs", "ours") for alg in ("hmws", *VARIANTS) for base in ("rws", "mws")]
+    for source, alg, base in pairs:
+        h, b = runs.get((source, alg)), runs.get((source, base))
         if not h or not b:
             continue
         seeds = sorted({r["seed"] for r in h} & {r["seed"] for r in b})
         d, at = [], []
-        for s in seeds:
-            rh, rb = next(r for r in h if r["seed"] == s), next(r for r in b if r["seed"] == s)
+        for seed in seeds:
+            rh, rb = next(r for r in h if r["seed"] == seed), next(r for r in b if r["seed"] == seed)
             t = min(rh["records"][-1]["train_cpu_seconds"], rb["records"][-1]["train_cpu_seconds"])
             d.append(at_seconds(rh, t) - at_seconds(rb, t))
             at.append(t)
@@ -348,7 +349,7 @@ def claims(runs: dict) -> list[dict]:
         v = "open (one seed)" if len(d) < 2 else "held" if m > 2 * se else "contradicted" if m < -2 * se else "open"
         out.append(
             {
-                "claim": f"{LABELS[hmws]} better than {LABELS[base]} per CPU-second",
+                "claim": f"{LABELS[alg]} better than {LABELS[base]} per CPU-second",
                 "source": source,
                 "verdict": v,
                 "difference": m,

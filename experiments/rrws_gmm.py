@@ -295,6 +295,11 @@ def run_ours(name: str, k: int, start: str, seed: int, iterations: int, eval_eve
     }
 
 
+def _run_key(r: dict) -> tuple:
+    """What tells one run from another in results.json: side, estimator, K, start, seed."""
+    return (r["side"], r["estimator"], r["k"], r["start"], r["seed"])
+
+
 def _write(path: Path, records: list[dict]) -> None:
     atomic_write_text(path, json.dumps(records, indent=1))
 
@@ -305,7 +310,7 @@ def cmd_run(a) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     records = json.loads(path.read_text()) if path.is_file() else []
-    done = {(r["side"], r["estimator"], r["k"], r["start"], r["seed"]) for r in records}
+    done = {_run_key(r) for r in records}
     todo = [(s, n, k) for s, n, k in grid(tuple(a.ks_all), tuple(a.ks_full)) if s in a.sides and (not a.only or n in a.only)]
     for start in a.starts:
         for seed in a.seeds:
@@ -384,13 +389,20 @@ def side_by_side(records: list[dict], start: str, at: int | None = None) -> str:
 
 def merge(out: Path, others) -> list[dict]:
     """``out``/results.json with the records of ``others``' results.json added (a run already there,
-    by side, estimator, K, start and seed, is kept once), written back."""
+    by side, estimator, K, start and seed, is kept once), written back.
+
+    Raises:
+        SystemExit: a folder of ``others`` without a results.json.
+    """
     path = out / "results.json"
     records = json.loads(path.read_text()) if path.is_file() else []
-    done = {(r["side"], r["estimator"], r["k"], r["start"], r["seed"]) for r in records}
+    done = {_run_key(r) for r in records}
     for other in others:
-        for r in json.loads((Path(other) / "results.json").read_text()):
-            key = (r["side"], r["estimator"], r["k"], r["start"], r["seed"])
+        theirs = Path(other) / "results.json"
+        if not theirs.is_file():
+            raise SystemExit(f"--merge {other}: no results.json there (give the --out folder of a `run`)")
+        for r in json.loads(theirs.read_text()):
+            key = _run_key(r)
             if key not in done:
                 records.append(r)
                 done.add(key)

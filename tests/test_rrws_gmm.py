@@ -96,10 +96,16 @@ def test_grid_and_our_side_end_to_end(tmp_path):
     merged = tmp_path / "merged"
     rrws.main(["report", "--out", str(merged), "--merge", str(tmp_path), str(other), "--side-by-side", "--figure", str(tmp_path / "fig2.png")])
     assert len(json.loads((merged / "results.json").read_text())) == 8
-    table = rrws.side_by_side(records, "far", at=10).splitlines()
+    # theirs' π error doubled, so that a column put on the wrong side shows
+    apart = [{**r, "pi_l2": [2 * v for v in r["pi_l2"]]} if r["side"] == "theirs" else r for r in records]
+    table = rrws.side_by_side(apart, "far", at=10).splitlines()
     assert len(table) == 3 and table[2].startswith("| RWS | 2 | ")
     cells = [c.strip() for c in table[2].split("|")[3:-1]]
-    assert cells[0] == cells[1] == rrws._cell(rows[0]["pi_l2"])  # both sides hold the same records here
+    by_side = {r["side"]: r for r in rrws.summarise(apart, at=10)}
+    assert cells[0] == rrws._cell(by_side["theirs"]["pi_l2"]) != cells[1] == rrws._cell(by_side["ours"]["pi_l2"])
+    assert cells[2] == cells[3] == rrws._cell(by_side["ours"]["q_l2"])  # q errors are the same records on both sides
+    with pytest.raises(SystemExit, match="no results.json"):
+        rrws.main(["report", "--out", str(merged), "--merge", str(tmp_path / "absent")])
 
 
 def test_streamed_study_is_the_fixed_one_on_fresh_data():

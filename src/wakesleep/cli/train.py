@@ -38,6 +38,7 @@ from wakesleep.cli.results import draw_samples
 from wakesleep.cli.run_spec import ADJUSTABLE
 from wakesleep.config import build_estimator, read_summary, run_dataset
 from wakesleep.estimators import ESTIMATORS
+from wakesleep.estimators.hmws import MEMORY_WEIGHTINGS
 from wakesleep.evaluate import report_log_likelihood
 from wakesleep.faults import fault_point
 from wakesleep.io import atomic_write_text
@@ -105,7 +106,7 @@ def _add_estimator_options(t: argparse.ArgumentParser, adder) -> None:
     )
     t_add(
         "--memory-weighting",
-        choices=["posterior", "uniform", "authors"],
+        choices=MEMORY_WEIGHTINGS,
         default="posterior",
         help="hmws: q(d | x)'s wake weights over the memory: the memory's posterior, uniform, or the authors' code's "
         "log-sum-exp (about uniform; docs/results.md: uniform and authors trained better on Le et al.'s time series; default: posterior)",

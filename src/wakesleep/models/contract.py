@@ -255,6 +255,9 @@ def hybrid_propose(model, x: Tensor, k: int) -> tuple[Any, Tensor]:
     Returns:
         ``((d, c), log_q)``: d's leaves [K, B, …], c's [K, B, …], both detached; log_q [K, B] =
         log q_φ(d | x) + log q_φ(c | d, x), nats, differentiable in φ.
+
+    Raises nothing of its own: a model's misshapen member is named by :func:`check_shapes`, which
+    :func:`wakesleep.train` runs before the first step.
     """
     d, log_q_d = model.propose_discrete(x, k)
     c, log_q_c = model.propose_continuous(x, d, 1)
